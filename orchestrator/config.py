@@ -1,0 +1,386 @@
+"""Typed configuration for every stage, and the one place that resolves paths.
+
+A preset YAML (``search_spaces/*.yaml``) fills an :class:`ExperimentConfig`; CLI ``--set a.b=v``
+flags override it; each run logs the resolved config. Unknown keys are errors that name the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ASSETS_ENV = "DISTILLRAY_ASSETS"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class DataConfig:
+    task: str = "sst2"
+    source: str = "auto"  # auto | glue_dir | hub | custom | generated
+    glue_dir: str | None = None  # GLUE TSV root (holds SST-2/, MRPC/, ...)
+    hub_name: str = "nyu-mll/glue"
+    train_file: str | None = None  # custom CSV/JSONL
+    dev_file: str | None = None
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    label_names: list[str] | None = None  # custom classification labels; None + regression=False -> inferred
+    regression: bool = False
+    max_train_examples: int | None = None
+    max_dev_examples: int | None = None
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    model: str = "bert-base-uncased"  # hub name, local HF dir, or "random:tiny" (tests/smoke)
+    epochs: float = 3.0
+    lr: float = 2e-5
+    batch_size: int = 32
+    max_length: int = 128
+    max_train_examples: int | None = None
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class PoolConfig:
+    num_actors: int = 1
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0  # >0 places actors on GPU nodes
+    resources_per_actor: dict[str, float] = field(default_factory=dict)  # e.g. {"teacher_gpu": 1}
+    torch_threads: int | None = None  # None: match the CPU share (at least 1)
+    token_budget: int = 8192  # padded tokens per inference batch
+    max_batch_size: int = 256
+    half_precision_on_gpu: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = False
+    p_mask: float = 0.1
+    p_pos: float = 0.1
+    p_ng: float = 0.25
+    n_iter: int | None = None  # None: 20 for single sentences, 10 for pairs (Tang et al.)
+    max_ngram: int = 5
+    max_words: int = 256  # longer texts are skipped and counted
+    seed: int = 0
+    nltk_data: str | None = None
+    num_workers: int = 1
+    chunk_size: int = 2000
+    max_examples: int | None = None  # cap the transfer set (after dedup), deterministic
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "bilstm"  # bilstm | bcn | transformer
+    embeddings: str | None = None  # GloVe/word2vec text file; None: random init
+    embed_dim: int = 300  # used when embeddings is None
+    trainable_embeddings: bool = True
+    channels: str = "single"  # single | multi (static + trainable copy)
+    hidden_size: int = 150
+    num_layers: int = 1
+    relu_size: int = 200
+    dropout: float = 0.1
+    max_length: int = 64
+    vocab_min_freq: int = 1
+    vocab_max_size: int | None = None
+    # transformer student
+    tf_layers: int = 3
+    tf_hidden: int = 384
+    tf_heads: int = 12
+    tf_ffn: int = 1536
+    init_from_teacher: str = "none"  # none | first | even | "0,2,4"
+    pooling: list[str] = field(default_factory=lambda: ["max", "mean", "min", "self"])  # BCN
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    loss: str = "mse"  # mse | kl | ce (gold labels only)
+    alpha: float = 0.0  # weight of gold-label CE mixed into the distillation loss
+    temperature: float = 1.0
+    grad_clip: float = 5.0
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    torch_threads: int | None = None
+    patience: int | None = None  # early stopping on the dev score, in epochs
+    seed: int = 0
+    # MKD
+    mixture: str = "proportional"  # proportional | temperature | uniform | weights
+    mixture_tau: float = 1.0
+    mixture_weights: dict[str, float] | None = None
+    steps_per_epoch: int | None = None
+    finetune_epochs: int = 0  # MKD stage 2: per-task fine-tuning
+
+
+@dataclass
+class SearchConfig:
+    name: str = "search"
+    num_samples: int = 4
+    max_concurrent: int = 1
+    metric: str = "dev_score"
+    mode: str = "max"
+    objectives: list[str] = field(default_factory=list)  # e.g. ["dev_score:max", "latency_ms:min"]
+    scheduler: str = "asha"  # asha | none
+    grace_period: int = 1
+    reduction_factor: int = 2
+    max_failures: int = 1
+    trial_cpus: float = 0.01
+    storage_path: str | None = None  # Tune results; default <work_root>/tune
+    register_model: str | None = None  # MLflow Model Registry name for the best student
+
+
+@dataclass
+class TrackingConfig:
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
+    experiment: str = "distillray"
+    artifact_location: str | None = None  # default: <work_root>/mlartifacts
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    tasks: list[str] = field(default_factory=list)  # MKD: several tasks; empty -> [data.task]
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    work_root: str = ".distillray"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# building from dicts, with errors that name the key
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer, got {value!r}") from None
+        if f != int(f):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    if tp is Any:
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}; known keys here: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for k, v in values.items():
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}" if where else k)
+    return cls(**kwargs)
+
+
+def set_path(cfg_dict: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, refusing keys the config does not have."""
+    parts = dotted.split(".")
+    node = cfg_dict
+    for p in parts[:-1]:
+        if p not in node or not isinstance(node[p], dict):
+            raise ConfigError(f"unknown key {dotted}: no section {p!r}")
+        node = node[p]
+    if parts[-1] not in node:
+        raise ConfigError(f"unknown key {dotted}; known keys here: {', '.join(sorted(node))}")
+    node[parts[-1]] = value
+
+
+def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Defaults <- ``values`` <- ``overrides`` (dotted keys), validated."""
+    base = ExperimentConfig().to_dict()
+    merged = _deep_merge(base, values, "")
+    for k, v in (overrides or {}).items():
+        set_path(merged, k, v)
+    cfg = from_dict(ExperimentConfig, merged)
+    validate(cfg)
+    return cfg
+
+
+def _deep_merge(base: dict[str, Any], new: dict[str, Any], where: str) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in new.items():
+        key = f"{where}.{k}" if where else k
+        if k not in base:
+            raise ConfigError(f"unknown key {key}; known keys here: {', '.join(sorted(base))}")
+        if isinstance(base[k], dict) and isinstance(v, dict) and base[k] and k not in (
+            "resources_per_actor", "mixture_weights"):
+            out[k] = _deep_merge(base[k], v, key)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``train.lr=3e-4`` -> ("train.lr", 0.0003); values are read as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    k, v = text.split("=", 1)
+    return k.strip(), yaml.safe_load(v)
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    a = cfg.augment
+    for name in ("p_mask", "p_pos", "p_ng"):
+        v = getattr(a, name)
+        if not 0.0 <= v <= 1.0:
+            raise ConfigError(f"augment.{name}={v} is outside [0, 1]")
+    if a.p_mask + a.p_pos > 1.0 + 1e-12:
+        raise ConfigError(f"augment.p_mask + augment.p_pos = {a.p_mask + a.p_pos:g} exceeds 1")
+    if a.n_iter is not None and a.n_iter < 1:
+        raise ConfigError(f"augment.n_iter={a.n_iter} must be at least 1")
+    if a.max_ngram < 1:
+        raise ConfigError(f"augment.max_ngram={a.max_ngram} must be at least 1")
+    t = cfg.train
+    if t.loss not in ("mse", "kl", "ce"):
+        raise ConfigError(f"train.loss={t.loss!r}: choose mse, kl or ce")
+    if not 0.0 <= t.alpha <= 1.0:
+        raise ConfigError(f"train.alpha={t.alpha} is outside [0, 1]")
+    if t.temperature <= 0:
+        raise ConfigError(f"train.temperature={t.temperature} must be > 0")
+    if t.epochs < 1 or t.batch_size < 1 or t.lr <= 0:
+        raise ConfigError("train.epochs and train.batch_size must be >= 1 and train.lr > 0")
+    if t.mixture not in ("proportional", "temperature", "uniform", "weights"):
+        raise ConfigError(f"train.mixture={t.mixture!r}: choose proportional, temperature, uniform or weights")
+    if t.mixture_tau <= 0:
+        raise ConfigError(f"train.mixture_tau={t.mixture_tau} must be > 0")
+    s = cfg.student
+    if s.arch not in ("bilstm", "bcn", "transformer"):
+        raise ConfigError(f"student.arch={s.arch!r}: choose bilstm, bcn or transformer")
+    if s.channels not in ("single", "multi"):
+        raise ConfigError(f"student.channels={s.channels!r}: choose single or multi")
+    if not 0.0 <= s.dropout < 1.0:
+        raise ConfigError(f"student.dropout={s.dropout} is outside [0, 1)")
+    if len(set(cfg.tasks)) != len(cfg.tasks):
+        dup = sorted({x for x in cfg.tasks if cfg.tasks.count(x) > 1})
+        raise ConfigError(f"tasks lists {', '.join(dup)} more than once")
+    if cfg.search.mode not in ("max", "min"):
+        raise ConfigError(f"search.mode={cfg.search.mode!r}: choose max or min")
+    if cfg.pool.num_actors < 1 or cfg.pool.cpus_per_actor < 0:
+        raise ConfigError("pool.num_actors must be >= 1 and pool.cpus_per_actor >= 0")
+
+
+# ---------------------------------------------------------------------------------------------
+# paths: one place that turns hub defaults into local files when assets are present
+
+def find_assets(explicit: str | None = None) -> Path | None:
+    """The local assets dir: explicit arg, then $DISTILLRAY_ASSETS, then ../shared/assets
+    beside the repository (or the working directory). None when absent."""
+    candidates: list[Path] = []
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_dir():
+            raise ConfigError(f"assets dir {p} does not exist")
+        return p.resolve()
+    if os.environ.get(ASSETS_ENV):
+        p = Path(os.environ[ASSETS_ENV]).expanduser()
+        if not p.is_dir():
+            raise ConfigError(f"${ASSETS_ENV}={p} does not exist")
+        return p.resolve()
+    repo = Path(__file__).resolve().parent.parent
+    candidates += [repo.parent / "shared" / "assets", Path.cwd().parent / "shared" / "assets"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return None
+
+
+def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
+    """Point hub defaults at the local copies in ``assets`` (only where still at defaults)."""
+    d = ExperimentConfig()
+    if cfg.data.source in ("auto", "glue_dir") and cfg.data.glue_dir is None:
+        cfg.data.glue_dir = str(assets / "glue")
+    if cfg.teacher.model == d.teacher.model:
+        cfg.teacher.model = str(assets / "models" / "minilm-l6-uncased")
+    if cfg.student.embeddings == "glove":
+        cfg.student.embeddings = str(assets / "embeddings" / "glove.6B.50d.glue.txt")
+    if cfg.augment.nltk_data is None and (assets / "nltk_data").is_dir():
+        cfg.augment.nltk_data = str(assets / "nltk_data")
+    return cfg
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return data
