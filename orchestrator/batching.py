@@ -1,0 +1,83 @@
+"""Token-budget batching for teacher inference (pure: no Ray, no torch).
+
+Sequences are grouped by length so that little compute is spent on padding: a batch's cost is
+``max_len_in_batch * batch_size`` padded tokens, and each batch stays within ``token_budget``.
+Batches come out longest first, so a batch that does not fit in memory fails at once rather than
+at the end of a long run. Results are put back in input order with :func:`restore_order`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def token_budget_batches(lengths: Sequence[int], token_budget: int,
+                         max_batch_size: int) -> list[list[int]]:
+    """Group indices of ``lengths`` into batches whose padded size fits ``token_budget``.
+
+    Indices are sorted by length (longest first, ties in input order) and cut greedily: a batch
+    grows while ``max_len_in_batch * n <= token_budget`` and ``n <= max_batch_size``. An item that
+    alone exceeds the budget still gets a batch of its own. Every index appears exactly once.
+    Lengths of 0 count as 1 (a batch always costs at least one token per row).
+    """
+    if token_budget < 1:
+        raise ValueError(f"token_budget={token_budget} must be at least 1")
+    if max_batch_size < 1:
+        raise ValueError(f"max_batch_size={max_batch_size} must be at least 1")
+    if any(int(n) < 0 for n in lengths):
+        raise ValueError("lengths must be non-negative")
+    lens = [max(1, int(n)) for n in lengths]
+    order = sorted(range(len(lens)), key=lambda i: (-lens[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0  # longest item in `current` (the first one, as the order is descending)
+    for i in order:
+        if current and (width * (len(current) + 1) > token_budget
+                        or len(current) >= max_batch_size):
+            batches.append(current)
+            current = []
+        if not current:
+            width = lens[i]
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
+    """Total padded tokens the batches cost (``sum(max_len * n)``)."""
+    return sum(max(max(1, int(lengths[i])) for i in b) * len(b) for b in batches if b)
+
+
+def flat_order(batches: Sequence[Sequence[int]]) -> list[int]:
+    """The permutation the batches visit: ``flat_order(b)[k]`` is the input index of output k."""
+    return [i for b in batches for i in b]
+
+
+def inverse_permutation(perm: Sequence[int]) -> np.ndarray:
+    """``inv[perm[k]] = k``: where each input index ended up."""
+    perm = np.asarray(perm, dtype=np.int64)
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(len(perm), dtype=np.int64)
+    return inv
+
+
+def restore_order(batches: Sequence[Sequence[int]], outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """Stack per-batch outputs (row ``k`` of ``outputs[j]`` belongs to ``batches[j][k]``) back
+    into input order. Batches must cover ``0..N-1`` exactly once."""
+    if len(batches) != len(outputs):
+        raise ValueError(f"{len(batches)} batches but {len(outputs)} outputs")
+    perm = flat_order(batches)
+    n = len(perm)
+    if sorted(perm) != list(range(n)):
+        raise ValueError("batches must cover every index 0..N-1 exactly once")
+    for b, o in zip(batches, outputs):
+        if len(o) != len(b):
+            raise ValueError(f"a batch of {len(b)} indices got {len(o)} output rows")
+    if n == 0:
+        return np.zeros((0,), dtype=np.float32)
+    stacked = np.concatenate([np.asarray(o) for o in outputs], axis=0)
+    out = np.empty_like(stacked)
+    out[np.asarray(perm, dtype=np.int64)] = stacked
+    return out

@@ -1,0 +1,246 @@
+"""Pipeline stages, in order: data -> teacher -> transfer set (augment) -> soft labels -> bundle.
+
+Each stage is a function of typed configs that returns where its (cached) result lies. Trials call
+:func:`prepare_bundle` too: when their settings match an earlier call, everything is reused.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from orchestrator.bundle import write_split
+from orchestrator.config import ExperimentConfig
+from orchestrator.keys import atomic_dir, content_key, file_digest
+from tasks.data import Example
+from tasks.loaders import TaskData, data_fingerprint, load_task_data
+from tasks.registry import TaskSpec, get_task
+
+BUNDLE_VERSION = 1
+
+
+@dataclass
+class TeacherRef:
+    """Which teacher labels a task: its directory, its identity key and the head to read."""
+    path: str
+    key: str
+    head: str
+    max_length: int
+
+
+@dataclass
+class BundleResult:
+    path: Path
+    key: str
+    reused: bool
+    transfer_sizes: dict[str, int] = field(default_factory=dict)
+    label_stats: dict[str, float] = field(default_factory=dict)
+    augment_stats: dict[str, dict] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def task_names(cfg: ExperimentConfig) -> list[str]:
+    return [get_task_for(cfg, t).name for t in (cfg.tasks or [cfg.data.task])]
+
+
+def get_task_for(cfg: ExperimentConfig, name: str) -> TaskSpec:
+    if cfg.data.source == "custom":
+        from tasks.registry import custom_task
+        return custom_task(name, is_pair=len(cfg.data.text_columns) > 1,
+                           label_names=None if cfg.data.regression else cfg.data.label_names)
+    return get_task(name)
+
+
+def load_data(cfg: ExperimentConfig) -> dict[str, TaskData]:
+    """Load every task of the experiment (validated at the boundary by the loaders)."""
+    out = {}
+    for name in cfg.tasks or [cfg.data.task]:
+        spec = get_task_for(cfg, name)
+        dcfg = copy.deepcopy(cfg.data)
+        dcfg.task = spec.name
+        out[spec.name] = load_task_data(dcfg, spec)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer set
+
+def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, mask_token: str,
+                      log: Callable = print) -> tuple[list[Example], dict, Path | None]:
+    """The student's training texts: originals, plus Tang augmentation when enabled."""
+    from orchestrator.augment_stage import augment_dataset
+
+    if not cfg.augment.enabled:
+        return list(data.train), {"n_in": len(data.train), "n_out": len(data.train)}, None
+    res = augment_dataset(data.train, cfg.augment, work_root / "transfer",
+                          data_key=f"{data.task.name}:{data_fingerprint(data.train)}",
+                          mask_token=mask_token)
+    log(f"[augment] {data.task.name}: {res.n_in} -> {res.n_out} examples "
+        f"({'reused' if res.reused else f'{res.seconds:.1f}s'})")
+    t = pq.read_table(res.path)
+    ta, tb = t.column("text_a").to_pylist(), t.column("text_b").to_pylist()
+    lab = t.column("label").to_pylist()
+    ids = t.column("example_id").to_pylist()
+    aug = t.column("aug_index").to_pylist()
+    examples = [Example(id=i * 1000 + k, text_a=a, text_b=b, label=l)
+                for i, k, a, b, l in zip(ids, aug, ta, tb, lab)]
+    stats = {"n_in": res.n_in, "n_out": res.n_out, **{k: v for k, v in res.stats.items()
+                                                      if isinstance(v, (int, float))}}
+    return examples, stats, res.path
+
+
+# ---------------------------------------------------------------------------------------------
+# soft labels
+
+def label_examples(examples: list[Example], teacher: TeacherRef, cfg: ExperimentConfig,
+                   work_root: Path, log: Callable = print):
+    """Teacher logits for ``examples`` through the soft-label cache and the teacher pool."""
+    from orchestrator.cache import SoftLabelCache
+    from orchestrator.teacher_pool import TeacherPool
+
+    cache = SoftLabelCache(str(work_root / "soft_labels"), teacher.key, tokenizer_name=teacher.path,
+                           max_length=teacher.max_length, head=teacher.head)
+    texts_a = [e.text_a for e in examples]
+    texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+    pool = _pool_factory(teacher.path, cfg)
+    try:
+        res = pool.label_texts(texts_a, texts_b, head=teacher.head,
+                               max_length=teacher.max_length, cache=cache)
+    finally:
+        pool.shutdown()
+    log(f"[label] {teacher.head}: {len(examples)} texts, {res.hits} cache hits, "
+        f"{res.misses} labeled in {res.seconds:.1f}s")
+    return res
+
+
+def _pool_factory(path: str, cfg: ExperimentConfig):
+    from orchestrator.teacher_pool import TeacherPool
+    return TeacherPool(path, cfg.pool)
+
+
+# ---------------------------------------------------------------------------------------------
+# student encoding and the bundle
+
+def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[str, TeacherRef]) -> str:
+    s = cfg.student
+    emb = None
+    if s.embeddings and s.arch != "transformer":
+        emb = file_digest(s.embeddings) if Path(s.embeddings).is_file() else s.embeddings
+    return content_key({
+        "v": BUNDLE_VERSION,
+        "tasks": {t: {"data": data_fingerprint(d.train),
+                      "dev": {k: data_fingerprint(v) for k, v in d.dev.items()},
+                      "teacher": asdict(teachers[t])} for t, d in data.items()},
+        "augment": asdict(cfg.augment) | {"num_workers": None, "chunk_size": None}
+        if cfg.augment.enabled else None,
+        "encoding": "wordpiece" if s.arch == "transformer" else "words",
+        "vocab": [s.vocab_min_freq, s.vocab_max_size, s.max_length], "embeddings": emb,
+        "embed_dim": s.embed_dim if not s.embeddings else None,
+    })
+
+
+def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
+                   teachers: dict[str, TeacherRef], log: Callable = print) -> BundleResult:
+    """Build (or reuse) the pre-encoded training bundle for these tasks, teachers and settings."""
+    t0 = time.time()
+    work_root = Path(cfg.work_root)
+    key = bundle_key(cfg, data, teachers)
+    final = work_root / "bundles" / key
+    if (final / "meta.json").is_file():
+        meta = json.loads((final / "meta.json").read_text())
+        log(f"[bundle] reusing {final}")
+        sizes = meta.get("transfer_sizes", {})
+        # every label in a reused bundle was computed once, earlier: count them as reused
+        return BundleResult(final, key, True, sizes, {"labels_reused": sum(sizes.values())},
+                            meta.get("augment_stats", {}), time.time() - t0)
+    from transformers import AutoTokenizer
+
+    first_teacher = next(iter(teachers.values()))
+    mask_token = AutoTokenizer.from_pretrained(first_teacher.path).mask_token or "[MASK]"
+    transfer: dict[str, list[Example]] = {}
+    aug_stats: dict[str, dict] = {}
+    for t, d in data.items():
+        transfer[t], aug_stats[t], _ = transfer_examples(cfg, d, work_root, mask_token, log)
+    hits = misses = 0
+    label_seconds = 0.0
+    logits: dict[str, np.ndarray] = {}
+    for t, ex in transfer.items():
+        res = label_examples(ex, teachers[t], cfg, work_root, log)
+        logits[t] = res.logits
+        hits += res.hits
+        misses += res.misses
+        label_seconds += res.seconds
+
+    with atomic_dir(final) as tmp:
+        encoding = "wordpiece" if cfg.student.arch == "transformer" else "words"
+        if encoding == "words":
+            from tasks.vocab import Vocab
+            texts = [x for ex in transfer.values() for e in ex for x in (e.text_a, e.text_b) if x]
+            vocab = Vocab.build(texts, min_freq=cfg.student.vocab_min_freq,
+                                max_size=cfg.student.vocab_max_size, mask_token=mask_token)
+            vocab.save(tmp / "vocab.json")
+            enc = _word_encoder(vocab, cfg.student.max_length)
+            vocab_size = len(vocab)
+            embed_dim = cfg.student.embed_dim
+            if cfg.student.embeddings:
+                from tasks.embeddings import load_word_vectors
+                vectors, found = load_word_vectors(cfg.student.embeddings, vocab)
+                np.save(tmp / "embeddings.npy", vectors.astype(np.float32), allow_pickle=False)
+                embed_dim = int(vectors.shape[1])
+                log(f"[bundle] embeddings: {found}/{len(vocab)} vocabulary words found in "
+                    f"{cfg.student.embeddings}")
+        else:
+            tok = AutoTokenizer.from_pretrained(first_teacher.path)
+            tok.save_pretrained(str(tmp / "tokenizer"))
+            enc = _wordpiece_encoder(tok, cfg.student.max_length)
+            vocab_size, embed_dim = len(tok), None
+        tasks_meta = {}
+        for t, d in data.items():
+            ids_a, ids_b, types = enc(transfer[t])
+            label = np.array([np.nan if e.label is None else float(e.label) for e in transfer[t]])
+            write_split(tmp / f"train-{t}.parquet", ids_a, ids_b, types, label, logits[t])
+            for split, ex in d.dev.items():
+                a, b, ty = enc(ex)
+                write_split(tmp / f"dev-{t}-{split}.parquet", a, b, ty,
+                            np.array([float(e.label) for e in ex]))
+            tasks_meta[t] = {"num_outputs": d.task.num_outputs, "pair": d.task.is_pair,
+                             "regression": d.task.is_regression, "dev_splits": list(d.dev),
+                             "train_size": len(transfer[t]), "spec": _spec_dict(d.task)}
+        meta = {"key": key, "tasks": tasks_meta, "encoding": encoding, "vocab_size": vocab_size,
+                "embed_dim": embed_dim, "mask_token": mask_token,
+                "transfer_sizes": {t: len(x) for t, x in transfer.items()},
+                "augment_stats": aug_stats,
+                "teachers": {t: asdict(r) for t, r in teachers.items()}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last
+    return BundleResult(final, key, False, meta["transfer_sizes"],
+                        {"label_cache_hits": hits, "label_cache_misses": misses,
+                         "label_seconds": label_seconds}, aug_stats, time.time() - t0)
+
+
+def _spec_dict(spec: TaskSpec) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(spec).items()}
+
+
+def _word_encoder(vocab, max_length: int):
+    def enc(examples: list[Example]):
+        a = [vocab.encode(e.text_a, max_length) for e in examples]
+        b = [vocab.encode(e.text_b, max_length) for e in examples] \
+            if examples and examples[0].text_b is not None else None
+        return a, b, None
+    return enc
+
+
+def _wordpiece_encoder(tok, max_length: int):
+    def enc(examples: list[Example]):
+        a = [e.text_a for e in examples]
+        b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
+        out = tok(a, b, truncation=True, max_length=max_length)
+        types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
+        return out["input_ids"], None, types
+    return enc

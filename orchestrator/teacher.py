@@ -1,0 +1,205 @@
+"""Teacher stage: fine-tune an HF encoder on a task, evaluate on dev, save, reuse when unchanged.
+
+The result is a Hugging Face directory under ``<work_root>/teachers/<key>/`` where the key hashes
+the base model, task, training data and settings; a second call with the same inputs reuses it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchestrator.config import TeacherConfig
+from orchestrator.keys import atomic_dir, content_key
+from orchestrator.teacher_model import (HEADS_FILE, TeacherError, create_random_teacher,
+                                        load_teacher)
+from tasks.data import Example
+from tasks.metrics import compute_metrics
+from tasks.registry import TaskSpec
+from tasks.text import tokenize
+
+TEACHER_VERSION = 1
+
+
+@dataclass
+class TeacherResult:
+    path: Path
+    key: str
+    metrics: dict[str, float]
+    reused: bool
+    seconds: float
+
+
+def teacher_key(cfg: TeacherConfig, task: TaskSpec, data_fingerprint: str) -> str:
+    base = cfg.model
+    if Path(base).is_dir():  # a local dir is identified by its content, not its path
+        from orchestrator.teacher_model import teacher_identity
+        base = f"dir:{teacher_identity(base)}"
+    return content_key({"v": TEACHER_VERSION, "model": base, "task": task.name,
+                        "data": data_fingerprint, "cfg": {**asdict(cfg), "model": None}})
+
+
+def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
+                     dev: list[Example], work_root: str | Path, data_fingerprint: str,
+                     log=print) -> TeacherResult:
+    """Fine-tune (or reuse) a teacher; returns where it lies and its dev metrics."""
+    t0 = time.time()
+    key = teacher_key(cfg, task, data_fingerprint)
+    final = Path(work_root) / "teachers" / key
+    if (final / "metrics.json").is_file():
+        metrics = json.loads((final / "metrics.json").read_text())
+        log(f"[teacher] reusing {final} (dev {task.main_metric}={metrics.get(task.main_metric, float('nan')):.4f})")
+        return TeacherResult(final, key, metrics, True, time.time() - t0)
+    _check_base_model(cfg.model)
+    with atomic_dir(final) as tmp:
+        model, tokenizer = _init_model(cfg, task, train, tmp)
+        examples = _subset(train, cfg.max_train_examples, cfg.seed)
+        log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
+        _train(model, tokenizer, examples, task, cfg, log)
+        metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length)
+        log(f"[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / HEADS_FILE).write_text(json.dumps({"multitask": False,
+                                                  "heads": {task.name: task.num_outputs}}))
+        (tmp / "teacher_config.json").write_text(json.dumps(
+            {"base_model": cfg.model, "task": task.name, "config": asdict(cfg)}, indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
+    return TeacherResult(final, key, metrics, False, time.time() - t0)
+
+
+def _check_base_model(name: str) -> None:
+    if name.startswith("random:"):
+        return
+    p = Path(name)
+    looks_local = name.startswith((".", "/", "~")) or p.exists()
+    if looks_local and not (p / "config.json").is_file():
+        raise TeacherError(f"teacher model {name} does not exist or has no config.json; pass a "
+                           "Hugging Face model dir or hub name (teacher.model=...)")
+
+
+def _init_model(cfg: TeacherConfig, task: TaskSpec, train: list[Example], tmp: Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    if cfg.model.startswith("random:"):
+        words = sorted({w for e in train for t in (e.text_a, e.text_b) if t for w in tokenize(t)})
+        src = create_random_teacher(tmp / "_init", words, task.num_outputs, task.name,
+                                    seed=cfg.seed, max_position=max(cfg.max_length, 128))
+        model = AutoModelForSequenceClassification.from_pretrained(str(src))
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+        shutil.rmtree(src)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+            kwargs = {"num_labels": task.num_outputs}
+            if task.is_regression:
+                kwargs["problem_type"] = "regression"
+            model = AutoModelForSequenceClassification.from_pretrained(cfg.model, **kwargs)
+        except OSError as e:
+            raise TeacherError(f"cannot load teacher model {cfg.model!r}: {e}. Offline? Point "
+                               "teacher.model at a local HF directory") from None
+        except (ValueError, KeyError) as e:
+            raise TeacherError(f"{cfg.model!r} is not a classifier-compatible encoder: {e}") from None
+    return model, tokenizer
+
+
+def _subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    if n is None or n >= len(examples):
+        return list(examples)
+    idx = list(range(len(examples)))
+    random.Random(seed).shuffle(idx)
+    return [examples[i] for i in sorted(idx[:n])]
+
+
+def _encode(tokenizer, batch: list[Example], max_length: int):
+    a = [e.text_a for e in batch]
+    b = [e.text_b for e in batch] if batch[0].text_b is not None else None
+    return tokenizer(a, b, truncation=True, max_length=max_length, padding=True,
+                     return_tensors="pt")
+
+
+def _length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random):
+    """Shuffle, then sort within windows of 50 batches so padding stays small."""
+    idx = list(range(len(lengths)))
+    rng.shuffle(idx)
+    window = batch_size * 50
+    batches = []
+    for s in range(0, len(idx), window):
+        chunk = sorted(idx[s:s + window], key=lambda i: lengths[i])
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) -> None:
+    from tqdm.auto import tqdm
+
+    rng = random.Random(cfg.seed)
+    lengths = [len(e.text_a) + len(e.text_b or "") for e in examples]
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
+    total = max(1, int(round(steps_per_epoch * cfg.epochs)))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = int(total * cfg.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    model.train()
+    step = 0
+    bar = tqdm(total=total, desc=f"teacher {task.name}", unit="step")
+    while step < total:
+        for batch_idx in _length_grouped_batches(lengths, cfg.batch_size, rng):
+            if step >= total:
+                break
+            batch = [examples[i] for i in batch_idx]
+            enc = _encode(tokenizer, batch, cfg.max_length)
+            if task.is_regression:
+                labels = torch.tensor([float(e.label) for e in batch])
+            else:
+                labels = torch.tensor([int(e.label) for e in batch])
+            out = model(**enc, labels=labels)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{out.loss.item():.4f}")
+    bar.close()
+    model.eval()
+
+
+@torch.inference_mode()
+def predict_logits(model, tokenizer, examples: list[Example], max_length: int,
+                   batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
+    out = [None] * len(examples)
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        enc = _encode(tokenizer, [examples[i] for i in idx], max_length)
+        logits = model(**enc).logits.float().numpy()
+        for j, i in enumerate(idx):
+            out[i] = logits[j]
+    return np.stack(out) if out else np.zeros((0, 1), np.float32)
+
+
+def evaluate_teacher(model, tokenizer, dev: list[Example], task: TaskSpec,
+                     max_length: int) -> dict[str, float]:
+    logits = predict_logits(model, tokenizer, dev, max_length)
+    labels = np.array([e.label for e in dev], dtype=np.float64)
+    return compute_metrics(task, logits, labels)
+
+
+def evaluate_saved_teacher(path: str | Path, dev: list[Example], task: TaskSpec,
+                           max_length: int) -> dict[str, float]:
+    t = load_teacher(path)
+    return evaluate_teacher(t.model, t.tokenizer, dev, task, max_length)

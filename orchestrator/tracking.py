@@ -1,0 +1,144 @@
+"""MLflow as the record: one place that knows the tracking store, experiments and run tags.
+
+Everything goes through an explicit ``MlflowClient`` and run ids, never MLflow's process-global
+"active run", so the driver, Tune trials and Ray Train workers can all log to the same runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterable
+
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+# Tags that make runs findable: a search's parent, a trial's child, a report cell.
+TAG_KIND = "distillray.kind"  # search | trial | teacher | report | stage
+TAG_SEARCH = "distillray.search"
+TAG_TRIAL = "distillray.trial_id"
+TAG_PARENT = "mlflow.parentRunId"
+TAG_ERROR = "distillray.error"
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or used."""
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    """Explicit URI, else $MLFLOW_TRACKING_URI, else ``sqlite:///<cwd>/mlflow.db``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail at start, not after trials ran, when a tracking server does not answer."""
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+                if r.status != 200:
+                    raise TrackingError(f"MLflow server {uri} answered {r.status} on /health")
+        except (urllib.error.URLError, OSError) as e:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is unreachable ({e}); start it "
+                "(`mlflow server --host 127.0.0.1 ...`) or set --tracking-uri / "
+                "MLFLOW_TRACKING_URI to a reachable store") from None
+    elif uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if not path.parent.exists():
+            raise TrackingError(f"directory of tracking store {path} does not exist")
+
+
+def get_experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if artifact_location and "://" not in artifact_location:
+        Path(artifact_location).mkdir(parents=True, exist_ok=True)
+        artifact_location = Path(artifact_location).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str],
+              statuses: Iterable[str] | None = None) -> list:
+    clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+    runs = client.search_runs([experiment_id], filter_string=" and ".join(clauses),
+                              max_results=1000)
+    if statuses is not None:
+        allowed = set(statuses)
+        runs = [r for r in runs if r.info.status in allowed]
+    return runs
+
+
+def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
+    tags = dict(tags)
+    if parent_run_id:
+        tags[TAG_PARENT] = parent_run_id
+    run = client.create_run(experiment_id, run_name=name, tags=tags)
+    return run.info.run_id
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    existing = client.get_run(run_id).data.params
+    items = [Param(k, _short(v)) for k, v in flatten(params).items() if k not in existing]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float],
+                step: int | None = None) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and v == v]
+    if items:
+        client.log_batch(run_id, metrics=items)
+
+
+def log_dict_artifact(client: MlflowClient, run_id: str, obj: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / name
+        if name.endswith((".yaml", ".yml")):
+            import yaml
+            p.write_text(yaml.safe_dump(obj, sort_keys=False))
+        else:
+            p.write_text(json.dumps(obj, indent=1, default=str))
+        client.log_artifact(run_id, str(p))
+
+
+def end_run(client: MlflowClient, run_id: str, ok: bool, error: str | None = None) -> None:
+    if error:
+        client.set_tag(run_id, TAG_ERROR, error[:4000])
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s[:500]

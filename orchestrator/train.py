@@ -1,0 +1,305 @@
+"""Student training on Ray Train: the per-worker loop and the TorchTrainer that runs it.
+
+One loop serves single-task KD (Tang et al.) and multi-task KD (MKD): every step draws a task by
+the mixture (a single task draws itself), takes a batch of it, and fits that task's teacher logits
+with the loss from ``students.losses``. Each epoch: evaluate on dev, report metrics to Ray Train
+(and through it to Tune), log them to the trial's MLflow run, and checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from orchestrator.bundle import TaskTensors, load_embeddings, read_meta, read_split
+from orchestrator.config import ExperimentConfig, build_config
+from orchestrator.mixture import TaskSampler, mixture_weights
+from students.factory import build_student, count_parameters
+from students.losses import distillation_loss
+from tasks.metrics import compute_metrics
+from tasks.registry import TaskSpec
+
+MODEL_FILE = "model.safetensors"
+STUDENT_FILE = "student.json"
+
+
+def task_spec_from_meta(d: dict) -> TaskSpec:
+    names = {f.name for f in fields(TaskSpec)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+    return TaskSpec(**kw)
+
+
+def meta_heads(meta: dict) -> dict[str, int]:
+    return {t: int(m["num_outputs"]) for t, m in meta["tasks"].items()}
+
+
+def build_from_meta(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | None):
+    pair = any(m["pair"] for m in meta["tasks"].values()) and meta["encoding"] == "words"
+    return build_student(cfg.student, meta["vocab_size"], meta_heads(meta), pair, embeddings)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+def pad(seqs: list[list[int]], max_len: int | None = None) -> torch.Tensor:
+    n = max((len(s) for s in seqs), default=1) or 1
+    if max_len:
+        n = min(n, max_len)
+    out = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        s = s[:n]
+        if s:
+            out[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+    return out
+
+
+def make_batch(t: TaskTensors, idx: list[int]) -> dict[str, torch.Tensor | None]:
+    return {
+        "ids_a": pad([t.ids_a[i] for i in idx]),
+        "ids_b": pad([t.ids_b[i] for i in idx]) if t.ids_b is not None else None,
+        "types": pad([t.types[i] for i in idx]) if t.types is not None else None,
+        "label": torch.as_tensor(t.label[idx], dtype=torch.float32),
+        "logits": torch.as_tensor(t.logits[idx]) if t.logits is not None else None,
+    }
+
+
+def forward(model, batch, task: str):
+    if batch["types"] is not None:  # wordpiece (transformer student): pair already joined
+        return model(batch["ids_a"], None, task, token_type_ids=batch["types"])
+    return model(batch["ids_a"], batch["ids_b"], task)
+
+
+class TaskStream:
+    """Endless shuffled batches of one task's shard; reshuffles each pass."""
+
+    def __init__(self, data: TaskTensors, shard: np.ndarray, batch_size: int, seed: int):
+        self.data, self.shard, self.bs = data, shard, batch_size
+        self.rng = np.random.default_rng(seed)
+        self.queue: list[np.ndarray] = []
+
+    def next(self) -> dict:
+        if not self.queue:
+            perm = self.rng.permutation(self.shard)
+            # sort inside windows so batches have similar lengths (less padding), then shuffle
+            lens = np.array([len(self.data.ids_a[i]) for i in perm])
+            win = self.bs * 32
+            chunks = []
+            for s in range(0, len(perm), win):
+                w = perm[s:s + win][np.argsort(lens[s:s + win], kind="stable")]
+                chunks += [w[j:j + self.bs] for j in range(0, len(w), self.bs)]
+            self.rng.shuffle(chunks)
+            self.queue = chunks
+        return make_batch(self.data, list(self.queue.pop()))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+@torch.inference_mode()
+def predict(model, data: TaskTensors, task: str, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    order = np.argsort([len(x) for x in data.ids_a], kind="stable")
+    out = None
+    for s in range(0, len(order), batch_size):
+        idx = list(order[s:s + batch_size])
+        logits = forward(model, make_batch(data, idx), task).float().numpy()
+        if out is None:
+            out = np.zeros((len(order), logits.shape[1]), dtype=np.float32)
+        out[idx] = logits
+    return out if out is not None else np.zeros((0, 1), np.float32)
+
+
+def evaluate(model, dev: dict[tuple[str, str], TaskTensors], specs: dict[str, TaskSpec]) -> dict[str, float]:
+    """Per task and split: the task's metrics and score; ``dev_score`` = mean of task scores on
+    each task's first dev split (GLUE-style average). Single-task runs also get ``dev_<metric>``."""
+    metrics: dict[str, float] = {}
+    scores = []
+    for (task, split), data in dev.items():
+        m = compute_metrics(specs[task], predict(model, data, task), data.label)
+        prefix = task if split == specs[task].dev_splits[0] or split == "dev" else f"{task}_{split}"
+        for k, v in m.items():
+            metrics[f"{prefix}_{k}"] = float(v)
+        if prefix == task:
+            scores.append(float(m["score"]))
+            if len(specs) == 1:
+                for k, v in m.items():
+                    metrics[f"dev_{k}"] = float(v)
+    metrics["dev_score"] = float(np.mean(scores)) if scores else float("nan")
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# the Ray Train worker loop
+
+def load_bundle(bundle: str | Path, tasks: list[str] | None = None):
+    meta = read_meta(bundle)
+    names = tasks or list(meta["tasks"])
+    train = {t: read_split(Path(bundle) / f"train-{t}.parquet") for t in names}
+    dev = {(t, s): read_split(Path(bundle) / f"dev-{t}-{s}.parquet")
+           for t in names for s in meta["tasks"][t]["dev_splits"]}
+    specs = {t: task_spec_from_meta(meta["tasks"][t]["spec"]) for t in names}
+    return meta, train, dev, specs
+
+
+def save_student(model, out_dir: Path, cfg: ExperimentConfig, meta: dict, bundle: Path,
+                 extra: dict | None = None) -> None:
+    """Weights as safetensors, the config that rebuilds the model, and the vocabulary."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    module = model.module if hasattr(model, "module") else model
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+              str(out_dir / MODEL_FILE))
+    (out_dir / STUDENT_FILE).write_text(json.dumps({
+        "student": asdict(cfg.student), "meta": meta, **(extra or {})}, indent=1))
+    if (bundle / "vocab.json").is_file():
+        shutil.copy(bundle / "vocab.json", out_dir / "vocab.json")
+    if (bundle / "tokenizer").is_dir():
+        shutil.copytree(bundle / "tokenizer", out_dir / "tokenizer", dirs_exist_ok=True)
+
+
+def load_student(ckpt_dir: str | Path):
+    """Rebuild a saved student (weights via safetensors, never pickle)."""
+    from orchestrator.config import from_dict, StudentConfig
+    from safetensors.torch import load_file
+
+    d = Path(ckpt_dir)
+    for f in (MODEL_FILE, STUDENT_FILE):
+        if not (d / f).is_file():
+            raise FileNotFoundError(f"student dir {d} lacks {f}: the run's artifacts are incomplete")
+    info = json.loads((d / STUDENT_FILE).read_text())
+    cfg = ExperimentConfig()
+    cfg.student = from_dict(StudentConfig, info["student"])
+    model = build_from_meta(cfg, info["meta"], None)
+    model.load_state_dict(load_file(str(d / MODEL_FILE)))
+    model.eval()
+    return model, info
+
+
+def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = build_config(loop_cfg["experiment"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
+    torch.manual_seed(tc.seed)
+    bundle = Path(loop_cfg["bundle"])
+    meta, train, dev, specs = load_bundle(bundle, loop_cfg.get("tasks"))
+    model = build_from_meta(cfg, meta, load_embeddings(bundle))
+
+    probe = {}
+    if rank == 0:
+        from orchestrator.probe import student_latency_ms
+        first = next(iter(specs))
+        pair = meta["tasks"][first]["pair"] and meta["encoding"] == "words"
+        probe = {"latency_ms": student_latency_ms(model, 1, 32, pair, meta["vocab_size"], first,
+                                                  repeats=15),
+                 "non_embedding_params": float(count_parameters(model)["non_embedding"]),
+                 "params": float(count_parameters(model)["total"])}
+
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
+                                 weight_decay=tc.weight_decay)
+    start_epoch, best, bad_epochs = 0, -math.inf, 0
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # resume after a worker failure or a restored search
+        from safetensors.torch import load_file
+        with ckpt.as_directory() as d:
+            model.load_state_dict(load_file(str(Path(d) / MODEL_FILE)))
+            state = json.loads((Path(d) / "train_state.json").read_text())
+            opt_path = Path(d) / "optimizer.pt"
+            if opt_path.is_file():
+                optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
+        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
+    if world > 1:
+        model = ray.train.torch.prepare_model(
+            model, parallel_strategy_kwargs={"find_unused_parameters": len(specs) > 1})
+
+    sizes = {t: len(d) for t, d in train.items()}
+    probs = mixture_weights(sizes, tc.mixture if len(sizes) > 1 else "proportional",
+                            tc.mixture_tau, tc.mixture_weights)
+    streams = {t: TaskStream(d, np.arange(rank, len(d), world), tc.batch_size, tc.seed + 17 * rank)
+               for t, d in train.items()}
+    steps = tc.steps_per_epoch or max(1, sum(math.ceil(n / (tc.batch_size * world)) for n in sizes.values()))
+    sampler = TaskSampler(probs, seed=tc.seed + 1000 * start_epoch)
+    client = None
+    if rank == 0 and loop_cfg.get("run_id"):
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(loop_cfg["tracking_uri"])
+
+    for epoch in range(start_epoch, tc.epochs):
+        t0 = time.time()
+        model.train()
+        total, n = 0.0, 0
+        for task in sampler.draw(steps):
+            batch = streams[task].next()
+            out = forward(model, batch, task)
+            spec = specs[task]
+            gold = batch["label"]
+            if not spec.is_regression:
+                gold = torch.where(torch.isnan(gold), torch.full_like(gold, -1), gold).long()
+            loss = distillation_loss(out, batch["logits"], gold, kind=tc.loss, alpha=tc.alpha,
+                                     temperature=tc.temperature, regression=spec.is_regression)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            total += loss.item()
+            n += 1
+        module = model.module if hasattr(model, "module") else model
+        metrics = {"epoch": epoch + 1, "train_loss": total / max(1, n),
+                   "epoch_seconds": time.time() - t0, **evaluate(module, dev, specs), **probe}
+        improved = metrics["dev_score"] > best
+        best = max(best, metrics["dev_score"])
+        bad_epochs = 0 if improved else bad_epochs + 1
+        metrics["best_dev_score"] = best
+        if client is not None:
+            from orchestrator.tracking import log_metrics
+            log_metrics(client, loop_cfg["run_id"], metrics, step=epoch + 1)
+        with tempfile.TemporaryDirectory() as d:
+            if rank == 0:
+                save_student(model, Path(d), cfg, meta, bundle)
+                torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
+                (Path(d) / "train_state.json").write_text(json.dumps(
+                    {"epoch": epoch, "best": best, "bad_epochs": bad_epochs}))
+                (Path(d) / "metrics.json").write_text(json.dumps(metrics))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
+        if tc.patience is not None and bad_epochs >= tc.patience:
+            break
+
+
+def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
+                 tracking_uri: str | None, storage_path: str, name: str,
+                 callbacks: list | None = None, tasks: list[str] | None = None):
+    """A TorchTrainer for one student: workers and resources from ``cfg.train``."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    tc = cfg.train
+    scaling = ray.train.ScalingConfig(
+        num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+        resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})})
+    run_config = ray.train.RunConfig(
+        name=name, storage_path=storage_path, callbacks=callbacks or [],
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=1, checkpoint_score_attribute="dev_score", checkpoint_score_order="max"),
+        failure_config=ray.train.FailureConfig(max_failures=1))
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": cfg.to_dict(), "bundle": str(bundle), "run_id": run_id,
+                           "tracking_uri": tracking_uri, "tasks": tasks},
+        scaling_config=scaling, run_config=run_config)
