@@ -1,0 +1,205 @@
+"""``distillray`` command line: each pipeline stage on its own, the search, and the record.
+
+    distillray tune --preset tang [--set train.lr=3e-4 ...]
+    distillray finetune-teacher --task sst2          distillray augment --task sst2
+    distillray label --task sst2                     distillray best --search NAME
+    distillray ui                                    distillray export --search NAME
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import (ConfigError, ExperimentConfig, build_config, find_assets,
+                                 parse_override, use_local_assets)
+
+
+# ---------------------------------------------------------------------------------------------
+# resolving a run's config: preset -> --set overrides -> local assets where defaults remain
+
+def resolve_run(preset: str, sets: list[str] | None = None, assets: str | None = None,
+                extra: dict[str, Any] | None = None):
+    """Returns (space, cfg, overrides). ``overrides`` carries every resolved value (asset paths
+    included) so each trial rebuilds exactly the same base config."""
+    from search_spaces.loader import load_space
+
+    space = load_space(preset)
+    overrides: dict[str, Any] = dict(extra or {})
+    for s in sets or []:
+        k, v = parse_override(s)
+        overrides[k] = v
+    base = space.config | {"search": space.search}
+    cfg = build_config(base, overrides)
+    asset_dir = find_assets(assets)
+    before = cfg.to_dict()
+    if asset_dir is not None:
+        cfg = use_local_assets(cfg, asset_dir)
+    elif cfg.student.embeddings == "glove":
+        print("[config] no local assets and student.embeddings=glove: using random embeddings; "
+              "pass student.embeddings=<GloVe .txt> for pretrained vectors", file=sys.stderr)
+        cfg.student.embeddings = None
+    after = cfg.to_dict()
+    for section, values in after.items():
+        if isinstance(values, dict):
+            for k, v in values.items():
+                if before[section][k] != v:
+                    overrides[f"{section}.{k}"] = v
+    if cfg.student.embeddings == "glove":  # neither assets nor path
+        overrides["student.embeddings"] = None
+    cfg = build_config(base, overrides)
+    return space, cfg, overrides
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="smoke", help="search_spaces preset name or YAML path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--assets", default=None,
+                   help="local assets dir (GLUE TSVs, teacher, GloVe, nltk_data); default "
+                        "$DISTILLRAY_ASSETS or ../shared/assets when present")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default "
+                   "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--work-root", default=None, help="cache/artifact root (default .distillray)")
+
+
+def _extra(args) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if getattr(args, "tracking_uri", None):
+        extra["tracking.uri"] = args.tracking_uri
+    if getattr(args, "work_root", None):
+        extra["work_root"] = args.work_root
+    if getattr(args, "name", None):
+        extra["search.name"] = args.name
+    if getattr(args, "num_samples", None):
+        extra["search.num_samples"] = args.num_samples
+    if getattr(args, "storage_path", None):
+        extra["search.storage_path"] = args.storage_path
+    if getattr(args, "task", None):
+        extra["data.task"] = args.task
+    return extra
+
+
+def cmd_tune(args) -> int:
+    from orchestrator.search import run_search
+
+    space, cfg, overrides = resolve_run(args.preset, args.set, args.assets, _extra(args))
+    out = run_search(cfg, space, overrides, address=args.address, resume=not args.no_resume)
+    print(f"[done] search {out.name} in {out.seconds:.0f}s; MLflow parent run {out.parent_run_id}")
+    return 0 if out.best else 1
+
+
+def cmd_finetune_teacher(args) -> int:
+    from orchestrator.pipeline import load_data
+    from orchestrator.teacher import finetune_teacher
+    from tasks.loaders import data_fingerprint
+
+    _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
+    for name, d in load_data(cfg).items():
+        res = finetune_teacher(cfg.teacher, d.task, d.train, next(iter(d.dev.values())),
+                               cfg.work_root, data_fingerprint(d.train))
+        print(f"{name}: {res.path} ({'reused' if res.reused else f'{res.seconds:.0f}s'}) {res.metrics}")
+    return 0
+
+
+def cmd_augment(args) -> int:
+    from orchestrator.augment_stage import augment_dataset
+    from orchestrator.pipeline import load_data
+    from tasks.loaders import data_fingerprint
+
+    _, cfg, _ = resolve_run(args.preset, args.set + ["augment.enabled=true"], args.assets, _extra(args))
+    for name, d in load_data(cfg).items():
+        res = augment_dataset(d.train, cfg.augment, Path(cfg.work_root) / "transfer",
+                              data_key=f"{name}:{data_fingerprint(d.train)}")
+        print(f"{name}: {res.n_in} examples in -> {res.n_out} out, {res.seconds:.1f}s "
+              f"({'reused' if res.reused else 'built'}) -> {res.path}")
+        for k, v in res.stats.items():
+            print(f"  {k}: {v}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    from orchestrator.pipeline import TeacherRef, label_examples, load_data
+    from orchestrator.teacher_model import teacher_identity
+
+    _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
+    if not args.teacher:
+        raise ConfigError("label needs --teacher DIR (a fine-tuned teacher)")
+    from orchestrator.ray_runtime import init_ray
+    init_ray()
+    for name, d in load_data(cfg).items():
+        ref = TeacherRef(args.teacher, teacher_identity(args.teacher), name, cfg.teacher.max_length)
+        res = label_examples(d.train, ref, cfg, Path(cfg.work_root))
+        print(f"{name}: {len(d.train)} labeled; cache hits {res.hits}, misses {res.misses}")
+    return 0
+
+
+def cmd_best(args) -> int:
+    from orchestrator.registry import best_of_search
+
+    info = best_of_search(args.search, args.tracking_uri, args.experiment)
+    for k, v in info.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from orchestrator.tracking import resolve_uri
+
+    uri = resolve_uri(args.tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--host", args.host, "--port", str(args.port)]
+    print(f"[ui] MLflow UI on http://{args.host}:{args.port} for {uri}")
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="distillray", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("tune", help="run a distillation search (Tune + Optuna + ASHA)")
+    _common(p)
+    p.add_argument("--name", help="search name (re-running a name resumes it)")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--storage-path", help="Tune results dir or URI (shared storage on clusters)")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if the name exists")
+    p.set_defaults(fn=cmd_tune)
+    for name, fn, hlp in (("finetune-teacher", cmd_finetune_teacher, "fine-tune (or reuse) the teacher"),
+                          ("augment", cmd_augment, "build the Tang-augmented transfer set"),
+                          ("label", cmd_label, "label a task's training set with a teacher")):
+        p = sub.add_parser(name, help=hlp)
+        _common(p)
+        p.add_argument("--task", help="task name (overrides data.task)")
+        if name == "label":
+            p.add_argument("--teacher", help="fine-tuned teacher dir")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("best", help="print the best student of a search")
+    p.add_argument("--search", required=True)
+    p.add_argument("--tracking-uri")
+    p.add_argument("--experiment", default="distillray")
+    p.set_defaults(fn=cmd_best)
+    p = sub.add_parser("ui", help="MLflow UI on the project's store (127.0.0.1)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(fn=cmd_ui)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+        if os.environ.get("DISTILLRAY_DEBUG"):
+            raise
+        print(f"distillray: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

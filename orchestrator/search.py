@@ -1,0 +1,358 @@
+"""The search: Ray Tune (Optuna + ASHA) over student trials, each a Ray Train run, recorded in MLflow.
+
+Shape (see RAY_NOTES): a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
+workers report each epoch; ``TuneReportCallback`` forwards those reports to Tune, so ASHA can stop
+bad trials early. The driver owns the MLflow parent run; each trial owns one child run, found again
+by its trial id when a trial is retried or a search is resumed, so no run is lost or duplicated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from orchestrator import tracking
+from orchestrator.config import ExperimentConfig
+from orchestrator.pipeline import TeacherRef, load_data, prepare_bundle
+from orchestrator.ray_runtime import check_budget, init_ray
+from search_spaces.loader import SearchSpace, apply_sample
+
+OBJECTIVE_LATENCY = "latency_ms"
+
+
+@dataclass
+class SearchOutcome:
+    name: str
+    parent_run_id: str
+    table: pd.DataFrame
+    best: dict[str, Any]
+    pareto: pd.DataFrame
+    seconds: float
+
+
+# ---------------------------------------------------------------------------------------------
+# teachers
+
+def ensure_teachers(cfg: ExperimentConfig, data, client, experiment_id: str,
+                    log: Callable = print) -> dict[str, TeacherRef]:
+    """Fine-tune (or reuse) one teacher per task and record each in its own MLflow run."""
+    from orchestrator.teacher import finetune_teacher
+    from tasks.loaders import data_fingerprint
+
+    refs = {}
+    for name, d in data.items():
+        dev = next(iter(d.dev.values()))
+        res = finetune_teacher(cfg.teacher, d.task, d.train, dev, cfg.work_root,
+                               data_fingerprint(d.train), log=log)
+        refs[name] = TeacherRef(path=str(res.path), key=res.key, head=name,
+                                max_length=cfg.teacher.max_length)
+        if not tracking.find_runs(client, experiment_id, {tracking.TAG_KIND: "teacher",
+                                                          "distillray.teacher_key": res.key}):
+            rid = tracking.start_run(client, experiment_id, f"teacher-{name}",
+                                     {tracking.TAG_KIND: "teacher", "distillray.teacher_key": res.key,
+                                      "distillray.task": name})
+            tracking.log_params(client, rid, {"teacher": vars(cfg.teacher), "task": name,
+                                              "train_examples": len(d.train)})
+            tracking.log_metrics(client, rid, {f"dev_{k}": v for k, v in res.metrics.items()}
+                                 | {"finetune_seconds": res.seconds})
+            client.log_artifacts(rid, str(res.path), "teacher")
+            tracking.end_run(client, rid, True)
+    return refs
+
+
+# ---------------------------------------------------------------------------------------------
+# one trial
+
+def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, Any],
+           data, teachers: dict[str, TeacherRef], parent_run_id: str, experiment_id: str,
+           uri: str, storage_path: str, search_name: str) -> None:
+    import ray.tune
+    from mlflow.tracking import MlflowClient
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.train import make_trainer
+
+    cfg = apply_sample(space, sample, overrides)
+    trial_id = ray.tune.get_context().get_trial_id()
+    client = MlflowClient(uri)
+    existing = tracking.find_runs(client, experiment_id, {tracking.TAG_SEARCH: search_name,
+                                                          tracking.TAG_TRIAL: trial_id})
+    if existing:  # a retry or a resumed search: continue the same child run
+        run_id = existing[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        client.set_tag(run_id, "distillray.attempts",
+                       str(int(existing[0].data.tags.get("distillray.attempts", "1")) + 1))
+    else:
+        run_id = tracking.start_run(
+            client, experiment_id, f"{search_name}-{trial_id}",
+            {tracking.TAG_KIND: "trial", tracking.TAG_SEARCH: search_name,
+             tracking.TAG_TRIAL: trial_id, "distillray.attempts": "1"}, parent_run_id)
+        tracking.log_params(client, run_id, {**{f"sampled.{k.rstrip('#')}": v for k, v in sample.items()},
+                                             **cfg.to_dict()})
+    try:
+        bundle = prepare_bundle(cfg, data, teachers)
+        tracking.log_metrics(client, run_id, {
+            **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
+            "transfer_size": sum(bundle.transfer_sizes.values()),
+            "bundle_reused": float(bundle.reused), **bundle.label_stats})
+        client.set_tag(run_id, "distillray.bundle", bundle.key)
+        trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path,
+                               name=f"{search_name}-{trial_id}", callbacks=[TuneReportCallback()])
+        result = trainer.fit()
+        if result.error:
+            raise result.error
+        _log_trial_outcome(client, run_id, result)
+        tracking.end_run(client, run_id, True)
+    except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
+        tracking.end_run(client, run_id, False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        raise
+
+
+def _log_trial_outcome(client, run_id: str, result) -> None:
+    hist = result.metrics_dataframe
+    if hist is not None and len(hist):
+        final = {k: float(v) for k, v in hist.iloc[-1].items()
+                 if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+        tracking.log_metrics(client, run_id, {f"final_{k}": v for k, v in final.items()
+                                              if k.startswith(("dev_", "best_dev"))})
+        _log_learning_curve(client, run_id, hist)
+    ckpt = result.get_best_checkpoint("dev_score", "max") if hasattr(result, "get_best_checkpoint") \
+        else result.checkpoint
+    ckpt = ckpt or result.checkpoint
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json"):
+                if (Path(d) / f).is_file():
+                    client.log_artifact(run_id, str(Path(d) / f), "student")
+            if (Path(d) / "tokenizer").is_dir():
+                client.log_artifacts(run_id, str(Path(d) / "tokenizer"), "student/tokenizer")
+
+
+def _log_learning_curve(client, run_id: str, hist: pd.DataFrame) -> None:
+    import tempfile
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if "epoch" not in hist:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(hist["epoch"], hist["dev_score"], "o-", label="dev score")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev score")
+    if "train_loss" in hist:
+        ax2 = ax.twinx()
+        ax2.plot(hist["epoch"], hist["train_loss"], "s--", color="tab:red", label="train loss")
+        ax2.set_ylabel("train loss")
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "learning_curve.png"
+        fig.savefig(p, dpi=100)
+        client.log_artifact(run_id, str(p))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# the search
+
+def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, Any] | None = None,
+               address: str | None = None, resume: bool = True, log: Callable = print) -> SearchOutcome:
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    t0 = time.time()
+    overrides = dict(overrides or {})
+    s = cfg.search
+    work_root = Path(cfg.work_root).resolve()
+    cfg.work_root = str(work_root)
+    overrides["work_root"] = str(work_root)
+    uri = tracking.resolve_uri(cfg.tracking.uri)
+    tracking.check_reachable(uri)
+    storage = s.storage_path or str(work_root / "tune")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    resources = init_ray(address, log=log)
+    check_budget(cfg, resources)
+    log(f"[mlflow] tracking store: {uri}  (UI: distillray ui)")
+
+    client = MlflowClient(uri)
+    exp_id = tracking.get_experiment_id(client, cfg.tracking.experiment,
+                                        cfg.tracking.artifact_location or str(work_root / "mlartifacts"))
+    data = load_data(cfg)
+    teachers = ensure_teachers(cfg, data, client, exp_id, log)
+    if not space.searches("augment.") and not space.searches("student.embeddings") \
+            and not space.searches("student.max_length") and not space.searches("student.arch"):
+        prepare_bundle(cfg, data, teachers, log)  # shared by every trial: build once up front
+
+    parent = _parent_run(client, exp_id, s.name, resume)
+    tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
+                                         "searcher": "optuna-tpe", "scheduler": s.scheduler})
+    tracking.log_dict_artifact(client, parent, {"space": {p.key: vars(p) for p in space.params},
+                                                "config": cfg.to_dict()}, "search_space.yaml")
+
+    trainable = tune.with_parameters(
+        _trial, space=space, overrides=overrides, data=data, teachers=teachers,
+        parent_run_id=parent, experiment_id=exp_id, uri=uri, storage_path=storage,
+        search_name=s.name)
+    trainable = tune.with_resources(trainable, {"CPU": s.trial_cpus})
+    path = f"{storage.rstrip('/')}/{s.name}"
+    if resume and tune.Tuner.can_restore(path):
+        log(f"[tune] resuming search {s.name} from {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        objectives = s.objectives or [f"{s.metric}:{s.mode}"]
+        metrics = [o.split(":")[0] for o in objectives]
+        modes = [o.split(":")[1] if ":" in o else "max" for o in objectives]
+        searcher = OptunaSearch(space=space.define_by_run(),
+                                metric=metrics if len(metrics) > 1 else metrics[0],
+                                mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
+        searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+        scheduler = (ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
+                                   max_t=cfg.train.epochs, grace_period=s.grace_period,
+                                   reduction_factor=s.reduction_factor)
+                     if s.scheduler == "asha" else FIFOScheduler())
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                        num_samples=s.num_samples),
+            run_config=tune.RunConfig(name=s.name, storage_path=storage,
+                                      failure_config=tune.FailureConfig(max_failures=s.max_failures),
+                                      verbose=1))
+    results = tuner.fit()
+    table = results_table(results, s.metric, cfg.train.epochs)
+    _settle_child_runs(client, exp_id, s.name, table)
+    best, pareto = summarize(client, parent, table, s.metric, s.mode, cfg)
+    errors = [r for r in results if r.error]
+    tracking.end_run(client, parent, len(errors) < len(table) or not len(table))
+    log_table(table, s.metric, log)
+    if best:
+        log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
+            f"config={json.dumps(best.get('config', {}), default=str)}")
+    return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
+
+
+def _parent_run(client, exp_id: str, name: str, resume: bool) -> str:
+    if resume:
+        runs = tracking.find_runs(client, exp_id, {tracking.TAG_KIND: "search", tracking.TAG_SEARCH: name})
+        if runs:
+            rid = runs[0].info.run_id
+            client.update_run(rid, status="RUNNING")
+            return rid
+    return tracking.start_run(client, exp_id, name, {tracking.TAG_KIND: "search",
+                                                      tracking.TAG_SEARCH: name})
+
+
+def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
+    """One row per trial; a trial that ended before its epoch budget was stopped early (ASHA or
+    patience)."""
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        hist = r.metrics_dataframe
+        best = float(hist[metric].max()) if hist is not None and metric in hist else m.get(metric)
+        budget = int((r.config or {}).get("train.epochs", max_epochs))
+        status = "ERROR" if r.error else ("DONE" if m.get("epoch", 0) >= budget else "STOPPED_EARLY")
+        rows.append({
+            "trial_id": m.get("trial_id"),
+            "status": status,
+            "epochs": m.get("epoch"), metric: m.get(metric), f"best_{metric}": best,
+            OBJECTIVE_LATENCY: m.get(OBJECTIVE_LATENCY), "non_embedding_params": m.get("non_embedding_params"),
+            "config": {k.rstrip("#"): v for k, v in (r.config or {}).items()},
+            "error": str(r.error).splitlines()[0][:200] if r.error else None,
+        })
+    return pd.DataFrame(rows)
+
+
+def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> None:
+    """Trials ASHA stopped were killed mid-run: close their child runs as stopped, not 'running'."""
+    for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial"},
+                                  statuses=["RUNNING", "SCHEDULED"]):
+        client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
+        client.set_terminated(run.info.run_id, "KILLED")
+
+
+def pareto_front(df: pd.DataFrame, score: str, cost: str) -> pd.DataFrame:
+    """Rows no other row beats on both score (higher) and cost (lower)."""
+    ok = df.dropna(subset=[score, cost])
+    keep = []
+    for i, r in ok.iterrows():
+        dominated = ((ok[score] >= r[score]) & (ok[cost] <= r[cost]) &
+                     ((ok[score] > r[score]) | (ok[cost] < r[cost]))).any()
+        if not dominated:
+            keep.append(i)
+    return ok.loc[keep].sort_values(cost)
+
+
+def summarize(client, parent: str, table: pd.DataFrame, metric: str, mode: str,
+              cfg: ExperimentConfig) -> tuple[dict, pd.DataFrame]:
+    if table.empty:
+        return {}, table
+    col = f"best_{metric}"
+    ok = table.dropna(subset=[col])
+    if ok.empty:
+        return {}, ok
+    best_row = ok.loc[ok[col].idxmax() if mode == "max" else ok[col].idxmin()]
+    best = best_row.to_dict()
+    best[metric] = best_row[col]
+    client.set_tag(parent, "distillray.best_trial", str(best["trial_id"]))
+    tracking.log_metrics(client, parent, {f"best_{metric}": float(best_row[col]),
+                                          "trials": float(len(table)),
+                                          "trials_stopped_early": float((table["status"] == "STOPPED_EARLY").sum()),
+                                          "trials_failed": float((table["status"] == "ERROR").sum())})
+    pareto = pareto_front(ok, col, OBJECTIVE_LATENCY)
+    tracking.log_dict_artifact(client, parent, {
+        "best": {k: v for k, v in best.items()},
+        "pareto": pareto.drop(columns=["config"]).to_dict(orient="records"),
+        "trials": table.drop(columns=["config"]).to_dict(orient="records")}, "search_summary.json")
+    _pareto_plot(client, parent, ok, pareto, col)
+    return best, pareto
+
+
+def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, col: str) -> None:
+    import tempfile
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = ok.dropna(subset=[OBJECTIVE_LATENCY])
+    if d.empty:
+        return
+    size = d["non_embedding_params"].fillna(1.0).astype(float)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter(d[OBJECTIVE_LATENCY], d[col], s=20 + 200 * size / max(1.0, size.max()), alpha=0.5,
+               label="trials (size = non-embedding params)")
+    p = pareto.sort_values(OBJECTIVE_LATENCY)
+    ax.plot(p[OBJECTIVE_LATENCY], p[col], "r.-", label="Pareto front")
+    ax.set_xlabel("batch-1 latency (ms)")
+    ax.set_ylabel(col)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        f = Path(tmp) / "pareto.png"
+        fig.savefig(f, dpi=100)
+        client.log_artifact(parent, str(f))
+    plt.close(fig)
+
+
+def log_table(table: pd.DataFrame, metric: str, log: Callable = print) -> None:
+    if table.empty:
+        log("[tune] no trials ran")
+        return
+    cols = ["trial_id", "status", "epochs", f"best_{metric}", OBJECTIVE_LATENCY, "non_embedding_params"]
+    show = table[[c for c in cols if c in table]].copy()
+    params = pd.DataFrame([{k: v for k, v in c.items()} for c in table["config"]])
+    log("\n" + pd.concat([show, params], axis=1).to_string(index=False, float_format=lambda x: f"{x:.4g}"))
