@@ -1,0 +1,101 @@
+"""The best student of a search: find it in MLflow, log it as an MLflow model, register it."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from orchestrator import tracking
+
+
+class NotFoundError(LookupError):
+    pass
+
+
+def _search_runs(client: MlflowClient, search: str, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise NotFoundError(f"no MLflow experiment {experiment!r} in this tracking store")
+    parents = tracking.find_runs(client, exp.experiment_id, {tracking.TAG_KIND: "search",
+                                                             tracking.TAG_SEARCH: search})
+    if not parents:
+        raise NotFoundError(f"no search named {search!r} in experiment {experiment!r}; "
+                            "list searches in the MLflow UI (distillray ui)")
+    return exp, parents[0]
+
+
+def best_child_run(client: MlflowClient, search: str, experiment: str = "distillray"):
+    exp, parent = _search_runs(client, search, experiment)
+    trial_id = parent.data.tags.get("distillray.best_trial")
+    runs = tracking.find_runs(client, exp.experiment_id, {tracking.TAG_SEARCH: search,
+                                                          tracking.TAG_KIND: "trial"})
+    if trial_id:
+        runs = [r for r in runs if r.data.tags.get(tracking.TAG_TRIAL) == trial_id] or runs
+    runs = [r for r in runs if "final_best_dev_score" in r.data.metrics or "best_dev_score" in r.data.metrics]
+    if not runs:
+        raise NotFoundError(f"search {search!r} has no finished trial with a dev score")
+    key = lambda r: r.data.metrics.get("final_best_dev_score", r.data.metrics.get("best_dev_score"))
+    return parent, max(runs, key=key)
+
+
+def best_of_search(search: str, uri: str | None = None, experiment: str = "distillray") -> dict:
+    client = MlflowClient(tracking.resolve_uri(uri))
+    parent, run = best_child_run(client, search, experiment)
+    m = run.data.metrics
+    out = {"search": search, "parent_run": parent.info.run_id, "best_run": run.info.run_id,
+           "trial_id": run.data.tags.get(tracking.TAG_TRIAL),
+           "dev_score": m.get("final_best_dev_score", m.get("best_dev_score")),
+           "latency_ms": m.get("latency_ms"), "non_embedding_params": m.get("non_embedding_params"),
+           "artifacts": f"{run.info.artifact_uri}/student"}
+    for k, v in sorted(run.data.params.items()):
+        if k.startswith("sampled."):
+            out[k] = v
+    model = parent.data.tags.get("distillray.registered_model")
+    if model:
+        out["registered_model"] = model
+    return out
+
+
+def download_student(client: MlflowClient, run_id: str, dst: str | Path) -> Path:
+    path = client.download_artifacts(run_id, "student", str(dst))
+    p = Path(path)
+    for f in ("model.safetensors", "student.json"):
+        if not (p / f).is_file():
+            raise NotFoundError(f"run {run_id} lacks artifact student/{f}: the trial did not finish "
+                                "writing its student; pick another run")
+    return p
+
+
+def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_id: str,
+                  model_name: str, sample_texts: list[tuple[str, str | None]]) -> str:
+    """Log the best student as an MLflow pyfunc model (signature + input example) in its trial run
+    and register it under ``model_name``; returns the model version."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from orchestrator.serving import StudentPredictor, StudentPyfunc
+
+    mlflow.set_tracking_uri(uri)
+    with tempfile.TemporaryDirectory() as d:
+        student = download_student(client, best_run_id, d)
+        pred = StudentPredictor(student)
+        cols = {"text_a": [a for a, _ in sample_texts]}
+        if sample_texts and sample_texts[0][1] is not None:
+            cols["text_b"] = [b for _, b in sample_texts]
+        example = pd.DataFrame(cols)
+        out = pred.logits(cols["text_a"], cols.get("text_b"))
+        signature = infer_signature(example, pd.DataFrame(out, columns=[f"logit_{i}" for i in range(out.shape[1])]))
+        with mlflow.start_run(run_id=best_run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=StudentPyfunc(), artifacts={"student": str(student)},
+                signature=signature, input_example=example, registered_model_name=model_name,
+                pip_requirements=["torch", "safetensors", "numpy", "pandas", "distillray"])
+    version = str(info.registered_model_version)
+    m = client.get_run(best_run_id).data.metrics
+    for k in ("final_best_dev_score", "latency_ms", "non_embedding_params"):
+        if k in m:
+            client.set_model_version_tag(model_name, version, k, str(m[k]))
+    client.set_tag(parent_run_id, "distillray.registered_model", f"{model_name}/{version}")
+    return version

@@ -1,0 +1,70 @@
+"""A trained student as a text-in, predictions-out object: used by the MLflow model, export and
+``distillray predict``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from orchestrator.train import load_student, make_batch
+from orchestrator.bundle import TaskTensors
+
+
+class StudentPredictor:
+    """Loads a saved student dir (model.safetensors, student.json, vocab.json | tokenizer/)."""
+
+    def __init__(self, student_dir: str | Path):
+        self.dir = Path(student_dir)
+        self.model, self.info = load_student(self.dir)
+        meta = self.info["meta"]
+        self.tasks = list(meta["tasks"])
+        self.encoding = meta["encoding"]
+        self.max_length = int(self.info["student"]["max_length"])
+        if self.encoding == "words":
+            from tasks.vocab import Vocab
+            self.vocab = Vocab.load(self.dir / "vocab.json")
+        else:
+            from transformers import AutoTokenizer
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.dir / "tokenizer"))
+
+    def encode(self, texts_a: list[str], texts_b: list[str] | None) -> TaskTensors:
+        n = len(texts_a)
+        if self.encoding == "words":
+            a = [self.vocab.encode(t, self.max_length) for t in texts_a]
+            b = [self.vocab.encode(t, self.max_length) for t in texts_b] if texts_b else None
+            return TaskTensors(a, b, None, np.full(n, np.nan), None)
+        out = self.tokenizer(texts_a, texts_b, truncation=True, max_length=self.max_length)
+        types = out.get("token_type_ids") or [[0] * len(x) for x in out["input_ids"]]
+        return TaskTensors(out["input_ids"], None, types, np.full(n, np.nan), None)
+
+    @torch.inference_mode()
+    def logits(self, texts_a: list[str], texts_b: list[str] | None = None,
+               task: str | None = None) -> np.ndarray:
+        from orchestrator.train import forward
+
+        task = task or self.tasks[0]
+        data = self.encode(texts_a, texts_b)
+        if not len(data):
+            return np.zeros((0, int(self.info["meta"]["tasks"][task]["num_outputs"])), np.float32)
+        return forward(self.model, make_batch(data, list(range(len(data)))), task).float().numpy()
+
+
+try:
+    import mlflow.pyfunc
+
+    class StudentPyfunc(mlflow.pyfunc.PythonModel):
+        """MLflow model: a DataFrame with ``text_a`` (and ``text_b`` for pairs) -> logits columns."""
+
+        def load_context(self, context):
+            self.predictor = StudentPredictor(context.artifacts["student"])
+
+        def predict(self, context, model_input, params=None):
+            import pandas as pd
+
+            a = [str(x) for x in model_input["text_a"]]
+            b = [str(x) for x in model_input["text_b"]] if "text_b" in model_input else None
+            out = self.predictor.logits(a, b)
+            return pd.DataFrame(out, columns=[f"logit_{i}" for i in range(out.shape[1])])
+except ImportError:  # pragma: no cover - mlflow is a declared dependency
+    StudentPyfunc = None
