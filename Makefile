@@ -15,7 +15,7 @@ smoke: venv
 	$(PY) tune_mkd.py --preset smoke
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow
