@@ -1,0 +1,106 @@
+"""Pre-trained word vectors for a :class:`~tasks.vocab.Vocab`, from GloVe or word2vec text files.
+
+GloVe text has no header (``word v1 ... vd`` per line); word2vec text starts with a
+``count dim`` line. The file is streamed and only the vocabulary's rows are parsed, so large files
+are fine (``.gz`` too). A vocabulary word without an exact match takes the vector of its first
+case-insensitive match (for cased files such as word2vec's); words without any get small random
+vectors from a fixed seed, ``<pad>`` gets zeros.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import IO, Iterator
+
+import numpy as np
+
+from tasks.data import DataError
+from tasks.vocab import SPECIALS, Vocab
+
+
+def _open_text(path: Path) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, space-separated fields) of each non-blank line."""
+    line_no = 0
+    try:
+        with _open_text(path) as f:
+            for line_no, line in enumerate(f, start=1):
+                stripped = line.rstrip()
+                if stripped:
+                    yield line_no, stripped.split(" ")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}, line {line_no + 1}: not valid UTF-8 ({e.reason}); word "
+                        "vector files must be UTF-8 text") from None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _word2vec_header(fields: list[str]) -> tuple[int, int] | None:
+    if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+        return int(fields[0]), int(fields[1])
+    return None
+
+
+def load_word_vectors(path: str | os.PathLike, vocab: Vocab, expected_dim: int | None = None,
+                      seed: int = 0, oov_std: float = 0.1) -> tuple[np.ndarray, int]:
+    """(float32 matrix [len(vocab), dim], number of vocabulary words found in the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"word vector file {p} does not exist; give a GloVe or word2vec text "
+                        "file (student.embeddings), or none for random initialisation")
+    special_ids = {vocab.index(s) for s in SPECIALS}
+    found: dict[int, np.ndarray] = {}
+    exact: set[int] = set()
+    dim: int | None = None
+    for line_no, fields in _lines(p):
+        if dim is None:
+            header = _word2vec_header(fields)
+            dim = header[1] if header else len(fields) - 1
+            if dim < 1:
+                raise DataError(f"{p}, line {line_no}: no vector values; expected "
+                                "'word v1 ... vd' (GloVe) or a 'count dim' header (word2vec)")
+            if expected_dim is not None and dim != expected_dim:
+                raise DataError(f"{p}, line {line_no}: vectors have {dim} dimensions, expected "
+                                f"{expected_dim}; use a file of that size or change the "
+                                "configured dimension")
+            if header:
+                continue
+        n_word = len(fields) - dim
+        if n_word < 1 or (n_word > 1 and _is_number(fields[1])):
+            raise DataError(f"{p}, line {line_no}: {len(fields) - 1} values after the word, "
+                            f"expected {dim}; the file is cut or malformed")
+        if n_word > 1:
+            continue  # a word containing spaces (GloVe 840B has some): never a token
+        word = fields[0]
+        idx = vocab.index(word)
+        is_exact = word in vocab
+        if not is_exact:
+            idx = vocab.index(word.lower())
+        if idx in special_ids or idx in exact or (idx in found and not is_exact):
+            continue
+        try:
+            found[idx] = np.asarray(fields[1:], dtype=np.float32)
+        except ValueError:
+            raise DataError(f"{p}, line {line_no}: a value of {word!r} is not a number") from None
+        if is_exact:
+            exact.add(idx)
+    if dim is None:
+        raise DataError(f"{p}: the file is empty; expected word vectors")
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(0.0, oov_std, size=(len(vocab), dim)).astype(np.float32)
+    matrix[vocab.pad_id] = 0.0
+    for idx, vec in found.items():
+        matrix[idx] = vec
+    return matrix, len(found)

@@ -1,0 +1,477 @@
+"""Loaders: GLUE TSV folders, the Hugging Face hub, and the user's own CSV / TSV / JSONL files.
+
+Every loader returns ``list[Example]`` with ``id`` = 0-based data row of its source, labels as
+class indices in ``task.label_names`` order (or floats for regression). Bad rows raise
+:class:`DataError` naming the file, the line and what to do.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from tasks.data import DataError, Example
+from tasks.registry import TaskSpec, custom_task, get_task, resolve_task_name
+
+if TYPE_CHECKING:  # tasks/ must not depend on orchestrator at run time
+    from orchestrator.config import DataConfig
+
+SOURCES = ("auto", "glue_dir", "hub", "custom", "generated")
+GENERATED_TRAIN_DEFAULT = 512
+GENERATED_DEV_DEFAULT = 128
+
+
+# ---------------------------------------------------------------------------------------------
+# labels and texts
+
+
+def parse_label(raw: Any, task: TaskSpec, where: str) -> int | float:
+    """One raw label -> class index (by name, else an in-range integer) or regression float."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        raise DataError(f"{where}: missing label; every row needs one")
+    if task.label_names is None:
+        return _parse_score(raw, task, where)
+    text = str(raw).strip()
+    if text in task.label_names:
+        return task.label_names.index(text)
+    value: int | None = None
+    if isinstance(raw, bool):
+        value = int(raw)
+    elif isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and text.lstrip("-").isdigit():
+        value = int(text)
+    if value is not None and 0 <= value < len(task.label_names):
+        return value
+    raise DataError(
+        f"{where}: unknown label {text!r} for task {task.name}; expected one of "
+        f"{', '.join(task.label_names)} or an index 0..{len(task.label_names) - 1}. Fix the row, "
+        "or set the task's label names (data.label_names) to match the file.")
+
+
+def _parse_score(raw: Any, task: TaskSpec, where: str) -> float:
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: label {raw!r} is not a number; task {task.name} is a "
+                        "regression task and needs a numeric score") from None
+    if not math.isfinite(value):
+        raise DataError(f"{where}: label {raw!r} is not a finite number")
+    if task.score_range is not None:
+        lo, hi = task.score_range
+        if not lo <= value <= hi:
+            raise DataError(f"{where}: score {value:g} is outside {lo:g}..{hi:g} for task "
+                            f"{task.name}")
+    return value
+
+
+def _text(raw: Any, where: str) -> str:
+    if not isinstance(raw, str):
+        raise DataError(f"{where}: expected text, got {type(raw).__name__} {raw!r}")
+    text = raw.strip()
+    if not text:
+        raise DataError(f"{where}: empty text; remove the row or fill in the text")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# GLUE TSV folders
+
+
+@dataclass(frozen=True)
+class TsvLayout:
+    """Where a GLUE file keeps its texts and label: header names, or positions without a header."""
+
+    text_columns: tuple[str | int, ...]
+    label_column: str | int
+    has_header: bool = True
+    num_columns: int | None = None  # only for files without a header
+
+
+GLUE_LAYOUTS: dict[str, TsvLayout] = {
+    "cola": TsvLayout((3,), 1, has_header=False, num_columns=4),
+    "sst2": TsvLayout(("sentence",), "label"),
+    "mrpc": TsvLayout(("#1 String", "#2 String"), "Quality"),
+    "stsb": TsvLayout(("sentence1", "sentence2"), "score"),
+    "qqp": TsvLayout(("question1", "question2"), "is_duplicate"),
+    "mnli": TsvLayout(("sentence1", "sentence2"), "gold_label"),
+    "qnli": TsvLayout(("question", "sentence"), "label"),
+    "rte": TsvLayout(("sentence1", "sentence2"), "label"),
+    "wnli": TsvLayout(("sentence1", "sentence2"), "label"),
+}
+
+
+def glue_splits(task: TaskSpec) -> tuple[str, ...]:
+    """Split names a loader accepts for ``task``: train, dev, and the task's dev splits."""
+    return tuple(dict.fromkeys(("train", "dev") + task.dev_splits))
+
+
+def glue_file_name(task: TaskSpec, split: str) -> str:
+    """The TSV file of ``split``: train.tsv, dev.tsv; MNLI: dev_matched.tsv / dev_mismatched.tsv."""
+    if split not in glue_splits(task):
+        raise DataError(f"task {task.name} has no split {split!r}; choose one of "
+                        f"{', '.join(glue_splits(task))}")
+    if split == "dev" and task.dev_splits != ("dev",):
+        split = task.dev_splits[0]  # mnli: "dev" means matched
+    return f"{split}.tsv"
+
+
+def load_glue_tsv(task: TaskSpec, glue_dir: str | Path, split: str) -> list[Example]:
+    """Read one split of a GLUE task from the original TSV distribution under ``glue_dir``."""
+    layout = GLUE_LAYOUTS.get(task.name)
+    if layout is None or task.glue_dir is None:
+        raise DataError(f"task {task.name} has no GLUE TSV layout; load it with "
+                        "data.source=custom (CSV/TSV/JSONL with a header)")
+    path = Path(glue_dir) / task.glue_dir / glue_file_name(task, split)
+    if not path.is_file():
+        raise DataError(
+            f"{path} does not exist: expected the GLUE folder {task.glue_dir}/ with "
+            f"{glue_file_name(task, split)} under {Path(glue_dir)}. Point data.glue_dir at the "
+            "GLUE root (the folder holding SST-2/, MRPC/, ...) or use data.source=hub.")
+    return list(_read_glue_rows(path, task, layout))
+
+
+def _read_glue_rows(path: Path, task: TaskSpec, layout: TsvLayout) -> Iterator[Example]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header: list[str] | None = None
+            if layout.has_header:
+                header = next(reader, None)
+                if header is None:
+                    raise DataError(f"{path}: the file is empty; expected a header line")
+                header = [h.strip() for h in header]
+                n_cols = len(header)
+            else:
+                assert layout.num_columns is not None
+                n_cols = layout.num_columns
+            text_idx = [_column_index(c, header, path) for c in layout.text_columns]
+            label_idx = _column_index(layout.label_column, header, path)
+            row_id = 0
+            for row in _csv_rows(reader, path):
+                line = reader.line_num
+                if not row:
+                    continue  # blank line
+                if len(row) != n_cols:
+                    expected = "the header's" if header else f"{task.glue_dir}'s"
+                    raise DataError(
+                        f"{path}, line {line}: {len(row)} tab-separated fields, expected "
+                        f"{n_cols} ({expected} column count). A stray tab or a cut line? Fix or "
+                        "delete that row.")
+                texts = [_text(row[i], f"{path}, line {line}, column {_col_name(i, header)}")
+                         for i in text_idx]
+                label = parse_label(row[label_idx], task,
+                                    f"{path}, line {line}, column {_col_name(label_idx, header)}")
+                yield Example(id=row_id, text_a=texts[0],
+                              text_b=texts[1] if len(texts) > 1 else None, label=label)
+                row_id += 1
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                        "re-save the file as UTF-8") from None
+
+
+def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
+    """The reader's rows, with csv's own errors turned into DataErrors naming the line."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}, line {reader.line_num}: {e}; fix the row or the "
+                            "file's quoting") from None
+        yield row
+
+
+def _column_index(col: str | int, header: list[str] | None, path: Path) -> int:
+    if isinstance(col, int):
+        return col
+    assert header is not None
+    if col not in header:
+        raise DataError(f"{path}, line 1: the header has no column {col!r} (found: "
+                        f"{', '.join(header)}). Is this the right task's file?")
+    return header.index(col)
+
+
+def _col_name(i: int, header: list[str] | None) -> str:
+    return repr(header[i]) if header else str(i + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face hub
+
+
+def hub_split(task: TaskSpec, split: str) -> str:
+    """Our split name -> the hub's: dev -> validation; MNLI dev_matched -> validation_matched."""
+    if split not in glue_splits(task):
+        raise DataError(f"task {task.name} has no split {split!r}; choose one of "
+                        f"{', '.join(glue_splits(task))}")
+    if split == "train":
+        return "train"
+    if split == "dev" and task.dev_splits != ("dev",):
+        split = task.dev_splits[0]
+    return "validation" + split[len("dev"):]
+
+
+def load_hub(task: TaskSpec, split: str, hub_name: str = "nyu-mll/glue",
+             cache_dir: str | None = None) -> list[Example]:
+    """Load ``split`` of ``task`` with ``datasets.load_dataset(hub_name, task.hub_config)``.
+
+    ``hub_name`` may also be a local folder laid out like the hub repository.
+    """
+    if task.hub_config is None or not task.hub_text_columns:
+        raise DataError(f"task {task.name} is not on the hub; use data.source=custom with "
+                        "data.train_file / data.dev_file")
+    name = hub_split(task, split)
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub_name, task.hub_config, split=name, cache_dir=cache_dir)
+    except Exception as e:  # the hub's errors vary by version and cause; all mean "not loadable"
+        raise DataError(
+            f"could not load dataset {hub_name!r} (config {task.hub_config!r}, split {name!r}): "
+            f"{type(e).__name__}: {e}. If this machine cannot reach the Hugging Face Hub, use a "
+            "local GLUE copy: data.source=glue_dir data.glue_dir=/path/to/glue (the folder "
+            f"holding {task.glue_dir or 'SST-2'}/, ...).") from e
+    return _hub_examples(ds, task, f"{hub_name} ({task.hub_config}/{name})")
+
+
+def _hub_examples(ds: Any, task: TaskSpec, where: str) -> list[Example]:
+    missing = [c for c in (*task.hub_text_columns, "label") if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{where}: no column {missing[0]!r} (found: {', '.join(ds.column_names)})")
+    names = getattr(ds.features["label"], "names", None)
+    if names is not None and task.label_names is not None and tuple(names) != task.label_names:
+        raise DataError(f"{where}: label names {tuple(names)} differ from task {task.name}'s "
+                        f"{task.label_names}; the class indices would not match")
+    columns = ds.select_columns([*task.hub_text_columns, "label"]).to_dict()  # fast, columnar
+    out: list[Example] = []
+    for i, raw in enumerate(columns["label"]):
+        texts = [columns[c][i] for c in task.hub_text_columns]
+        label: int | float | None
+        if raw is None or (task.label_names is not None and raw == -1):
+            label = None  # unlabeled (test split)
+        else:
+            label = parse_label(raw, task, f"{where}, row {i}")
+        out.append(Example(id=i, text_a=str(texts[0]).strip(),
+                           text_b=str(texts[1]).strip() if len(texts) > 1 else None, label=label))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the user's own files
+
+CUSTOM_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row as dict) for a CSV (header), TSV (header, no quoting) or JSONL file."""
+    p = Path(path)
+    fmt = CUSTOM_FORMATS.get(p.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{p}: unknown file type {p.suffix!r}; use .csv, .tsv or .jsonl")
+    if not p.is_file():
+        raise DataError(f"{p} does not exist; check data.train_file / data.dev_file")
+    try:
+        if fmt == "jsonl":
+            yield from _jsonl_records(p)
+        else:
+            yield from _table_records(p, fmt)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                        "re-save the file as UTF-8") from None
+
+
+def _table_records(p: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(p, encoding="utf-8-sig", newline="") as f:
+        if fmt == "tsv":  # GLUE convention: quotes are ordinary characters
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        else:
+            reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{p}: the file is empty; expected a header line naming the columns")
+        header = [h.strip() for h in header]
+        line = reader.line_num + 1
+        for row in _csv_rows(reader, p):
+            start, line = line, reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{p}, line {start}: {len(row)} fields, expected {len(header)} "
+                                f"(header: {', '.join(header)}). Fix or delete that row.")
+            yield start, dict(zip(header, row))
+
+
+def _jsonl_records(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(p, encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}, line {line_no}: not valid JSON ({e.msg}); each line must "
+                                "be one JSON object") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{p}, line {line_no}: expected a JSON object, got "
+                                f"{type(obj).__name__}")
+            yield line_no, obj
+
+
+def load_custom(path: str | Path, text_columns: list[str], label_column: str | None,
+                task: TaskSpec) -> list[Example]:
+    """Examples from the user's CSV / TSV / JSONL file (format from the extension)."""
+    if len(text_columns) != (2 if task.is_pair else 1):
+        raise DataError(f"task {task.name} is a {'pair' if task.is_pair else 'single-text'} "
+                        f"task but data.text_columns has {len(text_columns)} column(s): "
+                        f"{text_columns}; give {'two' if task.is_pair else 'one'}")
+    out: list[Example] = []
+    for line, rec in read_records(path):
+        where = f"{path}, line {line}"
+        texts = [_text(_field(rec, c, where), f"{where}, column {c!r}") for c in text_columns]
+        label = None
+        if label_column is not None:
+            label = parse_label(_field(rec, label_column, where), task,
+                                f"{where}, column {label_column!r}")
+        out.append(Example(id=len(out), text_a=texts[0],
+                           text_b=texts[1] if len(texts) > 1 else None, label=label))
+    return out
+
+
+def _field(rec: dict[str, Any], column: str, where: str) -> Any:
+    if column not in rec:
+        raise DataError(f"{where}: no column {column!r} (found: {', '.join(map(str, rec))}); "
+                        "set data.text_columns / data.label_column to the file's column names")
+    return rec[column]
+
+
+def infer_label_names(path: str | Path, label_column: str) -> tuple[str, ...]:
+    """Distinct labels of a file, sorted (numerically when all are integers)."""
+    seen: set[str] = set()
+    for line, rec in read_records(path):
+        raw = _field(rec, label_column, f"{path}, line {line}")
+        if raw is None or not str(raw).strip():
+            raise DataError(f"{path}, line {line}, column {label_column!r}: missing label")
+        seen.add(str(raw).strip())
+    if len(seen) < 2:
+        raise DataError(f"{path}: column {label_column!r} has {len(seen)} distinct label(s); "
+                        "classification needs at least 2 (or set data.regression=true)")
+    if all(s.lstrip("-").isdigit() for s in seen):
+        return tuple(sorted(seen, key=int))
+    return tuple(sorted(seen))
+
+
+# ---------------------------------------------------------------------------------------------
+# one entry point for a stage: config -> task + data
+
+
+@dataclass
+class TaskData:
+    """A task's training examples and its dev splits (split name -> examples)."""
+
+    task: TaskSpec
+    train: list[Example]
+    dev: dict[str, list[Example]] = field(default_factory=dict)
+    source: str = ""  # where the data came from: glue_dir | hub | custom | generated
+
+
+def task_from_config(cfg: DataConfig) -> TaskSpec:
+    """The TaskSpec a DataConfig describes: a GLUE task, or a custom one for source=custom."""
+    canonical = resolve_task_name(cfg.task)
+    if cfg.source != "custom" and canonical is not None:
+        return get_task(canonical)
+    is_pair = len(cfg.text_columns) == 2
+    if cfg.regression:
+        labels: tuple[str, ...] | None = None
+    elif cfg.label_names:
+        labels = tuple(cfg.label_names)
+    elif cfg.source == "custom" or (cfg.source == "auto" and cfg.train_file):
+        if not cfg.train_file:
+            raise DataError("data.source=custom needs data.train_file (CSV, TSV or JSONL)")
+        labels = infer_label_names(cfg.train_file, cfg.label_column)
+    elif cfg.source == "generated":
+        labels = ("negative", "positive")
+    else:
+        return get_task(cfg.task)  # not a GLUE name: raises UnknownTaskError listing them
+    return custom_task(cfg.task, is_pair=is_pair, label_names=labels)
+
+
+def resolve_source(cfg: DataConfig, task: TaskSpec) -> str:
+    """``cfg.source`` with "auto" decided: custom file, then local GLUE folder, then the hub."""
+    if cfg.source not in SOURCES:
+        raise DataError(f"data.source={cfg.source!r}: choose one of {', '.join(SOURCES)}")
+    if cfg.source != "auto":
+        return cfg.source
+    if cfg.train_file:
+        return "custom"
+    if cfg.glue_dir and task.glue_dir and (Path(cfg.glue_dir) / task.glue_dir).is_dir():
+        return "glue_dir"
+    if task.hub_config:
+        return "hub"
+    raise DataError(f"task {task.name}: no data source; set data.train_file (custom) or "
+                    "data.source=generated")
+
+
+def load_task_data(cfg: DataConfig, task: TaskSpec) -> TaskData:
+    """Train and dev examples for ``task`` as ``cfg`` says, subset to the configured maxima."""
+    source = resolve_source(cfg, task)
+    if source == "generated":
+        from tasks.generated import generate_task_data
+
+        data = generate_task_data(task, cfg.max_train_examples or GENERATED_TRAIN_DEFAULT,
+                                  cfg.max_dev_examples or GENERATED_DEV_DEFAULT, cfg.seed)
+        return data
+    if source == "glue_dir":
+        if not cfg.glue_dir:
+            raise DataError("data.source=glue_dir needs data.glue_dir (the GLUE root folder "
+                            "holding SST-2/, MRPC/, ...)")
+        root = cfg.glue_dir
+        train = load_glue_tsv(task, root, "train")
+        dev = {s: load_glue_tsv(task, root, s) for s in task.dev_splits}
+    elif source == "hub":
+        train = load_hub(task, "train", cfg.hub_name)
+        dev = {s: load_hub(task, s, cfg.hub_name) for s in task.dev_splits}
+    else:  # custom
+        if not cfg.train_file or not cfg.dev_file:
+            raise DataError("data.source=custom needs data.train_file and data.dev_file "
+                            "(CSV, TSV or JSONL)")
+        cols = list(cfg.text_columns)
+        train = load_custom(cfg.train_file, cols, cfg.label_column, task)
+        dev = {task.dev_splits[0]: load_custom(cfg.dev_file, cols, cfg.label_column, task)}
+    return TaskData(
+        task=task,
+        train=take_subset(train, cfg.max_train_examples, cfg.seed),
+        dev={s: take_subset(ex, cfg.max_dev_examples, cfg.seed) for s, ex in dev.items()},
+        source=source,
+    )
+
+
+def take_subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """At most ``n`` examples: a seeded shuffle, first ``n`` taken, returned in original order.
+
+    A smaller ``n`` with the same seed gives a subset of a larger one.
+    """
+    if n is None or n >= len(examples):
+        return list(examples)
+    if n < 0:
+        raise DataError(f"max examples must be >= 0, got {n}")
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    return [examples[i] for i in sorted(order[:n])]
+
+
+def data_fingerprint(examples: list[Example]) -> str:
+    """Short sha256 of the texts and labels, in order (for cache keys)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.text_a, ex.text_b, ex.label], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]

@@ -1,0 +1,36 @@
+"""Shared fixtures: the local assets (skipped with a reason when absent)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import find_assets
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """The shared assets folder; skips the test when it is not on this machine."""
+    found = find_assets()
+    if found is None:
+        pytest.skip("shared assets not found (set $DISTILLRAY_ASSETS or put them at "
+                    "../shared/assets beside the repository)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def glue_dir(assets_dir: Path) -> Path:
+    """The GLUE TSV root (holds SST-2/, MRPC/, ...); skips when absent."""
+    path = assets_dir / "glue"
+    if not path.is_dir():
+        pytest.skip(f"GLUE TSV assets not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def glove_path(assets_dir: Path) -> Path:
+    """The 50-dimensional GloVe subset; skips when absent."""
+    path = assets_dir / "embeddings" / "glove.6B.50d.glue.txt"
+    if not path.is_file():
+        pytest.skip(f"GloVe assets not found at {path}")
+    return path
