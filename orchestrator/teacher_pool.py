@@ -1,0 +1,687 @@
+"""A pool of teacher actors that serves soft labels (logits), in bulk and online.
+
+Bulk: :class:`TeacherPool` starts ``pool.num_actors`` Ray actors (:data:`TeacherActor`), each
+holding one teacher. :meth:`TeacherPool.label_texts` looks texts up in a
+:class:`~orchestrator.cache.SoftLabelCache` first, splits the misses into chunks of similar
+length, hands the chunks to the actors (a bounded number in flight per actor, collected with
+``ray.wait``), and writes the new labels back to the cache. Inside an actor, texts are tokenized
+with truncation (truncations are counted, never an error) and grouped by a padded-token budget
+(:mod:`orchestrator.batching`); results always come back in input order.
+
+Faults: actors are started with ``max_restarts`` and ``max_task_retries``, so a killed actor is
+restarted by Ray and its pending calls re-run. When Ray gives up (an actor that cannot restart),
+the pool catches the ``RayActorError``, replaces the actor and resubmits the chunk elsewhere.
+
+Online: with ``name=...`` the pool also starts :data:`TeacherServer`, a named detached actor
+(0 CPU: it only routes) that merges concurrent requests from many callers (Train workers of
+every trial) into one teacher call, waiting at most a few milliseconds for company. Callers find
+it with :func:`get_teacher_server`.
+
+Sizing (see /work/shared/RAY_NOTES.md): Ray does not fail when resources run short, it waits
+forever. The pool therefore checks, before starting anything, that the cluster has every resource
+its actors ask for (naming the missing one), and waits for its actors with a timeout. The actors
+hold their CPUs for the pool's whole life, so size the pool to leave room for the rest:
+on 2 CPUs, the driver, one Train worker and one teacher actor must fit together, and Ray Data
+needs at least 1 free CPU for its tasks. The default (1 actor x 0.5 CPU) leaves 1.5 CPUs; the pool
+logs a warning when it would leave less than 1 CPU free. Each actor sets
+``torch.set_num_threads`` to its CPU share (``pool.torch_threads`` overrides). On 2 cores,
+actor parallelism buys little: batching by length is what makes the pool fast; more actors pay
+on many cores or with one GPU each.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import io
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError
+
+from orchestrator.batching import restore_order, token_budget_batches
+from orchestrator.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
+from orchestrator.config import PoolConfig
+from orchestrator.teacher_model import Teacher, TeacherError, load_teacher
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "distillray"
+
+
+class PoolResourceError(RuntimeError):
+    """The Ray cluster lacks a resource the teacher actors ask for (would otherwise hang)."""
+
+
+class TeacherServerNotFound(LookupError):
+    """No teacher server of that name is running."""
+
+
+# ---------------------------------------------------------------------------------------------
+# one teacher, in one process
+
+
+class TeacherWorker:
+    """One loaded teacher that labels lists of texts; the body of :data:`TeacherActor`."""
+
+    def __init__(self, teacher_path: str, cfg: PoolConfig | None = None, seed: int = 0):
+        import torch
+
+        self.cfg = cfg or PoolConfig()
+        self.threads = int(self.cfg.torch_threads or max(1, round(self.cfg.cpus_per_actor)))
+        torch.set_num_threads(self.threads)
+        self.device = "cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        # Weights absent from the checkpoint (e.g. an untrained head) are initialised from the
+        # global RNG: seed it so every actor, and every restart, computes the same function.
+        torch.manual_seed(seed)
+        self.teacher: Teacher = load_teacher(teacher_path, device=self.device)
+        if self.device == "cuda" and self.cfg.half_precision_on_gpu:
+            self.teacher.model.half()
+        model = self.teacher.model
+        config = getattr(model, "config", None) or getattr(model.encoder, "config", None)
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+        tok = self.teacher.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.uses_token_types = "token_type_ids" in getattr(tok, "model_input_names", [])
+        self.calls = 0
+
+    def info(self) -> dict:
+        import torch
+
+        return {"heads": dict(self.teacher.heads), "multitask": self.teacher.multitask,
+                "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
+                "max_positions": self.max_positions, "calls": self.calls}
+
+    def _encode(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None,
+                max_length: int) -> tuple[list[list[int]], list[list[int]] | None, int]:
+        """Token ids (and token types) per text, truncated to ``max_length``; + truncation count."""
+        tok = self.teacher.tokenizer
+        n = len(texts_a)
+        ids: list[list[int]] = [[] for _ in range(n)]
+        types: list[list[int]] = [[] for _ in range(n)]
+        truncated = 0
+        singles = [i for i in range(n) if texts_b is None or texts_b[i] is None]
+        pairs = [i for i in range(n) if texts_b is not None and texts_b[i] is not None]
+        for idx, is_pair in ((singles, False), (pairs, True)):
+            if not idx:
+                continue
+            a = [texts_a[i] for i in idx]
+            b = [texts_b[i] for i in idx] if is_pair else None
+            kw = dict(add_special_tokens=True, return_attention_mask=False,
+                      return_token_type_ids=self.uses_token_types, verbose=False)
+            enc = tok(a, b, truncation=False, **kw)
+            over = [j for j, x in enumerate(enc["input_ids"]) if len(x) > max_length]
+            cut = None
+            if over:
+                truncated += len(over)
+                cut = tok([a[j] for j in over], [b[j] for j in over] if is_pair else None,
+                          truncation=True, max_length=max_length, **kw)
+            cut_pos = {j: k for k, j in enumerate(over)}
+            for j, i in enumerate(idx):
+                src, pos = (cut, cut_pos[j]) if j in cut_pos else (enc, j)
+                ids[i] = list(src["input_ids"][pos])
+                if self.uses_token_types:
+                    types[i] = list(src["token_type_ids"][pos])
+        return ids, (types if self.uses_token_types else None), truncated
+
+    def _pad(self, rows: list[list[int]], type_rows: list[list[int]] | None):
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        tts = np.zeros((len(rows), width), dtype=np.int64) if type_rows is not None else None
+        for k, r in enumerate(rows):
+            ids[k, : len(r)] = r
+            mask[k, : len(r)] = 1
+            if tts is not None:
+                tts[k, : len(r)] = type_rows[k]
+        dev = self.device
+        return (torch.from_numpy(ids).to(dev), torch.from_numpy(mask).to(dev),
+                torch.from_numpy(tts).to(dev) if tts is not None else None)
+
+    def label(self, texts_a: list[str], texts_b: list[str | None] | None = None,
+              head: str | None = None, max_length: int = 128) -> tuple[np.ndarray, int]:
+        """``(logits float32 [N, C] in input order, number of truncated texts)``.
+
+        ``texts_b`` (optional) pairs each ``texts_a[i]`` with a second text; ``None`` entries
+        mean a single text. Texts longer than ``max_length`` tokens (capped at the model's
+        position limit) are truncated and counted."""
+        import torch
+
+        self.calls += 1
+        head = self.teacher.resolve_head(head)
+        n_out = self.teacher.heads[head]
+        n = len(texts_a)
+        if texts_b is not None and len(texts_b) != n:
+            raise ValueError(f"{n} texts_a but {len(texts_b)} texts_b")
+        for name, texts in (("texts_a", texts_a), ("texts_b", texts_b or [])):
+            bad = next((i for i, t in enumerate(texts)
+                        if not isinstance(t, str) and not (name == "texts_b" and t is None)), None)
+            if bad is not None:
+                raise TypeError(f"{name}[{bad}] is {type(texts[bad]).__name__}, not a string")
+        if n == 0:
+            return np.zeros((0, n_out), dtype=np.float32), 0
+        max_length = int(max_length)
+        if self.max_positions:
+            max_length = min(max_length, int(self.max_positions))
+        ids, types, truncated = self._encode(texts_a, texts_b, max_length)
+        batches = token_budget_batches([len(r) for r in ids], self.cfg.token_budget,
+                                       self.cfg.max_batch_size)
+        outs = []
+        with torch.inference_mode():
+            for b in batches:
+                input_ids, mask, tts = self._pad([ids[i] for i in b],
+                                                 [types[i] for i in b] if types else None)
+                out = self.teacher.logits(input_ids, mask, tts, head=head)
+                outs.append(out.float().cpu().numpy())
+        return restore_order(batches, outs).astype(np.float32, copy=False), truncated
+
+
+TeacherActor = ray.remote(TeacherWorker)
+"""Ray actor class around :class:`TeacherWorker`; start it with ``.options(num_cpus=..., ...)``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# online serving: one named router that merges concurrent requests
+
+
+class _TeacherServer:
+    """Async router: merges concurrent ``logits`` calls (same head and max length) arriving
+    within ``max_wait_s`` (or up to ``max_batch`` texts) into one call to a teacher actor,
+    round-robin over the pool's actors, and splits the result back."""
+
+    def __init__(self, actors: list, max_length: int = 128, max_wait_s: float = 0.005,
+                 max_batch: int = 256, max_retries: int = 3):
+        self._actors = list(actors)
+        self._rr = 0
+        self.max_length = int(max_length)
+        self.max_wait_s = float(max_wait_s)
+        self.max_batch = int(max_batch)
+        self.max_retries = int(max_retries)
+        self._pending: dict[tuple, list] = {}
+        self._sizes: dict[tuple, int] = {}
+        self._timers: dict[tuple, asyncio.TimerHandle] = {}
+        self._tasks: set = set()
+        self._stats = {"requests": 0, "texts": 0, "teacher_calls": 0, "retries": 0}
+
+    def set_actors(self, actors: list) -> int:
+        self._actors = list(actors)
+        return len(self._actors)
+
+    def stats(self) -> dict:
+        return dict(self._stats, actors=len(self._actors))
+
+    async def logits(self, texts_a: list[str], texts_b: list[str | None] | None = None,
+                     head: str | None = None, max_length: int | None = None) -> np.ndarray:
+        """Teacher logits ``float32 [N, C]`` for the texts, in order."""
+        texts_a = list(texts_a)
+        if texts_b is not None:
+            texts_b = list(texts_b)
+            if len(texts_b) != len(texts_a):
+                raise ValueError(f"{len(texts_a)} texts_a but {len(texts_b)} texts_b")
+        key = (head, int(max_length or self.max_length))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._stats["requests"] += 1
+        self._stats["texts"] += len(texts_a)
+        self._pending.setdefault(key, []).append((texts_a, texts_b, fut))
+        self._sizes[key] = self._sizes.get(key, 0) + len(texts_a)
+        if self._sizes[key] >= self.max_batch:
+            self._flush(key)
+        elif key not in self._timers:
+            self._timers[key] = loop.call_later(self.max_wait_s, self._flush, key)
+        return await fut
+
+    def _flush(self, key: tuple) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        items = self._pending.pop(key, [])
+        self._sizes.pop(key, None)
+        if items:
+            task = asyncio.get_running_loop().create_task(self._run(key, items))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: tuple, items: list) -> None:
+        head, max_length = key
+        merged_a: list[str] = []
+        merged_b: list[str | None] = []
+        for a, b, _ in items:
+            merged_a += a
+            merged_b += b if b is not None else [None] * len(a)
+        any_pair = any(b is not None for _, b, _ in items)
+        try:
+            out = await self._call(merged_a, merged_b if any_pair else None, head, max_length)
+        except Exception as e:  # noqa: BLE001 - hand every caller the error
+            for _, _, fut in items:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        offset = 0
+        for a, _, fut in items:
+            if not fut.done():
+                fut.set_result(out[offset: offset + len(a)])
+            offset += len(a)
+
+    async def _call(self, texts_a, texts_b, head, max_length) -> np.ndarray:
+        if not self._actors:
+            raise RuntimeError("teacher server has no teacher actors: the pool was shut down")
+        last: Exception | None = None
+        for _ in range(self.max_retries + 1):
+            actor = self._actors[self._rr % len(self._actors)]
+            self._rr += 1
+            self._stats["teacher_calls"] += 1
+            try:
+                out, _ = await actor.label.remote(texts_a, texts_b, head, max_length)
+                return out
+            except RayActorError as e:
+                self._stats["retries"] += 1
+                last = e
+        raise RuntimeError(f"teacher actors unavailable after {self.max_retries + 1} tries "
+                           f"(is the pool still running?): {last}")
+
+
+TeacherServer = ray.remote(num_cpus=0, max_concurrency=1000)(_TeacherServer)
+"""Named detached actor class for online serving; the pool starts it (``TeacherPool(name=)``)."""
+
+
+def get_teacher_server(name: str, namespace: str = DEFAULT_NAMESPACE):
+    """Handle of a running teacher server: ``ray.get(h.logits.remote(texts_a, texts_b, head))``.
+
+    Works from the driver, Tune trials and Train workers of the same cluster."""
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise TeacherServerNotFound(
+            f"teacher server {name!r} not found in Ray namespace {namespace!r}: start the pool "
+            f"first (TeacherPool(teacher_path, cfg, name={name!r}, namespace={namespace!r}))"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# resources
+
+
+_HINTS = {"CPU": "lower pool.num_actors or pool.cpus_per_actor, or start Ray with more CPUs",
+          "GPU": "set pool.gpus_per_actor=0 to run on CPU"}
+
+
+def _hint(resource: str) -> str:
+    return _HINTS.get(resource, f"start a node with --resources='{{\"{resource}\": N}}' or drop "
+                                f"it from pool.resources_per_actor")
+
+
+def check_pool_resources(cfg: PoolConfig, wait_s: float = 10.0) -> None:
+    """Raise :class:`PoolResourceError` naming the resource when the cluster cannot host
+    ``cfg.num_actors`` teacher actors now; warn when they would leave < 1 CPU for other work.
+    Waits up to ``wait_s`` for resources that exist but are still being released."""
+    per_actor = {"CPU": float(cfg.cpus_per_actor), "GPU": float(cfg.gpus_per_actor),
+                 **{k: float(v) for k, v in cfg.resources_per_actor.items()}}
+    per_actor = {k: v for k, v in per_actor.items() if v > 0}
+    n = cfg.num_actors
+    total = ray.cluster_resources()
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    for r, amount in per_actor.items():
+        if total.get(r, 0) <= 0:
+            raise PoolResourceError(f"no {r!r} resource in the Ray cluster for teacher actors; "
+                                    f"{_hint(r)}")
+        largest = max((node.get("Resources", {}).get(r, 0.0) for node in nodes), default=0.0)
+        if largest + 1e-9 < amount:
+            raise PoolResourceError(f"each teacher actor asks for {amount:g} {r!r} but the "
+                                    f"largest node has {largest:g}; {_hint(r)}")
+        if total[r] + 1e-9 < amount * n:
+            raise PoolResourceError(f"the teacher pool needs {amount * n:g} {r!r} ({n} actors x "
+                                    f"{amount:g}) but the cluster has {total[r]:g}; {_hint(r)}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        avail = ray.available_resources()
+        short = [(r, a * n, avail.get(r, 0.0)) for r, a in per_actor.items()
+                 if avail.get(r, 0.0) + 1e-9 < a * n]
+        if not short:
+            break
+        if time.monotonic() > deadline:
+            r, want, have = short[0]
+            raise PoolResourceError(
+                f"the teacher pool needs {want:g} {r!r} but only {have:g} of {total[r]:g} is free "
+                f"(other actors, trials or pools hold the rest); {_hint(r)}")
+        time.sleep(0.25)
+    if "CPU" in per_actor:
+        left = total.get("CPU", 0.0) - per_actor["CPU"] * n
+        if left < 1.0:
+            log.warning("teacher pool takes %g of %g CPUs, leaving %g: Train workers and Ray Data "
+                        "tasks that need a whole CPU will wait (hang) until the pool shuts down",
+                        per_actor["CPU"] * n, total.get("CPU", 0.0), left)
+
+
+def check_teacher_path(path: str | os.PathLike) -> Path:
+    """The cheap checks of :func:`load_teacher`, on the driver, before any actor starts."""
+    p = Path(path)
+    if not p.is_dir():
+        raise TeacherError(f"teacher path {p} does not exist; fine-tune one with "
+                           "`distillray finetune-teacher` or pass an HF model directory")
+    if not (p / "config.json").is_file():
+        raise TeacherError(f"teacher path {p} has no config.json: not a Hugging Face model dir")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# the pool
+
+
+@dataclass
+class LabelResult:
+    logits: np.ndarray  # float32 [N, C], input order
+    hits: int  # input rows served from the cache
+    misses: int  # input rows labelled by the teacher
+    truncated: int  # distinct texts truncated to max_length (among those labelled now)
+    seconds: float
+    computed: int = 0  # distinct texts sent to the teacher
+    retried_chunks: int = 0  # chunks resubmitted after an actor died
+
+    @property
+    def texts_per_second(self) -> float:
+        return len(self.logits) / self.seconds if self.seconds > 0 else float("inf")
+
+
+class TeacherPool:
+    """``cfg.num_actors`` teacher actors; bulk labeling with a shared cache; optional server.
+
+    ``name``: also start (or take over) the named detached :data:`TeacherServer` for online
+    serving in ``namespace``. ``chunk_size``: texts per actor call. ``inflight_per_actor``:
+    calls queued per actor (2 overlaps transfer and compute). ``max_restarts`` /
+    ``max_task_retries``: Ray-level recovery; ``max_chunk_retries``: pool-level resubmissions
+    of one chunk after Ray gives up."""
+
+    def __init__(self, teacher_path: str | os.PathLike, cfg: PoolConfig | None = None,
+                 name: str | None = None, namespace: str = DEFAULT_NAMESPACE, *,
+                 chunk_size: int = 256, inflight_per_actor: int = 2, max_restarts: int = 3,
+                 max_task_retries: int = 3, max_chunk_retries: int = 3,
+                 start_timeout_s: float = 300.0, server_max_wait_s: float = 0.005,
+                 server_max_length: int = 128, cache_flush_rows: int = 50_000, seed: int = 0):
+        self.cfg = cfg or PoolConfig()
+        if self.cfg.num_actors < 1 or self.cfg.cpus_per_actor < 0 or self.cfg.gpus_per_actor < 0:
+            raise ValueError("pool.num_actors must be >= 1, pool.cpus_per_actor and "
+                             "pool.gpus_per_actor >= 0")
+        if chunk_size < 1 or inflight_per_actor < 1:
+            raise ValueError("chunk_size and inflight_per_actor must be >= 1")
+        self.teacher_path = str(check_teacher_path(teacher_path).resolve())
+        self.name, self.namespace = name, namespace
+        self.chunk_size, self.inflight_per_actor = chunk_size, inflight_per_actor
+        self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
+        self.max_chunk_retries = max_chunk_retries
+        self.start_timeout_s = start_timeout_s
+        self.cache_flush_rows = cache_flush_rows
+        self.seed = seed
+        self._teacher_key: str | None = None
+        self._actors: list = []
+        self.server = None
+        if not ray.is_initialized():
+            ray.init()
+        check_pool_resources(self.cfg)
+        try:
+            self._actors = [self._new_actor() for _ in range(self.cfg.num_actors)]
+            infos = self._wait_ready(self._actors)
+            self.info = infos[0]
+            if name:
+                self.server = TeacherServer.options(
+                    name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                ).remote(self._actors, max_length=server_max_length,
+                         max_wait_s=server_max_wait_s, max_batch=self.cfg.max_batch_size)
+                ray.get(self.server.set_actors.remote(self._actors), timeout=start_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+        atexit.register(self.shutdown)
+
+    # -- actors -----------------------------------------------------------------------------
+
+    def _new_actor(self):
+        return TeacherActor.options(
+            num_cpus=self.cfg.cpus_per_actor, num_gpus=self.cfg.gpus_per_actor,
+            resources=dict(self.cfg.resources_per_actor) or None,
+            max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
+        ).remote(self.teacher_path, self.cfg, self.seed)
+
+    def _wait_ready(self, actors: list) -> list[dict]:
+        try:
+            return ray.get([a.info.remote() for a in actors], timeout=self.start_timeout_s)
+        except GetTimeoutError:
+            raise PoolResourceError(
+                f"teacher actors did not start within {self.start_timeout_s:g}s; free resources "
+                f"now: {ray.available_resources()}; {_hint('CPU')}") from None
+        except RayActorError as e:
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            cause = lines[-1] if lines else type(e).__name__  # the constructor's own error
+            raise TeacherError(f"teacher actors for {self.teacher_path} failed to start: "
+                               f"{cause}") from e
+
+    @property
+    def actors(self) -> list:
+        return list(self._actors)
+
+    def _revive(self, slot: int) -> None:
+        """After a RayActorError: keep the actor if Ray restarted it, else replace it."""
+        actor = self._actors[slot]
+        try:
+            ray.get(actor.info.remote(), timeout=self.start_timeout_s)
+            return
+        except (RayActorError, GetTimeoutError):
+            pass
+        log.warning("teacher actor %d is gone; starting a replacement", slot)
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+        fresh = self._new_actor()
+        self._wait_ready([fresh])
+        self._actors[slot] = fresh
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.server.set_actors.remote(self._actors), timeout=30)
+
+    # -- heads, caches ----------------------------------------------------------------------
+
+    @property
+    def teacher_key(self) -> str:
+        if self._teacher_key is None:
+            from orchestrator.teacher_model import teacher_identity
+
+            self._teacher_key = teacher_identity(self.teacher_path)
+        return self._teacher_key
+
+    def resolve_head(self, head: str | None) -> tuple[str, int]:
+        """``(head name, number of outputs)``, as the teacher resolves it."""
+        t = Teacher(model=None, tokenizer=None, heads=self.info["heads"], path=self.teacher_path,
+                    multitask=self.info["multitask"])
+        name = t.resolve_head(head)
+        return name, int(self.info["heads"][name])
+
+    def cache(self, root: str, head: str | None = None, max_length: int = 128) -> SoftLabelCache:
+        """The soft-label cache for this pool's teacher under ``root``."""
+        return SoftLabelCache(root, self.teacher_key, "bundled", max_length,
+                              self.resolve_head(head)[0])
+
+    def _check_cache(self, cache: SoftLabelCache, head: str, max_length: int) -> None:
+        problems = []
+        if cache.teacher_key != self.teacher_key:
+            problems.append(f"teacher {cache.teacher_key} != {self.teacher_key}")
+        if cache.head != head:
+            problems.append(f"head {cache.head!r} != {head!r}")
+        if cache.max_length != int(max_length):
+            problems.append(f"max_length {cache.max_length} != {max_length}")
+        if problems:
+            raise ValueError(f"{cache!r} does not match this labeling request ("
+                             + "; ".join(problems) + "): use pool.cache(root, head, max_length)")
+
+    # -- bulk labeling ----------------------------------------------------------------------
+
+    def label_texts(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None,
+                    head: str | None = None, max_length: int = 128,
+                    cache: SoftLabelCache | None = None, progress: bool = True) -> LabelResult:
+        """Logits for every text (pair), in input order: cache hits first, the rest computed
+        across the actors (duplicates once) and written to the cache."""
+        t0 = time.perf_counter()
+        if not self._actors:
+            raise RuntimeError("teacher pool is shut down")
+        texts_a = list(texts_a)
+        if texts_b is not None:
+            texts_b = list(texts_b)
+            if len(texts_b) != len(texts_a):
+                raise ValueError(f"{len(texts_a)} texts_a but {len(texts_b)} texts_b")
+            if all(b is None for b in texts_b):
+                texts_b = None
+        head_name, n_out = self.resolve_head(head)
+        if cache is not None:
+            self._check_cache(cache, head_name, max_length)
+        keys = text_keys(texts_a, texts_b)
+        first: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        if cache is not None:
+            labels, missing = cache.lookup(list(first))
+        else:
+            labels, missing = {}, list(first)
+        cached = set(labels)
+        todo = [(k, texts_a[first[k]], texts_b[first[k]] if texts_b is not None else None)
+                for k in missing]
+        truncated, retried = self._compute(todo, head_name, max_length, labels, cache, progress)
+        logits = (np.stack([labels[k] for k in keys]).astype(np.float32, copy=False) if keys
+                  else np.zeros((0, n_out), dtype=np.float32))
+        hits = sum(1 for k in keys if k in cached)
+        return LabelResult(logits=logits, hits=hits, misses=len(keys) - hits, truncated=truncated,
+                           seconds=time.perf_counter() - t0, computed=len(todo),
+                           retried_chunks=retried)
+
+    def _compute(self, todo: list[tuple[str, str, str | None]], head: str, max_length: int,
+                 labels: dict, cache: SoftLabelCache | None, progress: bool) -> tuple[int, int]:
+        if not todo:
+            return 0, 0
+        from tqdm.auto import tqdm
+
+        # similar lengths in one chunk -> little padding inside the actors' batches
+        todo = sorted(todo, key=lambda t: -(len(t[1]) + len(t[2] or "")))
+        chunks = [todo[i: i + self.chunk_size] for i in range(0, len(todo), self.chunk_size)]
+        pairs = any(t[2] is not None for t in todo)
+        payload = [([t[1] for t in c], [t[2] for t in c] if pairs else None) for c in chunks]
+        queue = deque(range(len(chunks)))
+        inflight: dict = {}
+        load = [0] * len(self._actors)
+        attempts = [0] * len(chunks)
+        truncated = retried = 0
+        unsaved: dict[str, np.ndarray] = {}
+        bar = tqdm(total=len(todo), unit="text", desc="teacher labels", disable=not progress,
+                   leave=False)
+        try:
+            while queue or inflight:
+                while queue:
+                    slot = min(range(len(self._actors)), key=load.__getitem__)
+                    if load[slot] >= self.inflight_per_actor:
+                        break
+                    cid = queue.popleft()
+                    a, b = payload[cid]
+                    ref = self._actors[slot].label.remote(a, b, head, max_length)
+                    inflight[ref] = (cid, slot)
+                    load[slot] += 1
+                ready, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in ready:
+                    cid, slot = inflight.pop(ref)
+                    load[slot] -= 1
+                    try:
+                        out, n_trunc = ray.get(ref)
+                    except RayActorError as e:
+                        attempts[cid] += 1
+                        if attempts[cid] > self.max_chunk_retries:
+                            raise RuntimeError(f"chunk {cid} failed {attempts[cid]} times: the "
+                                               f"teacher actors keep dying ({e})") from e
+                        log.warning("teacher actor %d died (%s); resubmitting chunk %d",
+                                    slot, type(e).__name__, cid)
+                        retried += 1
+                        self._revive(slot)
+                        queue.appendleft(cid)
+                        continue
+                    truncated += n_trunc
+                    for (k, _, _), row in zip(chunks[cid], out):
+                        labels[k] = row
+                        unsaved[k] = row
+                    bar.update(len(out))
+                    if cache is not None and len(unsaved) >= self.cache_flush_rows:
+                        cache.put(unsaved)
+                        unsaved = {}
+        finally:
+            bar.close()
+            if cache is not None and unsaved:
+                cache.put(unsaved)  # keep finished work even when labeling fails part-way
+        return truncated, retried
+
+    def label_parquet(self, in_path: str, out_path: str, head: str | None = None,
+                      max_length: int = 128, cache: SoftLabelCache | None = None,
+                      progress: bool = True) -> LabelResult:
+        """Label a transfer-set Parquet (``text_a``, optional ``text_b``; local or fsspec URI)
+        and write it back with a ``logits`` (``list<float32>``) column added, atomically. The
+        teacher key, head and max length go into the file's metadata."""
+        import fsspec
+        import pyarrow.parquet as pq
+
+        fs_in, p_in = fsspec.core.url_to_fs(in_path)
+        table = pq.read_table(p_in, filesystem=fs_in)
+        if "text_a" not in table.column_names:
+            raise ValueError(f"{in_path} has no text_a column (columns: {table.column_names})")
+        texts_a = table.column("text_a").to_pylist()
+        texts_b = table.column("text_b").to_pylist() if "text_b" in table.column_names else None
+        if any(t is None for t in texts_a):
+            raise ValueError(f"{in_path}: text_a has nulls")
+        res = self.label_texts(texts_a, texts_b, head=head, max_length=max_length, cache=cache,
+                               progress=progress)
+        col = list_array(res.logits)
+        if "logits" in table.column_names:
+            table = table.set_column(table.column_names.index("logits"), "logits", col)
+        else:
+            table = table.append_column("logits", col)
+        meta = dict(table.schema.metadata or {})
+        meta.update({b"distillray.teacher_key": self.teacher_key.encode(),
+                     b"distillray.head": self.resolve_head(head)[0].encode(),
+                     b"distillray.max_length": str(max_length).encode()})
+        table = table.replace_schema_metadata(meta)
+        fs_out, p_out = fsspec.core.url_to_fs(out_path)
+        parent = p_out.rsplit("/", 1)[0] if "/" in p_out else ""
+        if parent:
+            fs_out.makedirs(parent, exist_ok=True)
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        write_bytes_atomic(fs_out, p_out, buf.getvalue())
+        return res
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Kill the server (if this pool runs one) and the actors. Idempotent."""
+        if not ray.is_initialized():
+            self._actors, self.server = [], None
+            return
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self.server, no_restart=True)
+            self.server = None
+        for a in self._actors:
+            with contextlib.suppress(Exception):
+                ray.kill(a, no_restart=True)
+        self._actors = []
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.shutdown)
+
+    def __enter__(self) -> "TeacherPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return (f"TeacherPool({self.teacher_path!r}, actors={len(self._actors)}, "
+                f"name={self.name!r})")
