@@ -101,27 +101,17 @@ def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, ma
 def label_examples(examples: list[Example], teacher: TeacherRef, cfg: ExperimentConfig,
                    work_root: Path, log: Callable = print):
     """Teacher logits for ``examples`` through the soft-label cache and the teacher pool."""
-    from orchestrator.cache import SoftLabelCache
     from orchestrator.teacher_pool import TeacherPool
 
-    cache = SoftLabelCache(str(work_root / "soft_labels"), teacher.key, tokenizer_name=teacher.path,
-                           max_length=teacher.max_length, head=teacher.head)
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
-    pool = _pool_factory(teacher.path, cfg)
-    try:
+    with TeacherPool(teacher.path, cfg.pool) as pool:
+        cache = pool.cache(str(work_root / "soft_labels"), teacher.head, teacher.max_length)
         res = pool.label_texts(texts_a, texts_b, head=teacher.head,
                                max_length=teacher.max_length, cache=cache)
-    finally:
-        pool.shutdown()
     log(f"[label] {teacher.head}: {len(examples)} texts, {res.hits} cache hits, "
-        f"{res.misses} labeled in {res.seconds:.1f}s")
+        f"{res.misses} labeled in {res.seconds:.1f}s ({res.truncated} truncated)")
     return res
-
-
-def _pool_factory(path: str, cfg: ExperimentConfig):
-    from orchestrator.teacher_pool import TeacherPool
-    return TeacherPool(path, cfg.pool)
 
 
 # ---------------------------------------------------------------------------------------------

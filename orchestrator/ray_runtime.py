@@ -19,16 +19,39 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return ray.cluster_resources()
     address = address or os.environ.get("RAY_ADDRESS")
-    env = {"env_vars": {"TOKENIZERS_PARALLELISM": "false"}}
+    env_vars = {"TOKENIZERS_PARALLELISM": "false"}
     if address:
-        ctx = ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ctx = ray.init(address=address, runtime_env={"env_vars": env_vars}, log_to_driver=True)
     else:
-        ctx = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host,
-                       runtime_env=env)
+        # Pin the GCS port and tell every worker where it is: Ray Train's placement-group
+        # cleaner finds "its" cluster by auto-detection, which fails (and the next trial hangs)
+        # when another Ray instance runs on the same machine.
+        from ray._private.services import get_node_ip_address
+
+        port = _free_port()
+        env_vars["RAY_ADDRESS"] = f"{get_node_ip_address()}:{port}"
+        old = os.environ.get("RAY_GCS_SERVER_PORT")
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        try:
+            ctx = ray.init(num_cpus=num_cpus, include_dashboard=True,
+                           dashboard_host=dashboard_host, runtime_env={"env_vars": env_vars})
+        finally:
+            if old is None:
+                os.environ.pop("RAY_GCS_SERVER_PORT", None)
+            else:
+                os.environ["RAY_GCS_SERVER_PORT"] = old
     url = getattr(ctx, "dashboard_url", None)
     if url:
         log(f"[ray] dashboard: http://{url}")
     return ray.cluster_resources()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def check_budget(cfg: ExperimentConfig, resources: dict) -> None:

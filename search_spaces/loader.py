@@ -83,18 +83,10 @@ class SearchSpace:
     def searches(self, prefix: str) -> bool:
         return any(k.startswith(prefix) for k in self.keys)
 
-    def define_by_run(self):
-        """An Optuna define-by-run function (conditional parameters need it)."""
-        params = self.params
-
-        def space(trial):
-            chosen: dict[str, Any] = {}
-            for p in params:
-                if all(chosen.get(k, _MISSING) in vals for k, vals in p.when.items()):
-                    chosen[p.key] = p.suggest(trial)
-            return None
-
-        return space
+    def define_by_run(self) -> "DefineByRun":
+        """An Optuna define-by-run function (conditional parameters need it); picklable, so
+        Tune can checkpoint the searcher for resume."""
+        return DefineByRun(self.params)
 
     def defaults_sample(self) -> dict[str, Any]:
         """One valid assignment (first choice / low end), for dry runs and tests."""
@@ -106,7 +98,26 @@ class SearchSpace:
         return out
 
 
-_MISSING = object()
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+class DefineByRun:
+    """Samples each parameter whose ``when`` conditions hold, in file order."""
+
+    def __init__(self, params: list[Param]):
+        self.params = params
+
+    def __call__(self, trial) -> None:
+        chosen: dict[str, Any] = {}
+        for p in self.params:
+            if all(chosen.get(k, _MISSING) in vals for k, vals in p.when.items()):
+                chosen[p.key] = p.suggest(trial)
+        return None
 
 
 def preset_path(name_or_path: str) -> Path:
