@@ -178,8 +178,10 @@ def _remote(name: str):
     import ray
 
     if not _REMOTE:
-        _REMOTE["tag"] = ray.remote(num_cpus=1, num_returns=2)(_tag_chunk)
-        _REMOTE["augment"] = ray.remote(num_cpus=1)(_augment_chunk)
+        # "DEFAULT": run outside the caller's placement group (e.g. a Tune trial's token share)
+        _REMOTE["tag"] = ray.remote(num_cpus=1, num_returns=2,
+                                    scheduling_strategy="DEFAULT")(_tag_chunk)
+        _REMOTE["augment"] = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_augment_chunk)
     return _REMOTE[name]
 
 

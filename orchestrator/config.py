@@ -50,6 +50,7 @@ class TeacherConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     seed: int = 0
+    multitask: bool = False  # MKD: one teacher, a head per task, refined on all tasks at once
 
 
 @dataclass
@@ -290,7 +291,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     k, v = text.split("=", 1)
-    return k.strip(), yaml.safe_load(v)
+    value = yaml.safe_load(v)
+    if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    return k.strip(), value
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -318,6 +325,15 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.mixture={t.mixture!r}: choose proportional, temperature, uniform or weights")
     if t.mixture_tau <= 0:
         raise ConfigError(f"train.mixture_tau={t.mixture_tau} must be > 0")
+    if t.mixture_weights is not None:
+        neg = {k: w for k, w in t.mixture_weights.items() if w < 0}
+        if neg:
+            raise ConfigError(f"train.mixture_weights must be >= 0; got {neg}")
+        if not sum(t.mixture_weights.values()) > 0:
+            raise ConfigError("train.mixture_weights are all zero: give at least one task a "
+                              "positive weight")
+    if t.finetune_epochs < 0:
+        raise ConfigError(f"train.finetune_epochs={t.finetune_epochs} must be >= 0")
     s = cfg.student
     if s.arch not in ("bilstm", "bcn", "transformer"):
         raise ConfigError(f"student.arch={s.arch!r}: choose bilstm, bcn or transformer")
@@ -325,6 +341,11 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"student.channels={s.channels!r}: choose single or multi")
     if not 0.0 <= s.dropout < 1.0:
         raise ConfigError(f"student.dropout={s.dropout} is outside [0, 1)")
+    init = s.init_from_teacher.replace(" ", "")
+    if init not in ("none", "first", "even") and not all(
+            x.isdigit() for x in init.split(",")):
+        raise ConfigError(f"student.init_from_teacher={s.init_from_teacher!r}: choose none, "
+                          "first, even or teacher layer indices like '0,2,4'")
     if len(set(cfg.tasks)) != len(cfg.tasks):
         dup = sorted({x for x in cfg.tasks if cfg.tasks.count(x) > 1})
         raise ConfigError(f"tasks lists {', '.join(dup)} more than once")

@@ -21,6 +21,7 @@ import pandas as pd
 from orchestrator import tracking
 from orchestrator.config import ExperimentConfig
 from orchestrator.pipeline import TeacherRef, load_data, prepare_bundle
+from orchestrator.preflight import preflight
 from orchestrator.ray_runtime import check_budget, init_ray
 from search_spaces.loader import SearchSpace, apply_sample
 
@@ -42,10 +43,13 @@ class SearchOutcome:
 
 def ensure_teachers(cfg: ExperimentConfig, data, client, experiment_id: str,
                     log: Callable = print) -> dict[str, TeacherRef]:
-    """Fine-tune (or reuse) one teacher per task and record each in its own MLflow run."""
+    """Fine-tune (or reuse) one teacher per task and record each in its own MLflow run.
+    With ``teacher.multitask`` and several tasks: one multi-task teacher (MKD), one head per task."""
     from orchestrator.teacher import finetune_teacher
     from tasks.loaders import data_fingerprint
 
+    if cfg.teacher.multitask and len(data) > 1:
+        return _ensure_multitask_teacher(cfg, data, client, experiment_id, log)
     refs = {}
     for name, d in data.items():
         dev = next(iter(d.dev.values()))
@@ -64,6 +68,29 @@ def ensure_teachers(cfg: ExperimentConfig, data, client, experiment_id: str,
                                  | {"finetune_seconds": res.seconds})
             client.log_artifacts(rid, str(res.path), "teacher")
             tracking.end_run(client, rid, True)
+    return refs
+
+
+def _ensure_multitask_teacher(cfg: ExperimentConfig, data, client, experiment_id: str,
+                              log: Callable = print) -> dict[str, TeacherRef]:
+    from orchestrator.multitask_teacher import refine_multitask_teacher
+
+    res = refine_multitask_teacher(cfg.teacher, data, cfg.work_root, log=log)
+    refs = {name: TeacherRef(path=str(res.path), key=res.key, head=name,
+                             max_length=cfg.teacher.max_length) for name in data}
+    if not tracking.find_runs(client, experiment_id, {tracking.TAG_KIND: "teacher",
+                                                      "distillray.teacher_key": res.key}):
+        rid = tracking.start_run(client, experiment_id, f"teacher-mkd-{'-'.join(data)}",
+                                 {tracking.TAG_KIND: "teacher", "distillray.teacher_key": res.key,
+                                  "distillray.task": ",".join(data),
+                                  "distillray.multitask": "true"})
+        tracking.log_params(client, rid, {"teacher": vars(cfg.teacher), "tasks": ",".join(data),
+                                          **{f"train_examples_{t}": len(d.train)
+                                             for t, d in data.items()}})
+        tracking.log_metrics(client, rid, {f"dev_{k}": v for k, v in res.metrics.items()}
+                             | {"finetune_seconds": res.seconds})
+        client.log_artifacts(rid, str(res.path), "teacher")
+        tracking.end_run(client, rid, True)
     return refs
 
 
@@ -192,7 +219,9 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     exp_id = tracking.get_experiment_id(client, cfg.tracking.experiment,
                                         cfg.tracking.artifact_location or str(work_root / "mlartifacts"))
     data = load_data(cfg)
+    preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
+    preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
     if not space.searches("augment.") and not space.searches("student.embeddings") \
             and not space.searches("student.max_length") and not space.searches("student.arch"):
         prepare_bundle(cfg, data, teachers, log)  # shared by every trial: build once up front
@@ -220,8 +249,11 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                                 metric=metrics if len(metrics) > 1 else metrics[0],
                                 mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+        # max_t one past the last epoch: ASHA never kills a trial at its final report, so the
+        # trial can still log its student and close its MLflow run
         scheduler = (ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
-                                   max_t=cfg.train.epochs, grace_period=s.grace_period,
+                                   max_t=cfg.train.epochs + cfg.train.finetune_epochs + 1,
+                                   grace_period=s.grace_period,
                                    reduction_factor=s.reduction_factor)
                      if s.scheduler == "asha" else FIFOScheduler())
         tuner = tune.Tuner(

@@ -434,6 +434,7 @@ class TeacherPool:
             if name:
                 self.server = TeacherServer.options(
                     name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                    scheduling_strategy="DEFAULT",
                 ).remote(self._actors, max_length=server_max_length,
                          max_wait_s=server_max_wait_s, max_batch=self.cfg.max_batch_size)
                 ray.get(self.server.set_actors.remote(self._actors), timeout=start_timeout_s)
@@ -449,6 +450,9 @@ class TeacherPool:
             num_cpus=self.cfg.cpus_per_actor, num_gpus=self.cfg.gpus_per_actor,
             resources=dict(self.cfg.resources_per_actor) or None,
             max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
+            # outside any placement group of the caller (a Tune trial reserves only its own
+            # token CPU share; actors captured into it could never be scheduled)
+            scheduling_strategy="DEFAULT",
         ).remote(self.teacher_path, self.cfg, self.seed)
 
     def _wait_ready(self, actors: list) -> list[dict]:
