@@ -78,7 +78,7 @@ class BCNStudent(Student):
             p = self._integrate_and_pool(torch.cat([pad_to_time(x, t), pad_to_time(y, t)]),
                                          torch.cat([pad_to_time(c_y, t), pad_to_time(c_x, t)]),
                                          ids != 0)
-            px, py = p.split(ids_a.size(0), dim=0)
+            px, py = p[: ids_a.size(0)], p[ids_a.size(0):]  # slices stay dynamic in export
             feat = torch.cat([px, py], dim=-1)
         return self.heads(feat, task)
 

@@ -53,6 +53,7 @@ class BiLSTMStudent(Student):
         else:  # one LSTM call for both sides
             t = max(ids_a.size(1), ids_b.size(1))
             h = self.encode(torch.cat([pad_to(ids_a, t), pad_to(ids_b, t)], dim=0))
-            h1, h2 = h.split(ids_a.size(0), dim=0)
+            n = ids_a.size(0)
+            h1, h2 = h[:n], h[n:]  # slices, not split(): they stay dynamic when exported
             feat = torch.cat([h1, h2, h1 * h2, (h1 - h2).abs()], dim=-1)
         return self.heads(self.relu(self.dropout(feat)), task)

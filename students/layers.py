@@ -60,12 +60,66 @@ def run_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor):
     """Run a batch-first ``lstm`` over ``x [B, T, D]`` with packed sequences so padding never
     enters the recurrence. Returns ``(outputs [B, T, dirs*H], h_n [layers*dirs, B, H])``; outputs
     are zero at padded positions. Rows of length 0 are run on one step and must be masked by
-    the caller (see :func:`zero_empty`)."""
+    the caller (see :func:`zero_empty`).
+
+    An LSTM flagged by :func:`set_export_mode` runs :func:`run_lstm_unpacked` instead (same
+    results; for TorchScript/ONNX export, which cannot trace packed sequences)."""
+    if getattr(lstm, "export_mode", False):
+        return run_lstm_unpacked(lstm, x, lengths)
     packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True,
                                   enforce_sorted=False)
     out, (h_n, _) = lstm(packed)
     out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
     return out, h_n
+
+
+def set_export_mode(model: nn.Module, on: bool = True) -> nn.Module:
+    """Make every ``nn.LSTM`` in ``model`` run :func:`run_lstm_unpacked` (``on``) or the packed
+    path (``off``, the default used in training). Returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, nn.LSTM):
+            m.export_mode = on
+    return model
+
+
+def _time_gather(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[b, index[b, t]]`` for ``x [B, T, D]``, ``index [B, T']``."""
+    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.size(-1)))
+
+
+def run_lstm_unpacked(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor):
+    """:func:`run_lstm` without ``PackedSequence``, for export (eval only).
+
+    Right padding never reaches a valid step of the forward direction, which reads left to right,
+    so the padded batch is run as is and each row's final state is read at its last valid step.
+    The backward direction reads each row's valid prefix reversed in place (padding stays at the
+    end), with the same weights, and its outputs are reversed back. Layer by layer, with padded
+    outputs zeroed, as the packed path gives them."""
+    if lstm.training and lstm.dropout > 0 and lstm.num_layers > 1:
+        raise RuntimeError("run_lstm_unpacked is for inference: call model.eval() first")
+    if not lstm.batch_first or getattr(lstm, "proj_size", 0):
+        raise ValueError("run_lstm_unpacked supports batch_first LSTMs without projections")
+    steps = torch.arange(x.size(1), device=x.device).unsqueeze(0)  # [1, T]
+    n = lengths.clamp(min=1).to(steps.dtype).unsqueeze(1)  # [B, 1]; empty rows run one step
+    valid = steps < n
+    reverse = torch.where(valid, n - 1 - steps, steps)  # flips each valid prefix; an involution
+    last = n - 1
+    h = x.new_zeros((1, x.size(0), lstm.hidden_size))
+    directions = ("", "_reverse") if lstm.bidirectional else ("",)
+    finals = []
+    inp = x
+    for layer in range(lstm.num_layers):
+        outs = []
+        for suffix in directions:
+            weights = [getattr(lstm, f"{w}_l{layer}{suffix}")
+                       for w in (("weight_ih", "weight_hh", "bias_ih", "bias_hh") if lstm.bias
+                                 else ("weight_ih", "weight_hh"))]
+            z = _time_gather(inp, reverse) if suffix else inp
+            out = torch.lstm(z, (h, h), weights, lstm.bias, 1, 0.0, False, False, True)[0]
+            finals.append(_time_gather(out, last).squeeze(1))
+            outs.append(_time_gather(out, reverse) if suffix else out)
+        inp = torch.cat(outs, dim=-1) * valid.unsqueeze(-1).to(x.dtype)
+    return inp, torch.stack(finals)
 
 
 def zero_empty(v: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
