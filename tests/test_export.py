@@ -1,0 +1,294 @@
+"""Export: tiny random-weight students -> TorchScript + ONNX + standalone predict.py; every format
+reproduces the eager (packed-LSTM) student within 1e-4, on generated sentences always and on
+real SST-2 / MRPC dev sentences when the shared assets are present."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import random
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from orchestrator.config import ExperimentConfig, StudentConfig  # noqa: E402
+from orchestrator.export import ExportError, export_student  # noqa: E402
+from orchestrator.pipeline import _spec_dict  # noqa: E402
+from orchestrator.serving import StudentPredictor  # noqa: E402
+from orchestrator.train import build_from_meta, save_student  # noqa: E402
+from students.layers import set_export_mode  # noqa: E402
+from tasks.generated import generate_examples  # noqa: E402
+from tasks.registry import get_task  # noqa: E402
+from tasks.text import tokenize  # noqa: E402
+from tasks.vocab import Vocab  # noqa: E402
+
+TOL = 1e-4
+TINY = {"bilstm": dict(embed_dim=12, hidden_size=10, relu_size=14, num_layers=2),
+        "bcn": dict(embed_dim=12, hidden_size=8),
+        "transformer": dict(tf_hidden=16, tf_layers=2, tf_heads=2, tf_ffn=32, max_length=24)}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared machine: one thread is fastest and avoids spin contention."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def generated(task: str, n: int = 12, seed: int = 0) -> list[tuple[str, str | None]]:
+    ex = generate_examples(get_task(task), n, random.Random(seed))
+    return [(e.text_a, e.text_b) for e in ex]
+
+
+def dev_texts(glue_dir: Path, folder: str, n: int) -> list[tuple[str, str | None]]:
+    path = glue_dir / folder / "dev.tsv"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    head, rows = rows[0], rows[1:n + 1]
+    if folder == "MRPC":
+        a, b = head.index("#1 String"), head.index("#2 String")
+        return [(r[a], r[b]) for r in rows]
+    return [(r[head.index("sentence")], None) for r in rows]
+
+
+def make_student(tmp: Path, arch: str, tasks: list[str], texts: list[str], tokenizer_dir=None,
+                 seed: int = 0) -> Path:
+    """A random-weight student saved in orchestrator.train.save_student's layout."""
+    bundle = tmp / "bundle"
+    bundle.mkdir(parents=True, exist_ok=True)
+    if arch == "transformer":
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tok.save_pretrained(str(bundle / "tokenizer"))
+        vocab_size, encoding = len(tok), "wordpiece"
+    else:
+        vocab = Vocab.build(texts)
+        vocab.save(bundle / "vocab.json")
+        vocab_size, encoding = len(vocab), "words"
+    specs = {t: get_task(t) for t in tasks}
+    meta = {"tasks": {t: {"num_outputs": s.num_outputs, "pair": s.is_pair,
+                          "regression": s.is_regression, "dev_splits": ["dev"],
+                          "spec": _spec_dict(s)} for t, s in specs.items()},
+            "encoding": encoding, "vocab_size": vocab_size}
+    cfg = ExperimentConfig()
+    cfg.student = StudentConfig(arch=arch, dropout=0.1, **{"max_length": 20, **TINY[arch]})
+    torch.manual_seed(seed)
+    model = build_from_meta(cfg, meta, None)
+    with torch.no_grad():  # padding rows stay zero; everything else non-trivial
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    out = tmp / "student"
+    out.mkdir()
+    save_student(model, out, cfg, meta, bundle)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory) -> Path:
+    """A small BERT WordPiece tokenizer over the generated tasks' words (no downloads)."""
+    from transformers import BertTokenizerFast
+
+    from tasks.generated import CONTENT, CUE_GROUPS, FILLER
+    words = sorted({*FILLER, *CONTENT, *(w for g in CUE_GROUPS for w in g)})
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *"abcdefghijklmnopqrstuvwxyz",
+              *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"), ".", ",", "!", "'", "-", "##s",
+              "##ing", "##ed"]
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(dict.fromkeys(pieces))})
+    d = tmp_path_factory.mktemp("tok")
+    tok.save_pretrained(str(d))
+    return d
+
+
+def load_predict_py(out: Path):
+    spec = importlib.util.spec_from_file_location(f"exported_predict_{abs(hash(out))}", out / "predict.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def check_all(student: Path, out: Path, pairs: list[tuple[str, str | None]], task: str):
+    """ONNX (onnxruntime), TorchScript and predict.py against the eager student."""
+    eager = StudentPredictor(student)
+    a = [x for x, _ in pairs]
+    b = [y for _, y in pairs] if pairs[0][1] is not None else None
+    ref = eager.logits(a, b, task)
+    mod = load_predict_py(out)
+    for runtime in ("onnx", "torchscript"):
+        pred = mod.Predictor(out, runtime, threads=1)
+        got = pred.logits(a, b, task)
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=TOL, rtol=0, err_msg=runtime)
+        # the raw graph on the eager path's own ids too (not only predict.py's tokenization)
+        inputs = pred.encode(a, b)
+        np.testing.assert_allclose(pred.run(inputs)[task], ref, atol=TOL, rtol=0)
+    preds = mod.predict(a, b, task=task, model_dir=out)
+    info = json.loads((out / "export.json").read_text())
+    if info["tasks"][task]["regression"]:
+        np.testing.assert_allclose([p["score"] for p in preds], ref[:, 0], atol=TOL)
+    else:
+        labels = info["tasks"][task]["labels"]
+        assert [p["label"] for p in preds] == [labels[i] for i in ref.argmax(1)]
+        assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-6 for p in preds)
+
+
+CASES = [("bilstm", ["sst2"]), ("bilstm", ["mrpc"]), ("bcn", ["sst2"]), ("bcn", ["mrpc"]),
+         ("bcn", ["sst2", "stsb"]), ("transformer", ["sst2"]), ("transformer", ["mrpc"])]
+
+
+@pytest.mark.parametrize("arch,tasks", CASES, ids=[f"{a}-{'+'.join(t)}" for a, t in CASES])
+def test_export_matches_torch_on_generated(tmp_path, arch, tasks, tiny_tokenizer):
+    data = {t: generated(t, 16, seed=i) for i, t in enumerate(tasks)}
+    words = [x for d in data.values() for p in d for x in p if x]
+    student = make_student(tmp_path, arch, tasks, words, tiny_tokenizer)
+    first = data[tasks[0]]
+    checks = [a for a, _ in first][:6] + ["", "a film with unseen zzyzx words"]
+    res = export_student(student, tmp_path / "out", check_texts=checks)
+    assert set(res.files) == {"onnx", "torchscript", "predict", "export_json"}
+    assert all(v <= TOL for v in res.max_abs_diff.values()), res.max_abs_diff
+    info = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert set(info["tasks"]) == set(tasks)
+    assert info["max_length"] == (24 if arch == "transformer" else 20)
+    sess = ort.InferenceSession(str(res.files["onnx"]))
+    assert [i.name for i in sess.get_inputs()] == res.inputs
+    assert [o.name for o in sess.get_outputs()] == [f"logits_{t}" for t in tasks]
+    assert all(i.shape == ["batch", "seq"] for i in sess.get_inputs())
+    for t in tasks:
+        check_all(student, tmp_path / "out", data[t], t)
+
+
+def test_unpacked_lstm_equals_packed(glue_dir_or_none):
+    """The export path of the LSTM students gives the packed path's outputs (eval), on real
+    dev sentences when present, including empty rows and a 2-layer BiLSTM."""
+    texts = [a for a, _ in (glue_dir_or_none or generated("sst2", 64))]
+    pair_b = texts[1:] + texts[:1]
+    vocab = Vocab.build(texts)
+    from students.bcn import BCNStudent
+    from students.bilstm import BiLSTMStudent
+
+    def ids(ts):
+        rows = [vocab.encode(t, 40) for t in ts] + [[]]
+        out = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    a, b = ids(texts), ids(pair_b)
+    torch.manual_seed(0)
+    for model, args in [(BiLSTMStudent(len(vocab), 16, 12, 2, 10, {"sst2": 2}), (a,)),
+                        (BiLSTMStudent(len(vocab), 16, 12, 1, 10, {"mrpc": 2}, pair=True), (a, b)),
+                        (BCNStudent(len(vocab), 16, 8, {"sst2": 2}), (a,)),
+                        (BCNStudent(len(vocab), 16, 8, {"mrpc": 2}), (a, b))]:
+        model.eval()
+        with torch.no_grad():
+            packed = model(*args)
+            set_export_mode(model, True)
+            unpacked = model(*args)
+            set_export_mode(model, False)
+        torch.testing.assert_close(unpacked, packed, atol=1e-5, rtol=0)
+        assert not any(getattr(m, "export_mode", False) for m in model.modules())
+
+
+@pytest.fixture
+def glue_dir_or_none(request):
+    from orchestrator.config import find_assets
+    found = find_assets()
+    path = found / "glue" / "SST-2" / "dev.tsv" if found else None
+    return dev_texts(found / "glue", "SST-2", 200) if path and path.is_file() else None
+
+
+def test_export_real_dev_sentences(tmp_path, glue_dir):
+    """Real SST-2 and MRPC dev sentences; with the MiniLM tokenizer for the Transformer."""
+    sst = dev_texts(glue_dir, "SST-2", 96)
+    mrpc = dev_texts(glue_dir, "MRPC", 48)
+    words = [x for p in sst + mrpc for x in p if x]
+    tok_dir = glue_dir.parent / "models" / "minilm-l6-uncased"
+    cases = [("bilstm", "sst2", sst), ("bcn", "mrpc", mrpc)]
+    if (tok_dir / "tokenizer.json").is_file():
+        cases.append(("transformer", "mrpc", mrpc))
+    for arch, task, pairs in cases:
+        d = tmp_path / arch
+        student = make_student(d, arch, [task], words, tok_dir)
+        res = export_student(student, d / "out", check_texts=[a for a, _ in pairs[:32]])
+        assert all(v <= TOL for v in res.max_abs_diff.values()), res.max_abs_diff
+        if arch == "transformer":
+            assert res.info["tokenizer"]["kind"] == "bert-wordpiece", res.info["tokenizer"]
+        check_all(student, d / "out", pairs, task)
+
+
+def test_wordpiece_matches_hf_tokenizer(glue_dir):
+    """predict.py's WordPiece == the teacher's tokenizer, incl. truncation of pairs."""
+    from transformers import AutoTokenizer
+
+    from orchestrator.predict_standalone import WordPieceEncoder
+    tok_dir = glue_dir.parent / "models" / "minilm-l6-uncased"
+    if not (tok_dir / "tokenizer.json").is_file():
+        pytest.skip(f"no tokenizer at {tok_dir}")
+    hf = AutoTokenizer.from_pretrained(str(tok_dir))
+    pairs = dev_texts(glue_dir, "MRPC", 200) + [
+        ("Naïve ÉLAN at the café — 东京! [MASK] it's \u00a0 fine\u200b.", "x" * 150),
+        ("a [MASK]b c", "don't stop")]
+    for max_length in (128, 16):
+        mine = WordPieceEncoder(tok_dir / "tokenizer.json", max_length)
+        for a, b in pairs:
+            for bb in (None, b):
+                ref = hf(a, bb, truncation=True, max_length=max_length)
+                assert mine.encode(a, bb) == (ref["input_ids"], ref["token_type_ids"]), (a, bb)
+
+
+def test_word_tokenizer_matches_tasks_text(glue_dir_or_none):
+    from orchestrator.predict_standalone import word_tokenize
+    texts = [a for a, _ in (glue_dir_or_none or generated("sst2", 50))]
+    texts += ["Don't [MASK]-ing it's co-op 3.5 x[MASK]y", "", "NAÏVE café's"]
+    for t in texts:
+        assert word_tokenize(t, "[MASK]") == tokenize(t, "[MASK]")
+
+
+def test_missing_artifacts_are_named(tmp_path, tiny_tokenizer):
+    student = make_student(tmp_path, "bilstm", ["sst2"], ["a good film", "a bad film"])
+    (student / "vocab.json").unlink()
+    with pytest.raises(FileNotFoundError, match="vocab.json"):
+        export_student(student, tmp_path / "o1")
+    (student / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors, vocab\.json"):
+        export_student(student, tmp_path / "o2")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_student(tmp_path / "nowhere", tmp_path / "o3")
+    with pytest.raises(ValueError, match="formats"):
+        export_student(student, tmp_path / "o4", formats=("tflite",))
+
+
+def test_cli_export_and_script(tmp_path):
+    """``distillray export --student-dir`` and ``python predict.py`` in a clean process."""
+    from orchestrator.cli import main
+
+    student = make_student(tmp_path, "bilstm", ["sst2"], ["a good film", "a bad film"])
+    assert main(["export", "--student-dir", str(student), "--out", str(tmp_path / "o"),
+                 "--formats", "onnx"]) == 0
+    assert (tmp_path / "o" / "model.onnx").is_file() and not (tmp_path / "o" / "model.ts").exists()
+    with pytest.raises(SystemExit):  # neither --student-dir nor --search
+        main(["export", "--out", str(tmp_path / "o2")])
+    # the script imports nothing of distillray, torch or transformers
+    code = ("import sys; sys.path.insert(0, %r); import predict; "
+            "predict.main(['a good film', 'a bad film']); "
+            "bad = {m.split('.')[0] for m in sys.modules} & "
+            "{'orchestrator', 'tasks', 'students', 'torch', 'transformers', 'tokenizers'}; "
+            "assert not bad, bad" % str(tmp_path / "o"))
+    r = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True,
+                       timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    ref = StudentPredictor(student).logits(["a good film", "a bad film"])
+    labels = json.loads((tmp_path / "o" / "export.json").read_text())["tasks"]["sst2"]["labels"]
+    assert [x["label"] for x in rows] == [labels[i] for i in ref.argmax(1)]
