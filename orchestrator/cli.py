@@ -145,6 +145,37 @@ def cmd_best(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """A student dir, or a search's best student from MLflow -> TorchScript + ONNX + predict.py."""
+    import tempfile
+
+    from orchestrator.export import export_student
+
+    formats = [f for f in args.formats.split(",") if f.strip()]
+    with tempfile.TemporaryDirectory(prefix="distillray-export-") as tmp:
+        student = args.student_dir
+        if student is None:
+            from mlflow.tracking import MlflowClient
+
+            from orchestrator.registry import best_child_run, download_student
+            from orchestrator.tracking import resolve_uri
+
+            client = MlflowClient(resolve_uri(args.tracking_uri))
+            try:
+                _, run = best_child_run(client, args.search, args.experiment)
+                student = download_student(client, run.info.run_id, tmp)
+            except LookupError as e:  # registry.NotFoundError
+                print(f"distillray: error: {e}", file=sys.stderr)
+                return 2
+            print(f"[export] search {args.search}: best run {run.info.run_id}")
+        res = export_student(student, args.out, formats)
+    for name, path in res.files.items():
+        print(f"[export] {name}: {path}")
+    print(f"[export] tasks {', '.join(res.tasks)}; inputs {', '.join(res.inputs)}; max |diff| vs "
+          "the student " + ", ".join(f"{k} {v:.1e}" for k, v in res.max_abs_diff.items()))
+    return 0
+
+
 def cmd_ui(args) -> int:
     from orchestrator.tracking import resolve_uri
 
@@ -182,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.add_argument("--experiment", default="distillray")
     p.set_defaults(fn=cmd_best)
+    p = sub.add_parser("export", help="export a student to TorchScript + ONNX + predict.py")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--student-dir", help="a saved student (model.safetensors, student.json, ...)")
+    src.add_argument("--search", help="export the best student of this search (from MLflow)")
+    p.add_argument("--tracking-uri")
+    p.add_argument("--experiment", default="distillray")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--formats", default="torchscript,onnx", help="comma-separated: torchscript,onnx")
+    p.set_defaults(fn=cmd_export)
     p = sub.add_parser("ui", help="MLflow UI on the project's store (127.0.0.1)")
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
