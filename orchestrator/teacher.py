@@ -37,13 +37,25 @@ class TeacherResult:
     seconds: float
 
 
-def teacher_key(cfg: TeacherConfig, task: TaskSpec, data_fingerprint: str) -> str:
-    base = cfg.model
-    if Path(base).is_dir():  # a local dir is identified by its content, not its path
+def base_model_identity(name: str) -> str:
+    """A base model's identity for cache keys: a local dir by its content, else its name."""
+    if Path(name).is_dir():
         from orchestrator.teacher_model import teacher_identity
-        base = f"dir:{teacher_identity(base)}"
-    return content_key({"v": TEACHER_VERSION, "model": base, "task": task.name,
-                        "data": data_fingerprint, "cfg": {**asdict(cfg), "model": None}})
+        return f"dir:{teacher_identity(name)}"
+    return name
+
+
+def training_settings(cfg: TeacherConfig) -> dict:
+    """The settings that shape a teacher's weights (the base model is keyed separately)."""
+    d = asdict(cfg)
+    d.pop("multitask", None)  # says which stage runs, not how it trains: keeps old keys valid
+    return {**d, "model": None}
+
+
+def teacher_key(cfg: TeacherConfig, task: TaskSpec, data_fingerprint: str) -> str:
+    return content_key({"v": TEACHER_VERSION, "model": base_model_identity(cfg.model),
+                        "task": task.name, "data": data_fingerprint,
+                        "cfg": training_settings(cfg)})
 
 
 def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
@@ -91,9 +103,7 @@ def _init_model(cfg: TeacherConfig, task: TaskSpec, train: list[Example], tmp: P
 
     torch.manual_seed(cfg.seed)
     if cfg.model.startswith("random:"):
-        words = sorted({w for e in train for t in (e.text_a, e.text_b) if t for w in tokenize(t)})
-        src = create_random_teacher(tmp / "_init", words, task.num_outputs, task.name,
-                                    seed=cfg.seed, max_position=max(cfg.max_length, 128))
+        src = random_base(cfg, train, tmp, task.num_outputs, task.name)
         model = AutoModelForSequenceClassification.from_pretrained(str(src))
         tokenizer = AutoTokenizer.from_pretrained(str(src))
         shutil.rmtree(src)
@@ -110,6 +120,15 @@ def _init_model(cfg: TeacherConfig, task: TaskSpec, train: list[Example], tmp: P
         except (ValueError, KeyError) as e:
             raise TeacherError(f"{cfg.model!r} is not a classifier-compatible encoder: {e}") from None
     return model, tokenizer
+
+
+def random_base(cfg: TeacherConfig, train: list[Example], tmp: Path, num_labels: int = 2,
+                head_name: str = "default") -> Path:
+    """For ``teacher.model=random:*``: a tiny random BERT under ``tmp/_init`` whose WordPiece
+    vocabulary is the training texts' words (the caller loads it, then removes the dir)."""
+    words = sorted({w for e in train for t in (e.text_a, e.text_b) if t for w in tokenize(t)})
+    return create_random_teacher(tmp / "_init", words, num_labels, head_name, seed=cfg.seed,
+                                 max_position=max(cfg.max_length, 128))
 
 
 def _subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
@@ -140,6 +159,15 @@ def _length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Ran
     return batches
 
 
+def optimizer_and_schedule(model, cfg: TeacherConfig, total: int):
+    """AdamW with linear warm-up over ``warmup_ratio`` of ``total`` steps, then linear decay."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = int(total * cfg.warmup_ratio)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    return opt, sched
+
+
 def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) -> None:
     from tqdm.auto import tqdm
 
@@ -147,10 +175,7 @@ def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) 
     lengths = [len(e.text_a) + len(e.text_b or "") for e in examples]
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     total = max(1, int(round(steps_per_epoch * cfg.epochs)))
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warm = int(total * cfg.warmup_ratio)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    opt, sched = optimizer_and_schedule(model, cfg, total)
     model.train()
     step = 0
     bar = tqdm(total=total, desc=f"teacher {task.name}", unit="step")
@@ -179,22 +204,24 @@ def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) 
 
 @torch.inference_mode()
 def predict_logits(model, tokenizer, examples: list[Example], max_length: int,
-                   batch_size: int = 128) -> np.ndarray:
+                   batch_size: int = 128, head: str | None = None) -> np.ndarray:
+    """Logits in input order; ``head`` names the task head of a multi-task teacher."""
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
     out = [None] * len(examples)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         enc = _encode(tokenizer, [examples[i] for i in idx], max_length)
-        logits = model(**enc).logits.float().numpy()
+        raw = model(**enc, head=head) if head is not None else model(**enc).logits
+        logits = raw.float().numpy()
         for j, i in enumerate(idx):
             out[i] = logits[j]
     return np.stack(out) if out else np.zeros((0, 1), np.float32)
 
 
 def evaluate_teacher(model, tokenizer, dev: list[Example], task: TaskSpec,
-                     max_length: int) -> dict[str, float]:
-    logits = predict_logits(model, tokenizer, dev, max_length)
+                     max_length: int, head: str | None = None) -> dict[str, float]:
+    logits = predict_logits(model, tokenizer, dev, max_length, head=head)
     labels = np.array([e.label for e in dev], dtype=np.float64)
     return compute_metrics(task, logits, labels)
 

@@ -1,0 +1,161 @@
+"""MKD teacher stage: refine one encoder on several tasks at once, a head per task.
+
+Liu et al. (2019) distill from a *multi-task* teacher: a pre-trained encoder shared by every task,
+with a classification or regression head per task, trained on a mixture of the tasks' batches
+(each batch from one task, drawn in proportion to the tasks' sizes). The result is saved in the
+multi-task teacher format of :mod:`orchestrator.teacher_model` (HF encoder dir +
+``heads.safetensors`` + ``distillray_heads.json``) under ``<work_root>/teachers/<key>/``, where
+the key hashes the base model, the task list, each task's training data and the settings; a second
+call with the same inputs reuses it. The teacher pool serves each head by task name.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from orchestrator.config import TeacherConfig
+from orchestrator.keys import atomic_dir, content_key
+from orchestrator.mixture import TaskSampler, mixture_weights
+from orchestrator.teacher import (TeacherResult, _check_base_model, _encode,
+                                  _length_grouped_batches, _subset, base_model_identity,
+                                  evaluate_teacher, optimizer_and_schedule, random_base,
+                                  training_settings)
+from orchestrator.teacher_model import MultiTaskTeacher, TeacherError, save_multitask_teacher
+from tasks.loaders import TaskData, data_fingerprint
+
+MULTITASK_TEACHER_VERSION = 1
+
+
+def multitask_teacher_key(cfg: TeacherConfig, data: dict[str, TaskData]) -> str:
+    """Content key: base model, tasks (names, label sets, training data) and settings."""
+    return content_key({
+        "v": MULTITASK_TEACHER_VERSION, "kind": "multitask",
+        "model": base_model_identity(cfg.model),
+        "tasks": {t: {"outputs": d.task.num_outputs, "pair": d.task.is_pair,
+                      "data": data_fingerprint(d.train)} for t, d in sorted(data.items())},
+        "cfg": training_settings(cfg)})
+
+
+def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
+                             work_root: str | Path, log: Callable = print) -> TeacherResult:
+    """Refine (or reuse) a multi-task teacher on every task of ``data``.
+
+    ``metrics`` holds ``<task>_<metric>`` for each task's first dev split (and ``<task>_score``)
+    plus ``score``, the mean of the task scores."""
+    t0 = time.time()
+    if not data:
+        raise TeacherError("a multi-task teacher needs at least one task")
+    key = multitask_teacher_key(cfg, data)
+    final = Path(work_root) / "teachers" / key
+    if (final / "metrics.json").is_file():
+        metrics = json.loads((final / "metrics.json").read_text())
+        log(f"[teacher] reusing multi-task teacher {final} (mean dev score "
+            f"{metrics.get('score', float('nan')):.4f})")
+        return TeacherResult(final, key, metrics, True, time.time() - t0)
+    _check_base_model(cfg.model)
+    with atomic_dir(final) as tmp:
+        encoder, tokenizer = _init_encoder(cfg, data, tmp)
+        model = MultiTaskTeacher(encoder, {t: d.task.num_outputs for t, d in data.items()})
+        train = {t: _subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
+        log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
+        _train_mixture(model, tokenizer, train, data, cfg)
+        metrics = evaluate_multitask(model, tokenizer, data, cfg.max_length)
+        log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                           if k.endswith("_score") or k == "score"))
+        save_multitask_teacher(model, tokenizer, tmp)
+        (tmp / "teacher_config.json").write_text(json.dumps(
+            {"base_model": cfg.model, "tasks": list(data), "multitask": True,
+             "config": asdict(cfg)}, indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
+    return TeacherResult(final, key, metrics, False, time.time() - t0)
+
+
+def _init_encoder(cfg: TeacherConfig, data: dict[str, TaskData], tmp: Path):
+    """The shared encoder (with BERT's pooler) and its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(cfg.seed)
+    if cfg.model.startswith("random:"):
+        src = random_base(cfg, [e for d in data.values() for e in d.train], tmp)
+        encoder = AutoModel.from_pretrained(str(src))
+        tokenizer = AutoTokenizer.from_pretrained(str(src))
+        shutil.rmtree(src)
+        return encoder, tokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        encoder = AutoModel.from_pretrained(cfg.model)
+    except OSError as e:
+        raise TeacherError(f"cannot load teacher model {cfg.model!r}: {e}. Offline? Point "
+                           "teacher.model at a local HF directory") from None
+    except (ValueError, KeyError) as e:
+        raise TeacherError(f"{cfg.model!r} is not an encoder model: {e}") from None
+    if not hasattr(encoder.config, "hidden_size"):
+        raise TeacherError(f"{cfg.model!r} has no hidden_size: not an encoder for task heads")
+    return encoder, tokenizer
+
+
+def _train_mixture(model: MultiTaskTeacher, tokenizer, train: dict, data: dict[str, TaskData],
+                   cfg: TeacherConfig) -> None:
+    """Each step: draw a task (proportional mixture), take one of its length-grouped batches."""
+    from tqdm.auto import tqdm
+
+    rng = random.Random(cfg.seed)
+    sizes = {t: len(x) for t, x in train.items()}
+    empty = [t for t, n in sizes.items() if n == 0]
+    if empty:
+        raise TeacherError(f"task(s) {', '.join(empty)} have no training examples")
+    sampler = TaskSampler(mixture_weights(sizes, "proportional"), seed=cfg.seed)
+    steps_per_epoch = sum(math.ceil(n / cfg.batch_size) for n in sizes.values())
+    total = max(1, int(round(steps_per_epoch * cfg.epochs)))
+    opt, sched = optimizer_and_schedule(model, cfg, total)
+    queues: dict[str, list[list[int]]] = {t: [] for t in train}
+
+    def next_batch(t: str) -> list:
+        if not queues[t]:
+            lengths = [len(e.text_a) + len(e.text_b or "") for e in train[t]]
+            queues[t] = _length_grouped_batches(lengths, cfg.batch_size, rng)
+        return [train[t][i] for i in queues[t].pop()]
+
+    model.train()
+    bar = tqdm(total=total, desc="multi-task teacher", unit="step")
+    for task in sampler.draw(total):
+        batch = next_batch(task)
+        enc = _encode(tokenizer, batch, cfg.max_length)
+        out = model(**enc, head=task)
+        if data[task].task.is_regression:
+            loss = F.mse_loss(out.squeeze(-1), torch.tensor([float(e.label) for e in batch]))
+        else:
+            loss = F.cross_entropy(out, torch.tensor([int(e.label) for e in batch]))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(task=task, loss=f"{loss.item():.4f}")
+    bar.close()
+    model.eval()
+
+
+def evaluate_multitask(model: MultiTaskTeacher, tokenizer, data: dict[str, TaskData],
+                       max_length: int) -> dict[str, float]:
+    """Each task's metrics on its first dev split, through its own head; ``score`` = their mean."""
+    out: dict[str, float] = {}
+    scores = []
+    for t, d in data.items():
+        dev = next(iter(d.dev.values()))
+        m = evaluate_teacher(model, tokenizer, dev, d.task, max_length, head=t)
+        out.update({f"{t}_{k}": float(v) for k, v in m.items()})
+        scores.append(float(m["score"]))
+    out["score"] = float(sum(scores) / len(scores))
+    return out
