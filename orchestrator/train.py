@@ -43,7 +43,41 @@ def meta_heads(meta: dict) -> dict[str, int]:
 
 def build_from_meta(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | None):
     pair = any(m["pair"] for m in meta["tasks"].values()) and meta["encoding"] == "words"
-    return build_student(cfg.student, meta["vocab_size"], meta_heads(meta), pair, embeddings)
+    return build_student(cfg.student, meta["vocab_size"], meta_heads(meta), pair, embeddings,
+                         max_position=meta.get("student_max_position"))
+
+
+def init_teacher_path(meta: dict) -> str:
+    """The teacher whose layers seed a Transformer student: the bundle's first task's teacher
+    (in MKD every task points at the same multi-task teacher)."""
+    teachers = meta.get("teachers") or {}
+    if not teachers:
+        raise ValueError("student.init_from_teacher is set but the bundle names no teacher")
+    return next(iter(teachers.values()))["path"]
+
+
+def build_for_training(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | None):
+    """A trial's fresh student, and the meta to save with it.
+
+    With ``student.arch=transformer`` and ``student.init_from_teacher`` other than ``none``, the
+    student copies the teacher's embeddings, pooler and the chosen layers (``first``, ``even`` or
+    ``"0,2,4"``; :func:`students.transformer.init_from_bert`). Its position table takes the
+    teacher's size when that is smaller than the default; the saved meta records it so
+    :func:`load_student` rebuilds the same shape. Returns ``(model, meta, teacher layers used)``."""
+    s = cfg.student
+    if s.arch != "transformer" or s.init_from_teacher == "none":
+        return build_from_meta(cfg, meta, embeddings), meta, None
+    from orchestrator.teacher_model import load_teacher
+    from students.factory import MAX_POSITION
+    from students.transformer import init_from_bert
+
+    teacher = load_teacher(init_teacher_path(meta))
+    tconf = getattr(teacher.model, "config", None) or teacher.model.encoder.config
+    positions = int(getattr(tconf, "max_position_embeddings", MAX_POSITION))
+    meta = {**meta, "student_max_position": min(max(MAX_POSITION, s.max_length), positions)}
+    model = build_from_meta(cfg, meta, embeddings)
+    chosen = init_from_bert(model, teacher.model, s.init_from_teacher)
+    return model, meta, chosen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +219,61 @@ def load_student(ckpt_dir: str | Path):
     return model, info
 
 
+def train_steps(model, optimizer, streams: dict[str, "TaskStream"], tasks: list[str],
+                specs: dict[str, TaskSpec], tc) -> float:
+    """One optimizer step per entry of ``tasks`` (a batch of that task each); mean loss."""
+    model.train()
+    total = 0.0
+    for task in tasks:
+        batch = streams[task].next()
+        out = forward(model, batch, task)
+        spec = specs[task]
+        gold = batch["label"]
+        if not spec.is_regression:
+            gold = torch.where(torch.isnan(gold), torch.full_like(gold, -1), gold).long()
+        loss = distillation_loss(out, batch["logits"], gold, kind=tc.loss, alpha=tc.alpha,
+                                 temperature=tc.temperature, regression=spec.is_regression)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        total += loss.item()
+    return total / max(1, len(tasks))
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def _report(epoch: int, metrics: dict, state: dict, model, optimizer, cfg: ExperimentConfig,
+            meta: dict, bundle: Path, rank: int, client, run_id: str | None,
+            per_task: dict | None = None) -> None:
+    """Log the epoch to MLflow (rank 0), checkpoint (rank 0) and report to Ray Train."""
+    import ray.train
+
+    if client is not None:
+        from orchestrator.tracking import log_metrics
+        log_metrics(client, run_id, metrics, step=epoch + 1)
+    with tempfile.TemporaryDirectory() as d:
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        save_student(model, Path(d), cfg, meta, bundle,
+                     {"finetuned_tasks": sorted(per_task)} if per_task else None)
+        if per_task:  # stage 2: each task's own fine-tuned student
+            from safetensors.torch import save_file
+            for t, m in per_task.items():
+                save_file({k: v.detach().cpu().contiguous()
+                           for k, v in _unwrap(m).state_dict().items()},
+                          str(Path(d) / f"model-{t}.safetensors"))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
+        (Path(d) / "train_state.json").write_text(json.dumps({"epoch": epoch, **state}))
+        (Path(d) / "metrics.json").write_text(json.dumps(metrics))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
@@ -197,7 +286,10 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)
     bundle = Path(loop_cfg["bundle"])
     meta, train, dev, specs = load_bundle(bundle, loop_cfg.get("tasks"))
-    model = build_from_meta(cfg, meta, load_embeddings(bundle))
+    model, meta, init_layers = build_for_training(cfg, meta, load_embeddings(bundle))
+    if rank == 0 and init_layers is not None:
+        print(f"[train] student layers 0..{len(init_layers) - 1} start from teacher layers "
+              f"{init_layers}")
 
     probe = {}
     if rank == 0:
@@ -212,6 +304,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                                  weight_decay=tc.weight_decay)
     start_epoch, best, bad_epochs = 0, -math.inf, 0
+    resumed_per_task: dict[str, dict] = {}
     ckpt = ray.train.get_checkpoint()
     if ckpt:  # resume after a worker failure or a restored search
         from safetensors.torch import load_file
@@ -221,6 +314,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             opt_path = Path(d) / "optimizer.pt"
             if opt_path.is_file():
                 optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
+            resumed_per_task = {t: load_file(str(Path(d) / f"model-{t}.safetensors"))
+                                for t in specs if (Path(d) / f"model-{t}.safetensors").is_file()}
         start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
     if world > 1:
         model = ray.train.torch.prepare_model(
@@ -237,49 +332,80 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     if rank == 0 and loop_cfg.get("run_id"):
         from mlflow.tracking import MlflowClient
         client = MlflowClient(loop_cfg["tracking_uri"])
+    run_id = loop_cfg.get("run_id")
 
+    # stage 1: joint distillation, a task drawn by the mixture for each step
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.time()
-        model.train()
-        total, n = 0.0, 0
-        for task in sampler.draw(steps):
-            batch = streams[task].next()
-            out = forward(model, batch, task)
-            spec = specs[task]
-            gold = batch["label"]
-            if not spec.is_regression:
-                gold = torch.where(torch.isnan(gold), torch.full_like(gold, -1), gold).long()
-            loss = distillation_loss(out, batch["logits"], gold, kind=tc.loss, alpha=tc.alpha,
-                                     temperature=tc.temperature, regression=spec.is_regression)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            total += loss.item()
-            n += 1
-        module = model.module if hasattr(model, "module") else model
-        metrics = {"epoch": epoch + 1, "train_loss": total / max(1, n),
-                   "epoch_seconds": time.time() - t0, **evaluate(module, dev, specs), **probe}
+        loss = train_steps(model, optimizer, streams, sampler.draw(steps), specs, tc)
+        metrics = {"epoch": epoch + 1, "train_loss": loss, "epoch_seconds": time.time() - t0,
+                   **evaluate(_unwrap(model), dev, specs), **probe}
+        if tc.finetune_epochs > 0:
+            metrics["stage"] = 1
         improved = metrics["dev_score"] > best
         best = max(best, metrics["dev_score"])
         bad_epochs = 0 if improved else bad_epochs + 1
         metrics["best_dev_score"] = best
-        if client is not None:
-            from orchestrator.tracking import log_metrics
-            log_metrics(client, loop_cfg["run_id"], metrics, step=epoch + 1)
-        with tempfile.TemporaryDirectory() as d:
-            if rank == 0:
-                save_student(model, Path(d), cfg, meta, bundle)
-                torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
-                (Path(d) / "train_state.json").write_text(json.dumps(
-                    {"epoch": epoch, "best": best, "bad_epochs": bad_epochs}))
-                (Path(d) / "metrics.json").write_text(json.dumps(metrics))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
-            else:
-                ray.train.report(metrics)
+        _report(epoch, metrics, {"best": best, "bad_epochs": bad_epochs}, model, optimizer, cfg,
+                meta, bundle, rank, client, run_id)
         if tc.patience is not None and bad_epochs >= tc.patience:
             break
+
+    # stage 2 (MKD, optional): each task fine-tunes its own copy of the student (shared layers +
+    # its head) on its transfer set alone; reported as further epochs, metrics per task as before
+    if tc.finetune_epochs <= 0:
+        return
+    per_task = finetune_copies(_unwrap(model), specs, tc, world, resumed_per_task)
+    for epoch in range(max(start_epoch, tc.epochs), tc.epochs + tc.finetune_epochs):
+        t0 = time.time()
+        losses = {}
+        for t, (m, opt) in per_task.items():
+            n_steps = max(1, math.ceil(sizes[t] / (tc.batch_size * world)))
+            losses[t] = train_steps(m, opt, streams, [t] * min(n_steps, tc.steps_per_epoch or n_steps),
+                                    specs, tc)
+        metrics = {"epoch": epoch + 1, "stage": 2, "train_loss": float(np.mean(list(losses.values()))),
+                   **{f"{t}_train_loss": v for t, v in losses.items()},
+                   "epoch_seconds": time.time() - t0,
+                   **evaluate_per_task({t: _unwrap(m) for t, (m, _) in per_task.items()}, dev, specs),
+                   **probe}
+        best = max(best, metrics["dev_score"])
+        metrics["best_dev_score"] = best
+        _report(epoch, metrics, {"best": best, "bad_epochs": 0}, model, None, cfg, meta, bundle,
+                rank, client, run_id, per_task={t: m for t, (m, _) in per_task.items()})
+
+
+def finetune_copies(joint, specs: dict[str, TaskSpec], tc, world: int,
+                    resumed: dict[str, dict] | None = None) -> dict[str, tuple]:
+    """Stage 2: per task, a copy of the jointly distilled student (or its checkpointed state)
+    and a fresh optimizer over its parameters."""
+    import copy
+
+    out = {}
+    for t in specs:
+        m = copy.deepcopy(joint)
+        if resumed and t in resumed:
+            m.load_state_dict(resumed[t])
+        if world > 1:
+            import ray.train.torch
+            m = ray.train.torch.prepare_model(
+                m, parallel_strategy_kwargs={"find_unused_parameters": True})
+        opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=tc.lr,
+                               weight_decay=tc.weight_decay)
+        out[t] = (m, opt)
+    return out
+
+
+def evaluate_per_task(models: dict[str, Any], dev: dict[tuple[str, str], TaskTensors],
+                      specs: dict[str, TaskSpec]) -> dict[str, float]:
+    """:func:`evaluate` with each task scored by its own model; ``dev_score`` = mean of tasks."""
+    out: dict[str, float] = {}
+    scores = []
+    for t, m in models.items():
+        res = evaluate(m, {k: v for k, v in dev.items() if k[0] == t}, {t: specs[t]})
+        scores.append(res.pop("dev_score"))
+        out.update({k: v for k, v in res.items() if len(specs) == 1 or not k.startswith("dev_")})
+    out["dev_score"] = float(np.mean(scores)) if scores else float("nan")
+    return out
 
 
 def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,

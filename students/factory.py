@@ -18,12 +18,14 @@ MAX_POSITION = 512  # BERT's; init_from_bert copies the first rows of a teacher 
 
 
 def build_student(cfg: StudentConfig, vocab_size: int, heads: dict[str, int], pair: bool,
-                  pretrained: np.ndarray | None = None) -> nn.Module:
+                  pretrained: np.ndarray | None = None,
+                  max_position: int | None = None) -> nn.Module:
     """A fresh student. ``vocab_size`` is the student vocabulary's (bilstm, bcn) or the teacher
     tokenizer's (transformer). ``pretrained`` ([vocab, dim] word vectors) sets the embedding
     size of the LSTM students when given, else ``cfg.embed_dim`` does; the transformer ignores it.
     ``pair`` matters to the BiLSTM only (BCN takes one or two inputs per call; the transformer
-    takes pairs joined)."""
+    takes pairs joined). ``max_position`` sets the transformer's position table (default
+    ``max(512, cfg.max_length)``; a teacher with fewer positions needs its own count to be copied)."""
     embed_dim = int(np.shape(pretrained)[1]) if pretrained is not None else cfg.embed_dim
     if cfg.arch == "bilstm":
         return BiLSTMStudent(vocab_size, embed_dim, cfg.hidden_size, cfg.num_layers,
@@ -36,8 +38,8 @@ def build_student(cfg: StudentConfig, vocab_size: int, heads: dict[str, int], pa
                           pooling=cfg.pooling)
     if cfg.arch == "transformer":
         return TransformerStudent(vocab_size, cfg.tf_hidden, cfg.tf_layers, cfg.tf_heads,
-                                  cfg.tf_ffn, max(MAX_POSITION, cfg.max_length), 2, heads,
-                                  cfg.dropout)
+                                  cfg.tf_ffn, max_position or max(MAX_POSITION, cfg.max_length),
+                                  2, heads, cfg.dropout)
     raise ValueError(f"student arch {cfg.arch!r}: choose {', '.join(ARCHS)}")
 
 
