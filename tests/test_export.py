@@ -292,3 +292,36 @@ def test_cli_export_and_script(tmp_path):
     ref = StudentPredictor(student).logits(["a good film", "a bad film"])
     labels = json.loads((tmp_path / "o" / "export.json").read_text())["tasks"]["sst2"]["labels"]
     assert [x["label"] for x in rows] == [labels[i] for i in ref.argmax(1)]
+
+
+def test_cli_export_best_of_search(tmp_path, monkeypatch):
+    """``distillray export --search NAME`` downloads the best trial's student from MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+    from orchestrator.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={tracking.TAG_KIND: "search", tracking.TAG_SEARCH: "s1"})
+    students = {}
+    for i, score in enumerate((0.6, 0.8)):
+        run = client.create_run(exp, tags={tracking.TAG_KIND: "trial", tracking.TAG_SEARCH: "s1",
+                                           tracking.TAG_TRIAL: f"t{i}",
+                                           tracking.TAG_PARENT: parent.info.run_id})
+        client.log_metric(run.info.run_id, "best_dev_score", score)
+        st = make_student(tmp_path / f"trial{i}", "bilstm", ["sst2"], ["a good film", "a bad film"],
+                          seed=i)
+        client.log_artifacts(run.info.run_id, str(st), "student")
+        students[run.info.run_id] = st
+    assert main(["export", "--search", "s1", "--tracking-uri", uri, "--out", str(tmp_path / "o"),
+                 "--formats", "onnx"]) == 0
+    best = max(students, key=lambda r: client.get_run(r).data.metrics["best_dev_score"])
+    mod = load_predict_py(tmp_path / "o")
+    got = mod.Predictor(tmp_path / "o", "onnx", threads=1).logits(["a good film"])
+    np.testing.assert_allclose(got, StudentPredictor(students[best]).logits(["a good film"]),
+                               atol=TOL)
+    assert main(["export", "--search", "nope", "--tracking-uri", uri,
+                 "--out", str(tmp_path / "o2")]) == 2
