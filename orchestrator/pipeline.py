@@ -99,16 +99,20 @@ def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, ma
 # soft labels
 
 def label_examples(examples: list[Example], teacher: TeacherRef, cfg: ExperimentConfig,
-                   work_root: Path, log: Callable = print):
-    """Teacher logits for ``examples`` through the soft-label cache and the teacher pool."""
+                   work_root: Path, log: Callable = print, pool=None):
+    """Teacher logits for ``examples`` through the soft-label cache and the teacher pool
+    (``pool``: a running pool of this teacher, e.g. a multi-task teacher serving several tasks;
+    else one is started for the call)."""
     from orchestrator.teacher_pool import TeacherPool
 
+    if pool is None:
+        with TeacherPool(teacher.path, cfg.pool) as own:
+            return label_examples(examples, teacher, cfg, work_root, log, own)
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
-    with TeacherPool(teacher.path, cfg.pool) as pool:
-        cache = pool.cache(str(work_root / "soft_labels"), teacher.head, teacher.max_length)
-        res = pool.label_texts(texts_a, texts_b, head=teacher.head,
-                               max_length=teacher.max_length, cache=cache)
+    cache = pool.cache(str(work_root / "soft_labels"), teacher.head, teacher.max_length)
+    res = pool.label_texts(texts_a, texts_b, head=teacher.head,
+                           max_length=teacher.max_length, cache=cache)
     log(f"[label] {teacher.head}: {len(examples)} texts, {res.hits} cache hits, "
         f"{res.misses} labeled in {res.seconds:.1f}s ({res.truncated} truncated)")
     return res
@@ -160,12 +164,19 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
     hits = misses = 0
     label_seconds = 0.0
     logits: dict[str, np.ndarray] = {}
-    for t, ex in transfer.items():
-        res = label_examples(ex, teachers[t], cfg, work_root, log)
-        logits[t] = res.logits
-        hits += res.hits
-        misses += res.misses
-        label_seconds += res.seconds
+    from orchestrator.teacher_pool import TeacherPool
+
+    by_teacher: dict[str, list[str]] = {}  # one pool per teacher dir, one at a time
+    for t in transfer:
+        by_teacher.setdefault(teachers[t].path, []).append(t)
+    for path, names in by_teacher.items():
+        with TeacherPool(path, cfg.pool) as pool:
+            for t in names:
+                res = label_examples(transfer[t], teachers[t], cfg, work_root, log, pool)
+                logits[t] = res.logits
+                hits += res.hits
+                misses += res.misses
+                label_seconds += res.seconds
 
     with atomic_dir(final) as tmp:
         encoding = "wordpiece" if cfg.student.arch == "transformer" else "words"

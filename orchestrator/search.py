@@ -155,7 +155,8 @@ def _log_trial_outcome(client, run_id: str, result) -> None:
     ckpt = ckpt or result.checkpoint
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json"):
+            per_task = [p.name for p in sorted(Path(d).glob("model-*.safetensors"))]  # MKD stage 2
+            for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
                 if (Path(d) / f).is_file():
                     client.log_artifact(run_id, str(Path(d) / f), "student")
             if (Path(d) / "tokenizer").is_dir():

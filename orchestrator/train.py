@@ -201,8 +201,9 @@ def save_student(model, out_dir: Path, cfg: ExperimentConfig, meta: dict, bundle
         shutil.copytree(bundle / "tokenizer", out_dir / "tokenizer", dirs_exist_ok=True)
 
 
-def load_student(ckpt_dir: str | Path):
-    """Rebuild a saved student (weights via safetensors, never pickle)."""
+def load_student(ckpt_dir: str | Path, task: str | None = None):
+    """Rebuild a saved student (weights via safetensors, never pickle). ``task``: the student
+    MKD's stage 2 fine-tuned for that task (``model-<task>.safetensors``), when it has one."""
     from orchestrator.config import from_dict, StudentConfig
     from safetensors.torch import load_file
 
@@ -214,7 +215,13 @@ def load_student(ckpt_dir: str | Path):
     cfg = ExperimentConfig()
     cfg.student = from_dict(StudentConfig, info["student"])
     model = build_from_meta(cfg, info["meta"], None)
-    model.load_state_dict(load_file(str(d / MODEL_FILE)))
+    weights = d / MODEL_FILE
+    if task is not None:
+        if task not in info.get("finetuned_tasks", []):
+            raise FileNotFoundError(f"student dir {d} has no stage-2 student for task {task!r} "
+                                    f"(fine-tuned: {info.get('finetuned_tasks', [])})")
+        weights = d / f"model-{task}.safetensors"
+    model.load_state_dict(load_file(str(weights)))
     model.eval()
     return model, info
 
