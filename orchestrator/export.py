@@ -172,18 +172,16 @@ class ExportModule(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # export
 
-def _quiet():
-    """The tracers' expected warnings: Python values fixed at trace time (only pad-to-common-width
-    branches, which never fire on our inputs), the legacy exporter's deprecation, the generic LSTM
-    batch-size note (batch sizes are checked below)."""
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
+def _quiet_tracers() -> None:
+    """Inside ``warnings.catch_warnings()``: drop the tracers' expected warnings: Python values
+    fixed at trace time (only the pad-to-common-width branches, which never fire on our inputs),
+    the legacy exporter's and torch.jit's deprecation notes, the generic LSTM batch-size note
+    (other batch sizes are checked below)."""
     warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
     warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-    warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated.*")
+    warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
     warnings.filterwarnings("ignore", message=".*batch_size other than 1.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning, module="torch")
-    return ctx
 
 
 def _tokenizer_spec(tok_dir: Path, check_texts: list[str], max_length: int) -> dict:
@@ -295,7 +293,7 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
             batches += [(runner.encode(texts, b), sel),
                         (runner.encode(texts[:1], None if b is None else b[:1]), sel)]  # batch 1
     example = tuple(torch.from_numpy(x) for x in
-                    runner.encode(texts[:2], texts[1:3] if share else None).values())
+                    runner.encode(texts[:2], (texts[1:] + texts[:1])[:2] if share else None).values())
 
     def reference(arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Eager student, packed LSTMs, one call per task (single-sentence BCN heads: ids_b=None)."""
@@ -313,11 +311,11 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
     module = ExportModule(eager.model, names, inputs)
     files: dict[str, Path] = {}
     diffs: dict[str, float] = {}
-    ctx = _quiet()
     try:
-        with torch.inference_mode(False), torch.no_grad():
-            traced = torch.jit.trace(module, example, check_trace=False, strict=False)
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            _quiet_tracers()
             if "torchscript" in formats:
+                traced = torch.jit.trace(module, example, check_trace=False, strict=False)
                 files["torchscript"] = out / FILES["torchscript"]
                 torch.jit.save(traced, str(files["torchscript"]))
             if "onnx" in formats:
@@ -329,8 +327,6 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
                                   opset_version=opset, do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - name the step and the student
         raise ExportError(f"exporting {info['student']['arch']} student {src} failed: {e}") from e
-    finally:
-        ctx.__exit__(None, None, None)
 
     if "onnx" in formats:
         import onnx
@@ -342,8 +338,12 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
         onnx.save(m, str(files["onnx"]))
 
     # checks: each format against the eager student on the same ids
+    with warnings.catch_warnings():
+        _quiet_tracers()  # torch.jit.load's deprecation note
+        runners = {fmt: ps.Predictor(out, "onnx" if fmt == "onnx" else "torchscript", threads=1)
+                   for fmt in formats}
     for fmt in formats:
-        run = ps.Predictor(out, "onnx" if fmt == "onnx" else "torchscript", threads=1)
+        run = runners[fmt]
         worst = 0.0
         for arrays, sel in batches:
             got = run.run(arrays)
@@ -352,7 +352,7 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
                     worst = max(worst, float(np.abs(got[name] - ref).max()))
         diffs[fmt] = worst
     # end to end: predict.py (its tokenizer + the exported graph) vs StudentPredictor
-    run = ps.Predictor(out, "onnx" if "onnx" in formats else "torchscript", threads=1)
+    run = runners["onnx" if "onnx" in formats else "torchscript"]
     worst = 0.0
     for name in names:
         b = texts[1:] + texts[:1] if tasks[name]["pair"] else None
