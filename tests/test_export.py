@@ -9,7 +9,6 @@ import json
 import random
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from orchestrator.config import ExperimentConfig, StudentConfig  # noqa: E402
-from orchestrator.export import ExportError, export_student  # noqa: E402
+from orchestrator.export import export_student  # noqa: E402
 from orchestrator.pipeline import _spec_dict  # noqa: E402
 from orchestrator.serving import StudentPredictor  # noqa: E402
 from orchestrator.train import build_from_meta, save_student  # noqa: E402
