@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ConfigError, OSError, ValueError, LookupError, RuntimeError) as e:
         if os.environ.get("DISTILLRAY_DEBUG"):
             raise
         print(f"distillray: error: {e}", file=sys.stderr)

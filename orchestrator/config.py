@@ -387,11 +387,22 @@ def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
         cfg.data.glue_dir = str(assets / "glue")
     if cfg.teacher.model == d.teacher.model:
         cfg.teacher.model = str(assets / "models" / "minilm-l6-uncased")
-    if cfg.student.embeddings == "glove":
-        cfg.student.embeddings = str(assets / "embeddings" / "glove.6B.50d.glue.txt")
+    cfg.student.embeddings = resolve_embeddings(cfg.student.embeddings, assets)
     if cfg.augment.nltk_data is None and (assets / "nltk_data").is_dir():
         cfg.augment.nltk_data = str(assets / "nltk_data")
     return cfg
+
+
+def resolve_embeddings(value: str | None, assets: Path | None = None) -> str | None:
+    """``"glove"`` names the local GloVe subset in the assets dir; paths pass through."""
+    if value != "glove":
+        return value
+    assets = assets or find_assets()
+    path = assets / "embeddings" / "glove.6B.50d.glue.txt" if assets else None
+    if path is None or not path.is_file():
+        raise ConfigError("student.embeddings=glove needs the local assets (embeddings/"
+                          "glove.6B.50d.glue.txt); pass student.embeddings=<GloVe .txt path> or null")
+    return str(path)
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from orchestrator.bundle import write_split
-from orchestrator.config import ExperimentConfig
+from orchestrator.config import ExperimentConfig, resolve_embeddings
 from orchestrator.keys import atomic_dir, content_key, file_digest
 from tasks.data import Example
 from tasks.loaders import TaskData, data_fingerprint, load_task_data
@@ -143,6 +143,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
                    teachers: dict[str, TeacherRef], log: Callable = print) -> BundleResult:
     """Build (or reuse) the pre-encoded training bundle for these tasks, teachers and settings."""
     t0 = time.time()
+    cfg.student.embeddings = resolve_embeddings(cfg.student.embeddings)
     work_root = Path(cfg.work_root)
     key = bundle_key(cfg, data, teachers)
     final = work_root / "bundles" / key

@@ -268,6 +268,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     table = results_table(results, s.metric, cfg.train.epochs)
     _settle_child_runs(client, exp_id, s.name, table)
     best, pareto = summarize(client, parent, table, s.metric, s.mode, cfg)
+    if best and s.register_model:
+        _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
     errors = [r for r in results if r.error]
     tracking.end_run(client, parent, len(errors) < len(table) or not len(table))
     log_table(table, s.metric, log)
@@ -275,6 +277,22 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
             f"config={json.dumps(best.get('config', {}), default=str)}")
     return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
+
+
+def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name: str,
+              best: dict, data, log: Callable) -> None:
+    """Log the best student as an MLflow model (signature, input example) and register it."""
+    from orchestrator.registry import register_best
+
+    runs = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name,
+                                               tracking.TAG_TRIAL: str(best["trial_id"])})
+    if not runs:
+        log(f"[registry] best trial {best['trial_id']} has no MLflow run; nothing registered")
+        return
+    dev = next(iter(next(iter(data.values())).dev.values()))[:5]
+    version = register_best(client, uri, parent, runs[0].info.run_id, model_name,
+                            [(e.text_a, e.text_b) for e in dev])
+    log(f"[registry] best student registered as {model_name} version {version}")
 
 
 def _parent_run(client, exp_id: str, name: str, resume: bool) -> str:

@@ -44,13 +44,27 @@ def _runs(uri: str, search: str):
     return client, parent, children, teachers
 
 
-def test_smoke_search_records_parent_children_and_artifacts(ray_session, workdir):
+@pytest.fixture(scope="module")
+def smoke(ray_session, tmp_path_factory):
+    """One smoke search shared by the tests that read its record."""
     from orchestrator.search import run_search
 
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    space, cfg, overrides = resolve_run("smoke", ["search.num_samples=3"], extra={"tracking.uri": uri})
-    out = run_search(cfg, space, overrides)
+    work = tmp_path_factory.mktemp("smoke")
+    old = os.getcwd()
+    os.chdir(work)
+    try:
+        uri = f"sqlite:///{work / 'mlflow.db'}"
+        space, cfg, overrides = resolve_run("smoke", ["search.num_samples=3",
+                                                      "search.register_model=smoke-student"],
+                                            extra={"tracking.uri": uri})
+        out = run_search(cfg, space, overrides)
+    finally:
+        os.chdir(old)
+    return uri, out
 
+
+def test_smoke_search_records_parent_children_and_artifacts(smoke):
+    uri, out = smoke
     assert len(out.table) == 3
     assert out.best and out.best["best_dev_score"] > 0.8, out.table
     client, parent, children, teachers = _runs(uri, "smoke")
@@ -106,3 +120,82 @@ def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
 def load_smoke_path() -> str:
     from search_spaces.loader import preset_path
     return str(preset_path("smoke"))
+
+
+def test_best_command_prints_the_best_trial(smoke, capsys):
+    from orchestrator.cli import main
+
+    uri, out = smoke
+    assert main(["best", "--search", "smoke", "--tracking-uri", uri]) == 0
+    printed = capsys.readouterr().out
+    assert f"trial_id: {out.best['trial_id']}" in printed
+    assert "sampled.train.lr" in printed
+    assert main(["best", "--search", "nope", "--tracking-uri", uri]) == 2
+    assert "no search named 'nope'" in capsys.readouterr().err
+
+
+def test_mlflow_ui_serves_the_search_runs(smoke, tmp_path):
+    """`distillray ui` binds 127.0.0.1, answers /health and lists the search's runs over REST."""
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    uri, out = smoke
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri,
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                    if r.read().strip() == b"OK":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "the UI process exited"
+            assert time.time() < deadline, "the MLflow UI did not come up in 90 s"
+            time.sleep(1)
+
+        def post(path, body):
+            req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+
+        exps = post("/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]
+        exp_id = next(e["experiment_id"] for e in exps if e["name"] == "distillray")
+        runs = post("/api/2.0/mlflow/runs/search", {
+            "experiment_ids": [exp_id],
+            "filter": f"tags.`{tracking.TAG_SEARCH}` = 'smoke' and tags.`{tracking.TAG_KIND}` = 'trial'",
+            "max_results": 100})["runs"]
+        assert len(runs) == len(out.table)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_best_student_is_registered_with_signature_and_predicts(smoke):
+    import mlflow
+    import pandas as pd
+
+    uri, out = smoke
+    client = MlflowClient(uri)
+    versions = client.search_model_versions("name='smoke-student'")
+    assert len(versions) == 1
+    v = versions[0]
+    assert float(v.tags["final_best_dev_score"]) == pytest.approx(out.best["best_dev_score"])
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"models:/smoke-student/{v.version}")
+    assert model.metadata.signature is not None
+    assert [c.name for c in model.metadata.signature.inputs.inputs] == ["text_a"]
+    preds = model.predict(pd.DataFrame({"text_a": ["a good movie", "a bad movie"]}))
+    assert list(preds.columns) == ["logit_0", "logit_1"] and len(preds) == 2
