@@ -16,7 +16,6 @@ it looks at (choices, and both ends of ranges), with conditional (``when``) para
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 from pathlib import Path
 from typing import Any, Iterator
