@@ -403,16 +403,3 @@ def resolve_embeddings(value: str | None, assets: Path | None = None) -> str | N
         raise ConfigError("student.embeddings=glove needs the local assets (embeddings/"
                           "glove.6B.50d.glue.txt); pass student.embeddings=<GloVe .txt path> or null")
     return str(path)
-
-
-def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping")
-    return data

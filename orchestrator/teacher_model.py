@@ -85,16 +85,22 @@ def teacher_identity(path: str | Path) -> str:
     return content_key(parts)
 
 
-def load_teacher(path: str | Path, device: str = "cpu") -> Teacher:
-    """Load a teacher dir (see module doc). Clear errors for missing or unfit paths."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-
+def check_teacher_path(path: str | Path) -> Path:
+    """The cheap checks of :func:`load_teacher`, usable before any actor starts."""
     p = Path(path)
     if not p.is_dir():
         raise TeacherError(f"teacher path {p} does not exist; fine-tune one with "
                            "`distillray finetune-teacher` or pass an HF model directory")
     if not (p / "config.json").is_file():
         raise TeacherError(f"teacher path {p} has no config.json: not a Hugging Face model dir")
+    return p
+
+
+def load_teacher(path: str | Path, device: str = "cpu") -> Teacher:
+    """Load a teacher dir (see module doc). Clear errors for missing or unfit paths."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+    p = check_teacher_path(path)
     meta = json.loads((p / HEADS_FILE).read_text()) if (p / HEADS_FILE).is_file() else {}
     tokenizer = AutoTokenizer.from_pretrained(str(p))
     if meta.get("multitask"):

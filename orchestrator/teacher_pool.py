@@ -49,7 +49,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from orchestrator.batching import restore_order, token_budget_batches
 from orchestrator.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
 from orchestrator.config import PoolConfig
-from orchestrator.teacher_model import Teacher, TeacherError, load_teacher
+from orchestrator.teacher_model import Teacher, TeacherError, check_teacher_path, load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -360,17 +360,6 @@ def check_pool_resources(cfg: PoolConfig, wait_s: float = 10.0) -> None:
             log.warning("teacher pool takes %g of %g CPUs, leaving %g: Train workers and Ray Data "
                         "tasks that need a whole CPU will wait (hang) until the pool shuts down",
                         per_actor["CPU"] * n, total.get("CPU", 0.0), left)
-
-
-def check_teacher_path(path: str | os.PathLike) -> Path:
-    """The cheap checks of :func:`load_teacher`, on the driver, before any actor starts."""
-    p = Path(path)
-    if not p.is_dir():
-        raise TeacherError(f"teacher path {p} does not exist; fine-tune one with "
-                           "`distillray finetune-teacher` or pass an HF model directory")
-    if not (p / "config.json").is_file():
-        raise TeacherError(f"teacher path {p} has no config.json: not a Hugging Face model dir")
-    return p
 
 
 # ---------------------------------------------------------------------------------------------
