@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     sets = [f"data.max_train_examples={args.train}", f"data.max_dev_examples={args.dev}",
             f"train.epochs={args.epochs}", f"teacher.epochs={args.teacher_epochs}",
             f"train.lr={args.lr}", f"student.init_from_teacher={args.init}",
-            "train.mixture=proportional", *args.set]
+            "train.mixture=proportional", "train.finetune_epochs=0", *args.set]
     if args.tasks:
         sets.append(f"tasks=[{args.tasks}]")
     extra = {"work_root": str(Path(args.work_root).resolve())}
@@ -203,7 +203,7 @@ def print_table(tasks, rows, seconds, teacher_scores, teacher_seconds, args) -> 
     t_avg = {m: sum(teacher_scores[m][t] for t in tasks) / len(tasks) for m in teacher_scores}
     print(f"{'avg':<6} {'score':<10} {t_avg['single']:>9.4f} {t_avg['mkd']:>7.4f}"
           + "".join(f" {avg(rows[c]):>14.4f}" for c in cols))
-    print(f"{'time':<6} {'seconds':<10} {teacher_seconds:>17.0f}"
+    print(f"{'time':<6} {'seconds':<10} {'teachers':>9} {teacher_seconds:>7.0f}"
           + "".join(f" {seconds[c]:>14.0f}" for c in cols))
 
 

@@ -367,14 +367,12 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         t0 = time.time()
         losses = {}
         for t, (m, opt) in per_task.items():
-            n_steps = max(1, math.ceil(sizes[t] / (tc.batch_size * world)))
-            losses[t] = train_steps(m, opt, streams, [t] * min(n_steps, tc.steps_per_epoch or n_steps),
-                                    specs, tc)
+            n = max(1, math.ceil(sizes[t] / (tc.batch_size * world)))  # one pass over the task
+            losses[t] = train_steps(m, opt, streams, [t] * min(n, tc.steps_per_epoch or n), specs, tc)
+        scores = evaluate_per_task({t: _unwrap(m) for t, (m, _) in per_task.items()}, dev, specs)
         metrics = {"epoch": epoch + 1, "stage": 2, "train_loss": float(np.mean(list(losses.values()))),
                    **{f"{t}_train_loss": v for t, v in losses.items()},
-                   "epoch_seconds": time.time() - t0,
-                   **evaluate_per_task({t: _unwrap(m) for t, (m, _) in per_task.items()}, dev, specs),
-                   **probe}
+                   "epoch_seconds": time.time() - t0, **scores, **probe}
         best = max(best, metrics["dev_score"])
         metrics["best_dev_score"] = best
         _report(epoch, metrics, {"best": best, "bad_epochs": 0}, model, None, cfg, meta, bundle,
