@@ -62,15 +62,18 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "$DISTILLRAY_ASSETS or ../shared/assets when present")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default "
                    "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
-    p.add_argument("--work-root", default=None, help="cache/artifact root (default .distillray)")
+    p.add_argument("--work-root", default=None, help="cache/artifact root: teachers, soft labels, "
+                   "bundles (default $DISTILLRAY_WORK_ROOT or .distillray; shared storage on "
+                   "clusters)")
 
 
 def _extra(args) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if getattr(args, "tracking_uri", None):
         extra["tracking.uri"] = args.tracking_uri
-    if getattr(args, "work_root", None):
-        extra["work_root"] = args.work_root
+    work_root = getattr(args, "work_root", None) or os.environ.get("DISTILLRAY_WORK_ROOT")
+    if work_root:
+        extra["work_root"] = work_root
     if getattr(args, "name", None):
         extra["search.name"] = args.name
     if getattr(args, "num_samples", None):
@@ -85,7 +88,10 @@ def _extra(args) -> dict[str, Any]:
 def cmd_tune(args) -> int:
     from orchestrator.search import run_search
 
-    space, cfg, overrides = resolve_run(args.preset, args.set, args.assets, _extra(args))
+    sets = list(args.set)
+    if args.cpu_teachers:  # the fallback when the cluster has no GPU / teacher_gpu nodes
+        sets += ["pool.gpus_per_actor=0", "pool.resources_per_actor={}"]
+    space, cfg, overrides = resolve_run(args.preset, sets, args.assets, _extra(args))
     out = run_search(cfg, space, overrides, address=args.address, resume=not args.no_resume)
     print(f"[done] search {out.name} in {out.seconds:.0f}s; MLflow parent run {out.parent_run_id}")
     return 0 if out.best else 1
@@ -195,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--name", help="search name (re-running a name resumes it)")
     p.add_argument("--num-samples", type=int)
-    p.add_argument("--storage-path", help="Tune results dir or URI (shared storage on clusters)")
+    p.add_argument("--storage-path", help="Tune results dir or URI (shared storage on clusters; "
+                   "default $DISTILLRAY_STORAGE_PATH or <work root>/tune)")
+    p.add_argument("--cpu-teachers", action="store_true",
+                   help="run teacher actors on CPU: drop pool.gpus_per_actor and "
+                        "pool.resources_per_actor (for clusters without GPU nodes)")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p.add_argument("--no-resume", action="store_true", help="start over even if the name exists")
     p.set_defaults(fn=cmd_tune)

@@ -22,7 +22,8 @@ from orchestrator import tracking
 from orchestrator.config import ExperimentConfig
 from orchestrator.pipeline import TeacherRef, load_data, prepare_bundle
 from orchestrator.preflight import preflight
-from orchestrator.ray_runtime import check_budget, init_ray
+from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
+                                      env_storage_path, init_ray)
 from search_spaces.loader import SearchSpace, apply_sample
 
 OBJECTIVE_LATENCY = "latency_ms"
@@ -138,8 +139,21 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
         _log_trial_outcome(client, run_id, result)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
-        tracking.end_run(client, run_id, False, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        if _stopped_by_scheduler(e):  # ASHA stopped it; may land after _settle_child_runs
+            client.set_tag(run_id, "distillray.early_stopped", "true")
+            client.set_terminated(run_id, "KILLED")
+        else:
+            tracking.end_run(client, run_id, False,
+                             f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise
+
+
+def _stopped_by_scheduler(e: BaseException) -> bool:
+    """Tune stopping a trial kills its Train controller on purpose; on a multi-node cluster the
+    trial often sees that as an ActorDiedError (exit type INTENDED_USER_EXIT) before it dies."""
+    from ray.exceptions import ActorDiedError
+
+    return isinstance(e, ActorDiedError) and "INTENDED" in str(e)
 
 
 def _log_trial_outcome(client, run_id: str, result) -> None:
@@ -208,13 +222,15 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     overrides["work_root"] = str(work_root)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     tracking.check_reachable(uri)
-    storage = s.storage_path or str(work_root / "tune")
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
-        Path(storage).mkdir(parents=True, exist_ok=True)
+    # unreachable storage, missing teacher resources, paths some node cannot see: fail here,
+    # before any stage that would wait
+    check_storage(str(work_root), "work_root")
+    storage = check_storage(s.storage_path or env_storage_path() or str(work_root / "tune"))
     resources = init_ray(address, log=log)
-    check_budget(cfg, resources)
-    log(f"[mlflow] tracking store: {uri}  (UI: distillray ui)")
+    check_budget(cfg, resources, log=log)
+    check_shared_paths({"work_root": str(work_root), "search.storage_path": storage}, uri, log=log)
+    log(f"[mlflow] tracking store: {uri}  (UI: "
+        f"{uri if uri.startswith(('http://', 'https://')) else 'distillray ui'})")
 
     client = MlflowClient(uri)
     exp_id = tracking.get_experiment_id(client, cfg.tracking.experiment,

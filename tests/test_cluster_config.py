@@ -1,0 +1,140 @@
+"""Cluster set-up without a cluster: the launcher configs pass Ray's own validation, the resource
+and storage checks fail early with messages that name the resource and the fix, and the CLI
+honours the cluster environment variables. Fast: no Ray is started."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator.cli import _extra, build_parser, resolve_run
+from orchestrator.ray_runtime import (ResourceError, StorageError, autoscaler_node_types,
+                                      check_budget, check_storage, env_storage_path)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _prepared(name: str) -> dict:
+    """What `ray up` does with the file before touching a provider: defaults merged, then the
+    JSON-schema validation."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / name).read_text())
+    cfg = prepare_config(copy.deepcopy(raw))
+    validate_config(cfg)
+    return cfg
+
+
+def test_aws_cluster_yaml_is_valid_and_has_the_node_types():
+    cfg = _prepared("cluster.yaml")
+    types = cfg["available_node_types"]
+    assert cfg["head_node_type"] == "head"
+    gpu = types["teacher_gpu"]
+    assert gpu["resources"]["GPU"] >= 1 and gpu["resources"]["teacher_gpu"] >= 1
+    assert gpu["min_workers"] <= gpu["max_workers"]
+    cpu = types["student_cpu"]
+    assert "GPU" not in cpu["resources"] and cpu["max_workers"] > cpu["min_workers"]
+    # CPU torch on head and CPU workers, the CUDA build on GPU workers; the package everywhere
+    cpu_setup = " ".join(cfg["setup_commands"])
+    gpu_setup = " ".join(gpu["worker_setup_commands"])
+    assert "whl/cpu" in cpu_setup and "whl/cpu" not in gpu_setup
+    assert "pip install -q -e ~/distillray" in cpu_setup and "pip install -q -e ~/distillray" in gpu_setup
+    assert "~/distillray" in cfg["file_mounts"]
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "0.0.0.0" not in head
+
+
+def test_local_cluster_yaml_is_valid():
+    cfg = _prepared("cluster.local.yaml")
+    assert cfg["provider"]["type"] == "local" and cfg["provider"]["head_ip"] == "127.0.0.1"
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+    assert "teacher_gpu" in " ".join(cfg["worker_start_ray_commands"])
+
+
+def test_ray_up_accepts_the_configs_on_the_command_line():
+    """`ray up --help` runs in this environment (the full `ray up` is scripts/launcher_check.sh)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "up", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "CLUSTER_CONFIG_FILE" in out.stdout
+
+
+def _cfg(sets=()):
+    _, cfg, _ = resolve_run("smoke", list(sets))
+    return cfg
+
+
+NODE = [("node 10.0.0.1", {"CPU": 2.0})]
+
+
+def test_budget_names_the_missing_teacher_resource_and_the_fallback():
+    cfg = _cfg(["pool.resources_per_actor={teacher_gpu: 1}"])
+    with pytest.raises(ResourceError) as e:
+        check_budget(cfg, {"CPU": 2.0}, nodes=NODE, node_types=[])
+    msg = str(e.value)
+    assert "'teacher_gpu'" in msg and "pool.resources_per_actor" in msg and "--cpu-teachers" in msg
+    cfg = _cfg(["pool.gpus_per_actor=1"])
+    with pytest.raises(ResourceError, match=r"'GPU' \(pool.gpus_per_actor\).*--cpu-teachers"):
+        check_budget(cfg, {"CPU": 2.0}, nodes=NODE, node_types=[])
+
+
+def test_budget_counts_what_the_autoscaler_can_add(tmp_path, monkeypatch):
+    """On a launcher cluster the GPU workers may not be up yet: that is a wait, not an error."""
+    cfg = _cfg(["pool.gpus_per_actor=1", "pool.resources_per_actor={teacher_gpu: 1}"])
+    boot = tmp_path / "ray_bootstrap_config.yaml"
+    boot.write_text(yaml.safe_dump(_prepared("cluster.yaml")))
+    monkeypatch.setenv("DISTILLRAY_AUTOSCALER_CONFIG", str(boot))
+    types = autoscaler_node_types()
+    assert {name for name, _, _ in types} == {"teacher_gpu", "student_cpu"}
+    said = []
+    check_budget(cfg, {"CPU": 2.0}, log=said.append, nodes=NODE, node_types=types)
+    assert any("waiting for the autoscaler" in m and "teacher_gpu" in m for m in said), said
+    monkeypatch.setenv("DISTILLRAY_AUTOSCALER_CONFIG", "none")
+    assert autoscaler_node_types() == []
+
+
+def test_budget_wants_one_node_that_holds_a_whole_teacher_actor():
+    cfg = _cfg(["pool.resources_per_actor={teacher_gpu: 1}", "pool.cpus_per_actor=2"])
+    nodes = [("node a", {"CPU": 4.0}), ("node gpu", {"CPU": 1.0, "teacher_gpu": 1.0})]
+    with pytest.raises(ResourceError, match=r"no single node.*node gpu.*CPU \(has 1\)"):
+        check_budget(cfg, {"CPU": 5.0, "teacher_gpu": 1.0}, nodes=nodes, node_types=[])
+    check_budget(_cfg(["pool.resources_per_actor={teacher_gpu: 1}"]),
+                 {"CPU": 5.0, "teacher_gpu": 1.0}, nodes=nodes, node_types=[])
+
+
+def test_budget_train_worker_larger_than_any_node():
+    cfg = _cfg(["train.cpus_per_worker=2"])
+    nodes = [("node a", {"CPU": 1.0}), ("node b", {"CPU": 1.0}), ("node c", {"CPU": 1.0})]
+    with pytest.raises(ResourceError, match="train.cpus_per_worker.*largest node has 1"):
+        check_budget(cfg, {"CPU": 3.0}, nodes=nodes, node_types=[])
+
+
+def test_storage_unreachable_fails_at_start(tmp_path):
+    ok = check_storage(str(tmp_path / "a" / "b"))
+    assert Path(ok).is_dir() and not list(Path(ok).iterdir())  # the probe file is gone
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="not writable"):
+        check_storage(str(blocker / "tune"))
+    with pytest.raises(StorageError, match="unreachable"):
+        check_storage("nosuchscheme://bucket/prefix")
+
+
+def test_cli_cluster_flags_and_environment(monkeypatch):
+    p = build_parser()
+    monkeypatch.setenv("DISTILLRAY_WORK_ROOT", "/mnt/shared/dr")
+    monkeypatch.setenv("DISTILLRAY_STORAGE_PATH", "s3://bucket/tune")
+    args = p.parse_args(["tune", "--preset", "smoke"])
+    assert _extra(args)["work_root"] == "/mnt/shared/dr"
+    assert env_storage_path() == "s3://bucket/tune"
+    args = p.parse_args(["tune", "--work-root", "/x", "--storage-path", "/y", "--address",
+                         "10.0.0.1:6379", "--tracking-uri", "http://10.0.0.1:5000",
+                         "--cpu-teachers"])
+    extra = _extra(args)
+    assert extra["work_root"] == "/x" and extra["search.storage_path"] == "/y"
+    assert extra["tracking.uri"] == "http://10.0.0.1:5000"
+    assert args.address == "10.0.0.1:6379" and args.cpu_teachers
