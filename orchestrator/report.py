@@ -1,0 +1,903 @@
+"""The results table: teachers and students of every kind on the same tasks, budget and seeds.
+
+    distillray report --budget small --tasks sst2,mrpc --out report.md
+
+Rows (one fixed model each, no search; every student gets the same epochs, batch size and seed):
+
+    1a  teacher        the base model fine-tuned on each task (``orchestrator.teacher``)
+    1b  teacher_mkd    one multi-task teacher refined on all tasks (``orchestrator.multitask_teacher``)
+    2   bilstm_gold    BiLSTM (Tang et al. 2019) on gold labels only (``train.loss=ce``)
+    3   bilstm_kd      BiLSTM distilled from row 1a (MSE on logits), original training set
+    4   bilstm_soft    BiLSTM_SOFT: distilled on the Tang-augmented transfer set
+    5a  mkd_bcn        BCN distilled jointly on all tasks from row 1b (MKD)
+    5b  mkd_transformer  3-layer Transformer, from row 1b's layers, distilled jointly (MKD;
+                       learning rate x0.1, as a pre-initialized encoder needs)
+    ref bert_base      the BERT-base architecture (random weights): size and latency only
+
+Each (row, task) is one MLflow run (a *cell*) tagged ``distillray.kind=report-cell``,
+``distillray.report=<name>``, ``distillray.row=<row>``, ``distillray.task=<task>`` and
+``distillray.config_key=<key>``, holding ``report_*`` metrics (the task's dev metrics, ``score``,
+non-embedding params, batch-1 / batch-64 latency and the ratios), under one parent run
+(``distillray.kind=report``) that carries the table as ``report.md``. MKD students train once in
+a ``report-train`` run; their cells point at it (``distillray.train_run``).
+
+Everything expensive is reused: teachers, transfer sets, soft labels and bundles through the
+pipeline's content-keyed caches; a cell whose run for the same config key already FINISHED in
+this report is not trained again (its metrics and student are read back from MLflow). Latency is
+measured again on every call, interleaved across all rows and BERT-base, so the ratios always
+come from one measurement.
+
+Flags: row 4 must beat rows 2 and 3; MKD rows must beat row 3 (single-task KD on the same
+transfer data, loss and epochs); row 1b must beat row 1a. A row that does not is marked in the
+table and listed, never hidden.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from orchestrator import tracking
+from orchestrator.config import ConfigError, ExperimentConfig, build_config, parse_override
+from orchestrator.keys import content_key
+
+REPORT_VERSION = 1
+KIND_PARENT, KIND_CELL, KIND_TRAIN = "report", "report-cell", "report-train"
+TAG_REPORT, TAG_ROW, TAG_TASK = "distillray.report", "distillray.row", "distillray.task"
+TAG_CONFIG = "distillray.config_key"
+BERT_BASE = "bert_base"
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    num: str
+    label: str
+    kind: str  # teacher | single | mkd
+    sets: dict[str, Any] = field(default_factory=dict)
+    baselines: tuple[str, ...] = ()
+    lr_scale: float = 1.0
+
+
+ROWS: tuple[Row, ...] = (
+    Row("teacher", "1a", "Teacher, fine-tuned per task", "teacher", {"teacher.multitask": False}),
+    Row("teacher_mkd", "1b", "Teacher, multi-task refined", "teacher", {"teacher.multitask": True},
+        ("teacher",)),
+    Row("bilstm_gold", "2", "BiLSTM, gold labels only (CE)", "single",
+        {"student.arch": "bilstm", "train.loss": "ce", "augment.enabled": False,
+         "teacher.multitask": False}),
+    Row("bilstm_kd", "3", "BiLSTM distilled, no augmentation", "single",
+        {"student.arch": "bilstm", "train.loss": "mse", "augment.enabled": False,
+         "teacher.multitask": False}),
+    Row("bilstm_soft", "4", "BiLSTM_SOFT (distilled, Tang augmentation)", "single",
+        {"student.arch": "bilstm", "train.loss": "mse", "augment.enabled": True,
+         "teacher.multitask": False}, ("bilstm_gold", "bilstm_kd")),
+    Row("mkd_bcn", "5a", "MKD BCN (joint, multi-task teacher)", "mkd",
+        {"student.arch": "bcn", "train.loss": "mse", "augment.enabled": False,
+         "teacher.multitask": True}, ("bilstm_kd",)),
+    Row("mkd_transformer", "5b", "MKD Transformer (joint, from teacher layers)", "mkd",
+        {"student.arch": "transformer", "train.loss": "mse", "augment.enabled": False,
+         "teacher.multitask": True}, ("bilstm_kd",), lr_scale=0.1),
+)
+ROW_IDS = tuple(r.id for r in ROWS)
+
+# --budget: caps for "small" (a value already below a cap stays), fixed values for "full"
+BUDGET_CAPS = {"small": {"data.max_train_examples": 1000, "data.max_dev_examples": 500,
+                         "teacher.epochs": 2.0, "train.epochs": 3, "augment.n_iter": 10,
+                         "augment.max_examples": 10000}}
+BUDGET_FULL = {"data.max_train_examples": None, "data.max_dev_examples": None,
+               "teacher.epochs": 3.0, "teacher.max_train_examples": None, "train.epochs": 10,
+               "augment.n_iter": None, "augment.max_examples": None}
+BUDGETS = ("small", "full")
+
+METRIC_SHORT = {"accuracy": "acc", "f1": "F1", "matthews": "MCC", "pearson": "Pearson",
+                "spearman": "Spearman"}
+
+
+class ReportError(ConfigError):
+    """A report that cannot be set up (unknown rows, budgets, tasks)."""
+
+
+@dataclass
+class Cell:
+    row: str
+    task: str
+    metrics: dict[str, float]  # the task's dev metrics and "score"
+    run_id: str | None
+    status: str  # trained | reused | failed
+    config_key: str = ""
+    train_run_id: str | None = None  # the run holding the student (MKD: the joint run)
+    transfer_size: float | None = None
+    error: str | None = None
+    flag: str | None = None
+
+
+@dataclass
+class ReportResult:
+    name: str
+    parent_run_id: str
+    tasks: list[str]
+    rows: list[str]
+    table: pd.DataFrame  # index: row ids + bert_base; per-task metrics, size, latency, ratios
+    cells: pd.DataFrame  # one line per (row, task)
+    markdown: str
+    flags: list[str]
+    trained: int
+    reused: int
+    failed: int
+    seconds: float
+    out: Path | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# configuration
+
+def resolve_report(preset: str = "report", budget: str = "small", tasks: list[str] | None = None,
+                   sets: list[str] | None = None, assets: str | None = None,
+                   extra: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The report's base config: preset, then the budget, then ``--set`` (which wins)."""
+    from orchestrator.cli import resolve_run
+
+    if budget not in BUDGETS:
+        raise ReportError(f"--budget {budget!r}: choose {' or '.join(BUDGETS)}")
+    sets = list(sets or [])
+    if tasks:
+        sets = [f"tasks=[{','.join(tasks)}]"] + sets
+    _, cfg0, _ = resolve_run(preset, sets, assets, extra)
+    explicit = {parse_override(s)[0] for s in sets}
+    budget_sets = [f"{k}={'null' if v is None else v}"
+                   for k, v in budget_overrides(cfg0, budget).items() if k not in explicit]
+    _, cfg, _ = resolve_run(preset, budget_sets + sets, assets, extra)
+    return cfg
+
+
+def budget_overrides(cfg: ExperimentConfig, budget: str) -> dict[str, Any]:
+    if budget == "full":
+        return dict(BUDGET_FULL)
+    out = {}
+    for key, cap in BUDGET_CAPS[budget].items():
+        section, name = key.split(".")
+        cur = getattr(getattr(cfg, section), name)
+        out[key] = cap if cur is None else min(cur, cap)
+    return out
+
+
+def describe_budget(budget: str, cfg: ExperimentConfig, data) -> str:
+    sizes = ", ".join(f"{t} {len(d.train)}/{len(next(iter(d.dev.values())))}"
+                      for t, d in data.items())
+    a = cfg.augment
+    caps = (f" (caps: <= {BUDGET_CAPS['small']['data.max_train_examples']} train / "
+            f"<= {BUDGET_CAPS['small']['data.max_dev_examples']} dev examples per task, teacher "
+            f"<= {BUDGET_CAPS['small']['teacher.epochs']:g} epochs, students <= "
+            f"{BUDGET_CAPS['small']['train.epochs']} epochs, augmentation <= "
+            f"{BUDGET_CAPS['small']['augment.n_iter']} rounds and <= "
+            f"{BUDGET_CAPS['small']['augment.max_examples']} examples per task)"
+            if budget == "small" else " (full data)")
+    return (f"budget {budget}{caps}. Train/dev examples per task: {sizes}. Teacher: "
+            f"{cfg.teacher.model.rstrip('/').split('/')[-1]}, {cfg.teacher.epochs:g} epochs, "
+            f"max_length {cfg.teacher.max_length}. Students: {cfg.train.epochs} epochs, batch "
+            f"{cfg.train.batch_size}, lr {cfg.train.lr:g} (Transformer x0.1), seed "
+            f"{cfg.train.seed}. Augmentation (row 4): n_iter "
+            f"{a.n_iter if a.n_iter is not None else 'Tang default (20 single / 10 pairs)'}, "
+            f"cap {a.max_examples if a.max_examples is not None else 'none'} per task.")
+
+
+def parse_row_sets(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``ROW:KEY=VALUE`` -> {row: {key: value}} (a setting for one row only)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        if ":" not in item:
+            raise ReportError(f"--row-set {item!r} must look like ROW:section.key=value")
+        row, kv = item.split(":", 1)
+        if row not in ROW_IDS:
+            raise ReportError(f"--row-set {item!r}: unknown row {row!r}; rows: {', '.join(ROW_IDS)}")
+        k, v = parse_override(kv)
+        out.setdefault(row, {})[k] = v
+    return out
+
+
+def select_rows(rows: list[str] | None) -> list[Row]:
+    if not rows:
+        return list(ROWS)
+    unknown = [r for r in rows if r not in ROW_IDS]
+    if unknown:
+        raise ReportError(f"unknown row(s) {', '.join(unknown)}; rows: {', '.join(ROW_IDS)}")
+    return [r for r in ROWS if r.id in rows]
+
+
+def row_config(base: ExperimentConfig, row: Row, row_sets: dict[str, dict[str, Any]],
+               tasks: list[str]) -> ExperimentConfig:
+    """The row's config: the base, the row's own settings, then ``--row-set`` for it."""
+    over = dict(row.sets)
+    if row.lr_scale != 1.0:
+        over["train.lr"] = base.train.lr * row.lr_scale
+    over.update(row_sets.get(row.id, {}))
+    cfg = build_config(base.to_dict(), over)
+    cfg.tasks = list(tasks)
+    cfg.data.task = tasks[0]
+    return cfg
+
+
+def cell_key(row: Row, cfg: ExperimentConfig, data, teachers) -> str:
+    """What a trained student depends on: the bundle (data, teacher, transfer set, encoding),
+    the student and the training settings (resource-only settings left out)."""
+    from orchestrator.pipeline import bundle_key
+
+    train = asdict(cfg.train)
+    for k in ("cpus_per_worker", "torch_threads", "use_gpu"):
+        train.pop(k, None)
+    student = asdict(cfg.student)
+    student.pop("embeddings", None)  # by content, in the bundle key
+    return content_key({"v": REPORT_VERSION, "row": row.id, "tasks": sorted(data),
+                        "bundle": bundle_key(cfg, data, teachers), "student": student,
+                        "train": train})
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+class _Report:
+    """State of one report call: the store, the parent run, Ray (started only when needed)."""
+
+    def __init__(self, cfg: ExperimentConfig, name: str, address: str | None, log: Callable):
+        from mlflow.tracking import MlflowClient
+
+        self.cfg, self.name, self.address, self.log = cfg, name, address, log
+        self.uri = tracking.resolve_uri(cfg.tracking.uri)
+        tracking.check_reachable(self.uri)
+        self.client = MlflowClient(self.uri)
+        work_root = Path(cfg.work_root)
+        self.exp_id = tracking.get_experiment_id(
+            self.client, cfg.tracking.experiment,
+            cfg.tracking.artifact_location or str(work_root / "mlartifacts"))
+        self.storage = str(work_root / "report-runs")
+        Path(self.storage).mkdir(parents=True, exist_ok=True)
+        self.ray_ready = False
+        self.parent = ""
+        self.t0 = time.time()
+
+    def note(self, msg: str) -> None:
+        self.log(f"[report +{time.time() - self.t0:.0f}s] {msg}")
+
+    def ensure_ray(self, cfg: ExperimentConfig) -> None:
+        if self.ray_ready:
+            return
+        from orchestrator.ray_runtime import check_budget, init_ray
+        resources = init_ray(self.address, log=self.log)
+        check_budget(cfg, resources)
+        self.ray_ready = True
+
+    def find(self, kind: str, row: str, task: str, key: str) -> list:
+        return tracking.find_runs(self.client, self.exp_id, {
+            tracking.TAG_KIND: kind, TAG_REPORT: self.name, TAG_ROW: row, TAG_TASK: task,
+            TAG_CONFIG: key})
+
+    def finished(self, kind: str, row: str, task: str, key: str):
+        runs = self.find(kind, row, task, key)
+        for r in runs:  # an earlier call that died mid-run: close it, it is not reused
+            if r.info.status in ("RUNNING", "SCHEDULED"):
+                tracking.end_run(self.client, r.info.run_id, False,
+                                 "interrupted: a later report call found it still running")
+        done = [r for r in runs if r.info.status == "FINISHED"]
+        return max(done, key=lambda r: r.info.start_time) if done else None
+
+    def start(self, kind: str, row: Row, task: str, key: str, extra: dict | None = None) -> str:
+        return tracking.start_run(self.client, self.exp_id, f"{self.name}-{row.id}-{task}",
+                                  {tracking.TAG_KIND: kind, TAG_REPORT: self.name,
+                                   TAG_ROW: row.id, TAG_TASK: task, TAG_CONFIG: key,
+                                   "distillray.row_num": row.num, **(extra or {})}, self.parent)
+
+
+def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = "small",
+               rows: list[str] | None = None, row_sets: dict[str, dict[str, Any]] | None = None,
+               out: str | Path | None = None, address: str | None = None,
+               repeats: tuple[int, int] = (30, 5), warmup: int = 2, threads: int | None = 1,
+               log: Callable = print) -> ReportResult:
+    """Train (or reuse) every cell, measure every row, print and record the table."""
+    from orchestrator.pipeline import load_data, task_names
+    from orchestrator.preflight import preflight
+
+    t0 = time.time()
+    cfg = copy.deepcopy(cfg)
+    cfg.work_root = str(Path(cfg.work_root).resolve())
+    name = name or f"report-{budget}"
+    selected = select_rows(rows)
+    row_sets = row_sets or {}
+    tasks = task_names(cfg)
+    cfg.tasks = tasks
+    ctx = _Report(cfg, name, address, log)
+    data = load_data(cfg)
+    log(f"[report] {name}: rows {', '.join(r.num for r in selected)} on {', '.join(tasks)}; "
+        f"{describe_budget(budget, cfg, data)}")
+    row_cfgs = {r.id: row_config(cfg, r, row_sets, tasks) for r in selected}
+    for r in selected:  # mixtures, student vs teacher shapes: before any teacher trains
+        preflight(row_cfgs[r.id], None, data)
+
+    ctx.parent = _parent_run(ctx, tasks, budget, [r.id for r in selected])
+    cells: list[Cell] = []
+    teachers_reused: dict[str, bool] = {}
+    try:
+        single_cfg = row_config(cfg, ROWS[0], row_sets, tasks)
+        single_refs, teachers_reused["single"] = _teachers(ctx, single_cfg, data, False)
+        multi_refs = None
+        if any(r.sets.get("teacher.multitask") for r in selected):
+            multi_cfg = row_config(cfg, ROWS[1], row_sets, tasks)
+            multi_refs, teachers_reused["multi"] = _teachers(ctx, multi_cfg, data, True)
+        for r in selected:
+            c = row_cfgs[r.id]
+            refs = multi_refs if r.sets.get("teacher.multitask") else single_refs
+            if r.kind == "teacher":
+                cells += _teacher_cells(ctx, r, refs, data, teachers_reused[
+                    "multi" if r.sets.get("teacher.multitask") else "single"])
+            elif r.kind == "single":
+                for t in tasks:
+                    cells.append(_single_cell(ctx, r, c, t, data, refs))
+            else:
+                cells += _mkd_cells(ctx, r, c, tasks, data, refs)
+        perf, ref_note = _measure(ctx, selected, cells, tasks, data, single_refs, multi_refs,
+                                  single_cfg, repeats, warmup, threads)
+        flags = _flag(selected, cells, tasks)
+        table = build_table(selected, cells, tasks, perf)
+        trained = sum(c.status == "trained" for c in cells)
+        reused = sum(c.status == "reused" for c in cells)
+        failed = sum(c.status == "failed" for c in cells)
+        seconds = time.time() - t0
+        md = format_markdown(name, table, selected, tasks, data, flags, notes=[
+            describe_budget(budget, cfg, data), ref_note,
+            _reuse_note(cells, teachers_reused, seconds),
+            f"MLflow: experiment `{cfg.tracking.experiment}` at `{ctx.uri}`, parent run "
+            f"`{ctx.parent}`; every cell is a run: filter `tags.\"{TAG_REPORT}\" = '{name}' and "
+            f"tags.\"{tracking.TAG_KIND}\" = '{KIND_CELL}'` and compare `report_*` metrics."])
+        _record(ctx, cells, perf, flags, table, md)
+        tracking.end_run(ctx.client, ctx.parent, failed == 0,
+                         None if failed == 0 else f"{failed} cell(s) failed")
+    except BaseException as e:
+        tracking.end_run(ctx.client, ctx.parent, False, f"{type(e).__name__}: {e}")
+        raise
+    out_path = None
+    if out:
+        out_path = Path(out)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(md)
+    log("\n" + md)
+    if out_path:
+        log(f"[report] table written to {out_path}")
+    cell_df = pd.DataFrame([{**{k: v for k, v in asdict(c).items() if k != "metrics"},
+                             **c.metrics} for c in cells])
+    return ReportResult(name, ctx.parent, tasks, [r.id for r in selected], table, cell_df, md,
+                        flags, trained, reused, failed, seconds, out_path)
+
+
+def _parent_run(ctx: _Report, tasks: list[str], budget: str, rows: list[str]) -> str:
+    runs = tracking.find_runs(ctx.client, ctx.exp_id, {tracking.TAG_KIND: KIND_PARENT,
+                                                       TAG_REPORT: ctx.name})
+    if runs:
+        rid = max(runs, key=lambda r: r.info.start_time).info.run_id
+        ctx.client.update_run(rid, status="RUNNING")
+        ctx.note(f"continuing report {ctx.name} (MLflow parent run {rid})")
+    else:
+        rid = tracking.start_run(ctx.client, ctx.exp_id, ctx.name,
+                                 {tracking.TAG_KIND: KIND_PARENT, TAG_REPORT: ctx.name})
+    for k, v in {"distillray.tasks": ",".join(tasks), "distillray.budget": budget,
+                 "distillray.rows": ",".join(rows)}.items():
+        ctx.client.set_tag(rid, k, v)
+    tracking.log_params(ctx.client, rid, {"report": {"budget": budget}, **ctx.cfg.to_dict()})
+    return rid
+
+
+# ---------------------------------------------------------------------------------------------
+# teachers (rows 1a, 1b) and the students' teachers
+
+def _teachers(ctx: _Report, cfg: ExperimentConfig, data, multitask: bool):
+    """(refs per task, whether every teacher was already cached)."""
+    from orchestrator.multitask_teacher import multitask_teacher_key
+    from orchestrator.search import _ensure_multitask_teacher, ensure_teachers
+    from orchestrator.teacher import teacher_key
+    from tasks.loaders import data_fingerprint
+
+    root = Path(cfg.work_root) / "teachers"
+    if multitask:
+        keys = [multitask_teacher_key(cfg.teacher, data)]
+    else:
+        keys = [teacher_key(cfg.teacher, d.task, data_fingerprint(d.train)) for d in data.values()]
+    cached = all((root / k / "metrics.json").is_file() for k in keys)
+    if multitask:  # also for a single task: the multi-task stage with one head
+        refs = _ensure_multitask_teacher(cfg, data, ctx.client, ctx.exp_id, ctx.log)
+    else:
+        refs = ensure_teachers(cfg, data, ctx.client, ctx.exp_id, ctx.log)
+    return refs, cached
+
+
+def _teacher_metrics(ref, task: str, multitask: bool) -> dict[str, float]:
+    m = json.loads((Path(ref.path) / "metrics.json").read_text())
+    if multitask:
+        prefix = f"{task}_"
+        return {k[len(prefix):]: float(v) for k, v in m.items() if k.startswith(prefix)}
+    return {k: float(v) for k, v in m.items()}
+
+
+def _teacher_cells(ctx: _Report, row: Row, refs, data, cached: bool) -> list[Cell]:
+    multitask = bool(row.sets.get("teacher.multitask"))
+    cells = []
+    for t in data:
+        ref = refs[t]
+        key = content_key({"v": REPORT_VERSION, "row": row.id, "teacher": ref.key, "task": t})
+        metrics = _teacher_metrics(ref, t, multitask)
+        run = ctx.finished(KIND_CELL, row.id, t, key)
+        if run is not None:
+            rid = run.info.run_id
+        else:
+            rid = ctx.start(KIND_CELL, row, t, key, {"distillray.teacher_key": ref.key})
+            tracking.log_params(ctx.client, rid, {"teacher": vars(ctx.cfg.teacher) |
+                                                  {"multitask": multitask}, "task": t,
+                                                  "teacher_path": ref.path})
+            tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in metrics.items()})
+            tracking.end_run(ctx.client, rid, True)
+        status = "reused" if cached else "trained"
+        ctx.note(f"{row.num} {row.id}/{t}: teacher {ref.path} "
+                f"({'reused' if cached else 'trained now'}), score {metrics.get('score', float('nan')):.4f}")
+        cells.append(Cell(row.id, t, metrics, rid, status, key))
+    return cells
+
+
+# ---------------------------------------------------------------------------------------------
+# students (rows 2-5)
+
+def _best_epoch(result) -> dict[str, float]:
+    hist = result.metrics_dataframe
+    if hist is None or not len(hist):
+        return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    row = hist.loc[hist["dev_score"].idxmax()].to_dict()
+    return {k: float(v) for k, v in row.items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
+
+
+def _task_metrics(best: dict[str, float], task: str) -> dict[str, float]:
+    from tasks.registry import get_task
+
+    spec = get_task(task)
+    return {k: best[f"{task}_{k}"] for k in (*spec.metrics, "score") if f"{task}_{k}" in best}
+
+
+def _train(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, kind: str, task_tag: str,
+           key: str) -> tuple[str, dict[str, float], dict[str, int]]:
+    """Bundle (cached) + one Ray Train run recorded in a new MLflow run. Returns (run id, metrics
+    of the best epoch by dev_score, transfer sizes)."""
+    from orchestrator.pipeline import prepare_bundle
+    from orchestrator.preflight import preflight
+    from orchestrator.search import _log_trial_outcome
+    from orchestrator.train import make_trainer
+
+    ctx.ensure_ray(cfg)
+    preflight(cfg, None, data, refs)
+    bundle = prepare_bundle(cfg, data, refs, ctx.log)
+    rid = ctx.start(kind, row, task_tag, key, {"distillray.bundle": bundle.key})
+    try:
+        tracking.log_params(ctx.client, rid, cfg.to_dict())
+        tracking.log_metrics(ctx.client, rid, {
+            **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
+            "transfer_size": sum(bundle.transfer_sizes.values()),
+            "bundle_reused": float(bundle.reused)})
+        t0 = time.time()
+        result = make_trainer(cfg, bundle.path, rid, ctx.uri, ctx.storage,
+                              name=f"{ctx.name}-{row.id}-{task_tag.replace(',', '-')}-{rid[:8]}"
+                              ).fit()
+        if result.error:
+            raise result.error
+        best = _best_epoch(result)
+        _log_trial_outcome(ctx.client, rid, result)  # the best checkpoint's student, the curve
+        tracking.log_metrics(ctx.client, rid, {f"best_{k}": v for k, v in best.items()}
+                             | {"train_seconds": time.time() - t0})
+    except BaseException as e:
+        tracking.end_run(ctx.client, rid, False, f"{type(e).__name__}: {e}")
+        raise
+    return rid, best, bundle.transfer_sizes
+
+
+def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs) -> Cell:
+    c = copy.deepcopy(cfg)
+    c.tasks, c.data.task = [task], task
+    sub, sub_refs = {task: data[task]}, {task: refs[task]}
+    key = cell_key(row, c, sub, sub_refs)
+    run = ctx.finished(KIND_CELL, row.id, task, key)
+    if run is not None:
+        m = _read_metrics(run, task)
+        ctx.note(f"{row.num} {row.id}/{task}: reused MLflow run {run.info.run_id} "
+                f"(FINISHED, config key {key}), score {m.get('score', float('nan')):.4f}")
+        return Cell(row.id, task, m, run.info.run_id, "reused", key, run.info.run_id,
+                    run.data.metrics.get("transfer_size"))
+    ctx.note(f"{row.num} {row.id}/{task}: training (config key {key})")
+    try:
+        rid, best, sizes = _train(ctx, row, c, sub, sub_refs, KIND_CELL, task, key)
+    except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
+        return _failed(ctx, row, task, key, e)
+    m = _task_metrics(best, task)
+    tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()})
+    tracking.end_run(ctx.client, rid, True)
+    ctx.note(f"{row.num} {row.id}/{task}: trained, score {m.get('score', float('nan')):.4f}")
+    return Cell(row.id, task, m, rid, "trained", key, rid, float(sum(sizes.values())))
+
+
+def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], data,
+               refs) -> list[Cell]:
+    joint = ",".join(tasks)
+    key = cell_key(row, cfg, data, refs)
+    run = ctx.finished(KIND_TRAIN, row.id, joint, key)
+    if run is not None:
+        train_id, status, best = run.info.run_id, "reused", {
+            k[len("best_"):]: v for k, v in run.data.metrics.items() if k.startswith("best_")}
+        sizes = {t: run.data.metrics.get(f"transfer_size_{t}") for t in tasks}
+        ctx.note(f"{row.num} {row.id}: reused joint MLflow run {train_id} (FINISHED, "
+                f"config key {key})")
+    else:
+        ctx.note(f"{row.num} {row.id}: training jointly on {joint} (config key {key})")
+        try:
+            train_id, best, sizes = _train(ctx, row, cfg, data, refs, KIND_TRAIN, joint, key)
+            tracking.end_run(ctx.client, train_id, True)
+        except Exception as e:  # noqa: BLE001
+            return [_failed(ctx, row, t, key, e, log=t == tasks[0]) for t in tasks]
+        status = "trained"
+    cells = []
+    for t in tasks:
+        m = _task_metrics(best, t)
+        cell = ctx.finished(KIND_CELL, row.id, t, key)
+        if cell is None or cell.data.tags.get("distillray.train_run") != train_id:
+            rid = ctx.start(KIND_CELL, row, t, key, {"distillray.train_run": train_id})
+            tracking.log_params(ctx.client, rid, {"train_run": train_id, **cfg.to_dict()})
+            tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()})
+            tracking.end_run(ctx.client, rid, True)
+        else:
+            rid = cell.info.run_id
+        ctx.note(f"{row.num} {row.id}/{t}: {status}, score {m.get('score', float('nan')):.4f}")
+        cells.append(Cell(row.id, t, m, rid, status, key, train_id, sizes.get(t)))
+    return cells
+
+
+def _read_metrics(run, task: str) -> dict[str, float]:
+    return {k[len("report_"):]: v for k, v in run.data.metrics.items()
+            if k.startswith("report_") and k[len("report_"):] in _metric_names(task)}
+
+
+def _metric_names(task: str) -> tuple[str, ...]:
+    from tasks.registry import get_task
+    return (*get_task(task).metrics, "score")
+
+
+def _failed(ctx: _Report, row: Row, task: str, key: str, e: Exception, log: bool = True) -> Cell:
+    msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    if log:
+        ctx.note(f"{row.num} {row.id}/{task}: FAILED: {msg}")
+    return Cell(row.id, task, {}, None, "failed", key, error=msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# size and latency, all rows in one interleaved measurement
+
+def _bench_module():
+    """``benchmarks/student_vs_teacher.py`` (measure, the BERT-base line-up), loaded by path:
+    benchmarks/ is a folder of scripts, not an installed package."""
+    name = "distillray_bench_student_vs_teacher"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "student_vs_teacher.py"
+    if not path.is_file():
+        raise ReportError(f"{path} is missing: the report measures latency with its measure()")
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class _StudentCall(nn.Module):
+    """A saved student behind ``measure()``'s ``model(**inputs)`` call, for one task."""
+
+    def __init__(self, model: nn.Module, task: str, wordpiece: bool):
+        super().__init__()
+        self.model, self.task, self.wordpiece = model, task, wordpiece
+
+    def forward(self, ids_a, ids_b=None, token_type_ids=None):
+        if self.wordpiece:
+            return self.model(ids_a, None, self.task, token_type_ids=token_type_ids)
+        return self.model(ids_a, ids_b, self.task)
+
+    def non_embedding_parameters(self) -> int:
+        from students.factory import count_parameters
+        return count_parameters(self.model)["non_embedding"]
+
+
+class _TeacherCall(nn.Module):
+    def __init__(self, teacher, head: str):
+        super().__init__()
+        self.model = teacher.model
+        self.teacher, self.head = teacher, head
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.teacher.logits(input_ids, attention_mask, token_type_ids, head=self.head)
+
+
+def _ids(batch: int, length: int, vocab: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed * 1000 + batch)
+    low = min(5, max(1, vocab - 1))
+    return torch.randint(low, max(low + 1, vocab), (batch, max(1, length)), generator=g)
+
+
+def _reference_lengths(data, task: str, tokenizer, teacher_max: int, student_max: int):
+    """Mean dev lengths of ``task``: words per text (student tokenizer), wordpieces of the
+    (pair) input incl. special tokens (teacher tokenizer)."""
+    from tasks.text import tokenize
+
+    dev = next(iter(data[task].dev.values()))
+    words_a = round(float(np.mean([min(len(tokenize(e.text_a)), student_max) for e in dev])))
+    words_b = round(float(np.mean([min(len(tokenize(e.text_b)), student_max) for e in dev]))) \
+        if dev and dev[0].text_b is not None else None
+    enc = tokenizer([e.text_a for e in dev],
+                    [e.text_b for e in dev] if words_b is not None else None,
+                    truncation=True, max_length=teacher_max)
+    pieces = round(float(np.mean([len(x) for x in enc["input_ids"]])))
+    return words_a, words_b, pieces
+
+
+def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[str], data,
+             single_refs, multi_refs, cfg: ExperimentConfig, repeats: tuple[int, int],
+             warmup: int, threads: int | None) -> tuple[pd.DataFrame, str]:
+    """Non-embedding params and median batch-1 / batch-64 latency per row (the reference
+    task's model), BERT-base and the teacher among them; ratios vs both."""
+    from orchestrator.registry import download_student
+    from orchestrator.teacher_model import load_teacher
+    from orchestrator.train import load_student
+
+    bench = _bench_module()
+    ref = tasks[0]
+    teacher = load_teacher(single_refs[ref].path)
+    words_a, words_b, pieces = _reference_lengths(data, ref, teacher.tokenizer,
+                                                  cfg.teacher.max_length, cfg.student.max_length)
+    benches: dict[str, Any] = {}
+    tvocab = len(teacher.tokenizer)
+
+    def hf_inputs(vocab: int):
+        def make(b: int) -> dict:
+            ids = _ids(b, pieces, vocab, 1)
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                    "token_type_ids": torch.zeros_like(ids)}
+        return make
+
+    benches["teacher"] = bench.Bench(_TeacherCall(teacher, ref), hf_inputs(tvocab),
+                                     "fine-tuned teacher", pieces)
+    with tempfile.TemporaryDirectory(prefix="distillray-report-") as tmp:
+        for r in selected:
+            if r.kind == "teacher":
+                if r.id == "teacher_mkd" and multi_refs is not None:
+                    mt = load_teacher(multi_refs[ref].path)
+                    benches[r.id] = bench.Bench(_TeacherCall(mt, ref), hf_inputs(len(mt.tokenizer)),
+                                                "multi-task teacher", pieces)
+                continue
+            cell = next((c for c in cells if c.row == r.id and c.task == ref), None)
+            if cell is None or cell.train_run_id is None:
+                continue
+            dst = Path(tmp) / r.id
+            dst.mkdir()
+            d = download_student(ctx.client, cell.train_run_id, dst)
+            model, info = load_student(d)
+            meta = info["meta"]
+            wordpiece = meta["encoding"] == "wordpiece"
+            vocab = int(meta["vocab_size"])
+            if wordpiece:
+                n = min(pieces, cfg.student.max_length)
+                make = (lambda v, n: lambda b: {"ids_a": _ids(b, n, v, 2),
+                                                "token_type_ids": torch.zeros((b, n), dtype=torch.long)}
+                        )(vocab, n)
+                seq = n
+            else:
+                pair = words_b is not None and getattr(model, "pair", True)
+                make = (lambda v, pair: lambda b: {
+                    "ids_a": _ids(b, words_a, v, 3),
+                    **({"ids_b": _ids(b, words_b, v, 4)} if pair else {})})(vocab, pair)
+                seq = words_a
+            benches[r.id] = bench.Bench(_StudentCall(model, ref, wordpiece), make,
+                                        info["student"]["arch"], seq)
+        base = bench.default_models(words_a, pieces, include=[bench.BASE])[bench.BASE]
+        benches[BERT_BASE] = base
+        ctx.note(f"measuring {len(benches)} models on {ref} inputs "
+                f"({words_a} words{f' + {words_b}' if words_b is not None else ''} / {pieces} "
+                f"wordpieces), b=1 x{repeats[0]}, b=64 x{repeats[1]}, {threads} thread(s)")
+        df = bench.measure(benches, (1, 64), {1: repeats[0], 64: repeats[1]}, warmup, threads)
+    for ref_row, tag in (("teacher", "teacher"), (BERT_BASE, "bert_base")):
+        df[f"x_fewer_params_vs_{tag}"] = df.loc[ref_row, "non_embedding"] / df["non_embedding"]
+        for bs in (1, 64):
+            df[f"x_faster_b{bs}_vs_{tag}"] = df.loc[ref_row, f"latency_b{bs}_ms"] / df[f"latency_b{bs}_ms"]
+    note = (f"Size and CPU latency: each row's model for {ref} (MKD rows: the joint student); "
+            f"non-embedding parameters (outside nn.Embedding tables); median of {repeats[0]} "
+            f"(batch 1) / {repeats[1]} (batch 64) forward passes, interleaved across all rows "
+            f"in this run, {threads} torch thread(s), inputs of the {ref} dev mean length "
+            f"({words_a} words{f' + {words_b}' if words_b is not None else ''} for word "
+            f"students, {pieces} wordpieces for Transformers). Ratios: the teacher's (row 1a) "
+            f"or BERT-base's value / the row's (x fewer params, x faster). BERT-base: "
+            f"transformers BertConfig() defaults (12 x 768), random weights, not trained.")
+    return df, note
+
+
+# ---------------------------------------------------------------------------------------------
+# flags, the table, the record
+
+def _flag(selected: list[Row], cells: list[Cell], tasks: list[str]) -> list[str]:
+    by = {(c.row, c.task): c for c in cells}
+    present = {r.id for r in selected}
+    nums = {r.id: r.num for r in ROWS}
+    flags = []
+    for r in selected:
+        for t in tasks:
+            c = by.get((r.id, t))
+            if c is None or "score" not in c.metrics:
+                continue
+            losses = []
+            for b in r.baselines:
+                bc = by.get((b, t))
+                if b in present and bc is not None and "score" in bc.metrics \
+                        and not c.metrics["score"] > bc.metrics["score"]:
+                    losses.append(f"row {nums[b]} {b} ({100 * bc.metrics['score']:.1f})")
+            if losses:
+                c.flag = "does not beat " + " and ".join(losses)
+                flags.append(f"row {r.num} {r.id} on {t}: score {100 * c.metrics['score']:.1f} "
+                             f"{c.flag}")
+    return flags
+
+
+def build_table(selected: list[Row], cells: list[Cell], tasks: list[str],
+                perf: pd.DataFrame) -> pd.DataFrame:
+    """One line per row (and BERT-base): per-task metrics and score (x1, not %), the mean score,
+    size, latency, ratios, how many cells were trained / reused / failed."""
+    by = {(c.row, c.task): c for c in cells}
+    lines = []
+    for r in [*selected, None]:
+        rid = r.id if r else BERT_BASE
+        line: dict[str, Any] = {"row": rid, "num": r.num if r else "ref",
+                                "model": r.label if r else "BERT-base (architecture only)"}
+        scores = []
+        for t in tasks:
+            c = by.get((rid, t))
+            for k in _metric_names(t):
+                line[f"{t}_{k}"] = c.metrics.get(k, np.nan) if c else np.nan
+            line[f"{t}_flag"] = c.flag if c else None
+            if c and "score" in c.metrics:
+                scores.append(c.metrics["score"])
+        line["avg_score"] = float(np.mean(scores)) if r and len(scores) == len(tasks) else np.nan
+        if rid in perf.index:
+            p = perf.loc[rid]
+            line.update({"non_embedding_params": float(p["non_embedding"]),
+                         "latency_b1_ms": float(p["latency_b1_ms"]),
+                         "latency_b64_ms": float(p["latency_b64_ms"]),
+                         **{k: float(p[k]) for k in perf.columns if k.startswith("x_")}})
+        row_cells = [c for c in cells if c.row == rid]
+        line["trained"] = sum(c.status == "trained" for c in row_cells)
+        line["reused"] = sum(c.status == "reused" for c in row_cells)
+        line["failed"] = sum(c.status == "failed" for c in row_cells)
+        lines.append(line)
+    return pd.DataFrame(lines).set_index("row")
+
+
+def _fmt_params(n: float) -> str:
+    if n != n:
+        return "—"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{int(n):,}"
+
+
+def _fmt_ratio(v: float) -> str:
+    """x fewer / x faster: 1/N for ratios below 1 (N times more / slower)."""
+    if v != v or v <= 0:
+        return "—"
+    if v < 1:
+        return f"1/{_fmt_ratio(1 / v)}"
+    return f"{v:.0f}x" if v >= 100 else f"{v:.1f}x"
+
+
+def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: list[str], data,
+                    flags: list[str], notes: list[str]) -> str:
+    from tasks.registry import get_task
+
+    specs = {t: get_task(t) for t in tasks}
+    head = ["#", "model"]
+    for t in tasks:
+        s = specs[t]
+        head.append(f"{s.glue_dir or t} {'/'.join(METRIC_SHORT.get(m, m) for m in s.metrics)}")
+    head += ["avg", "non-emb params", "b=1 ms", "b=64 ms", "x fewer params (T / BB)",
+             "x faster b=1 (T / BB)", "x faster b=64 (T / BB)", "cells"]
+    lines = [f"## distillray report `{name}`", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rid, r in table.iterrows():
+        vals = [str(r["num"]), str(r["model"])]
+        for t in tasks:
+            ms = [r.get(f"{t}_{m}") for m in specs[t].metrics]
+            if rid == BERT_BASE:
+                vals.append("—")
+            elif all(v != v or v is None for v in ms):
+                vals.append("failed" if r["failed"] else "—")
+            else:
+                cell = " / ".join(f"{100 * v:.1f}" for v in ms)
+                vals.append(cell + (" ⚠" if r.get(f"{t}_flag") else ""))
+        vals.append("—" if r["avg_score"] != r["avg_score"] else f"{100 * r['avg_score']:.1f}")
+        lat = r.get("latency_b1_ms")
+        if lat is not None and lat == lat:
+            vals += [_fmt_params(r["non_embedding_params"]), f"{r['latency_b1_ms']:.2f}",
+                     f"{r['latency_b64_ms']:.1f}"]
+            for a, b in (("x_fewer_params_vs_teacher", "x_fewer_params_vs_bert_base"),
+                         ("x_faster_b1_vs_teacher", "x_faster_b1_vs_bert_base"),
+                         ("x_faster_b64_vs_teacher", "x_faster_b64_vs_bert_base")):
+                vals.append(f"{_fmt_ratio(r[a])} / {_fmt_ratio(r[b])}")
+        else:
+            vals += ["—"] * 6
+        vals.append("—" if rid == BERT_BASE else
+                    ", ".join(f"{int(r[k])} {k}" for k in ("trained", "reused", "failed") if r[k]))
+        lines.append("| " + " | ".join(vals) + " |")
+    lines += ["", "Dev scores x100 (task metrics in the header's order; `avg` = mean of the task "
+              "scores, each the mean of its metrics, GLUE style). T = teacher (row 1a), BB = "
+              "BERT-base. ⚠ = does not beat its baseline (row 4 vs rows 2 and 3; MKD rows vs "
+              "row 3, single-task KD on the same data; row 1b vs row 1a)."]
+    lines += ["", "**Flags**" if flags else "**Flags**: none, every row beats its baselines."]
+    lines += [f"- {f}" for f in flags]
+    lines += [""] + [f"- {n}" for n in notes if n]
+    return "\n".join(lines) + "\n"
+
+
+def _reuse_note(cells: list[Cell], teachers_reused: dict[str, bool], seconds: float) -> str:
+    tr = sum(c.status == "trained" for c in cells)
+    ru = sum(c.status == "reused" for c in cells)
+    fa = sum(c.status == "failed" for c in cells)
+    t = ", ".join(f"{k}-task teacher(s) {'reused' if v else 'trained'}"
+                  for k, v in teachers_reused.items())
+    return (f"This call: {tr} cell(s) trained, {ru} reused from finished MLflow runs"
+            f"{f', {fa} FAILED' if fa else ''}; {t}; {seconds:.0f} s wall time.")
+
+
+def _record(ctx: _Report, cells: list[Cell], perf: pd.DataFrame, flags: list[str],
+            table: pd.DataFrame, md: str) -> None:
+    """Size, latency and ratios on every cell run; flags and current-ness as tags; the table as
+    the parent's artifacts."""
+    client = ctx.client
+    current = set()
+    for c in cells:
+        if c.run_id is None:
+            continue
+        current.add(c.run_id)
+        if c.row in perf.index:
+            p = perf.loc[c.row]
+            tracking.log_metrics(client, c.run_id, {
+                "report_non_embedding_params": float(p["non_embedding"]),
+                "report_latency_b1_ms": float(p["latency_b1_ms"]),
+                "report_latency_b64_ms": float(p["latency_b64_ms"]),
+                **{f"report_{k}": float(p[k]) for k in perf.columns if k.startswith("x_")}})
+        client.set_tag(c.run_id, "distillray.flag", c.flag or "none")
+        client.set_tag(c.run_id, "distillray.last_call", c.status)
+        client.set_tag(c.run_id, "distillray.current", "true")
+    for r in tracking.find_runs(client, ctx.exp_id, {tracking.TAG_KIND: KIND_CELL,
+                                                      TAG_REPORT: ctx.name}):
+        if r.info.run_id not in current and r.data.tags.get("distillray.current") != "false":
+            client.set_tag(r.info.run_id, "distillray.current", "false")
+    if BERT_BASE in perf.index:
+        p = perf.loc[BERT_BASE]
+        tracking.log_metrics(client, ctx.parent, {
+            "bert_base_non_embedding_params": float(p["non_embedding"]),
+            "bert_base_latency_b1_ms": float(p["latency_b1_ms"]),
+            "bert_base_latency_b64_ms": float(p["latency_b64_ms"])})
+    tracking.log_metrics(client, ctx.parent, {
+        "cells_trained": sum(c.status == "trained" for c in cells),
+        "cells_reused": sum(c.status == "reused" for c in cells),
+        "cells_failed": sum(c.status == "failed" for c in cells), "flags": len(flags)})
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "report.md").write_text(md)
+        table.reset_index().to_csv(Path(d) / "report.csv", index=False)
+        client.log_artifact(ctx.parent, str(Path(d) / "report.md"))
+        client.log_artifact(ctx.parent, str(Path(d) / "report.csv"))
+    tracking.log_dict_artifact(client, ctx.parent, {
+        "cells": [asdict(c) for c in cells], "flags": flags}, "report_cells.json")
