@@ -4,6 +4,7 @@
     distillray finetune-teacher --task sst2          distillray augment --task sst2
     distillray label --task sst2                     distillray best --search NAME
     distillray ui                                    distillray export --search NAME
+    distillray report --budget small --tasks sst2,mrpc --out report.md
 """
 from __future__ import annotations
 
@@ -182,6 +183,23 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """The results table: every row on every task, one MLflow run per cell (orchestrator.report)."""
+    from orchestrator.report import parse_row_sets, resolve_report, run_report
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
+    cfg = resolve_report(args.preset, args.budget, tasks, args.set, args.assets,
+                         {k: v for k, v in _extra(args).items() if k != "search.name"})
+    res = run_report(cfg, name=args.name, budget=args.budget, rows=rows,
+                     row_sets=parse_row_sets(args.row_set), out=args.out, address=args.address,
+                     repeats=(args.repeats, args.repeats_64), threads=args.threads)
+    print(f"[done] report {res.name} in {res.seconds:.0f}s: {res.trained} cell(s) trained, "
+          f"{res.reused} reused, {res.failed} failed; {len(res.flags)} flag(s); MLflow parent "
+          f"run {res.parent_run_id}")
+    return 0 if res.failed == 0 else 1
+
+
 def cmd_ui(args) -> int:
     from orchestrator.tracking import resolve_uri
 
@@ -232,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--formats", default="torchscript,onnx", help="comma-separated: torchscript,onnx")
     p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("report", help="the results table: teachers, BiLSTM and MKD students on "
+                       "each task, size and latency vs the teacher and BERT-base")
+    _common(p)
+    p.set_defaults(preset="report", fn=cmd_report)
+    p.add_argument("--tasks", help="comma-separated tasks (default: the preset's: sst2,mrpc,rte,"
+                   "cola,stsb)")
+    p.add_argument("--budget", choices=["small", "full"], default="small",
+                   help="small: capped subsets and epochs (2-CPU machine, < 90 min); full: all data")
+    p.add_argument("--name", help="report name (default report-<budget>); re-running a name "
+                   "reuses its finished cells")
+    p.add_argument("--rows", help="comma-separated subset of rows (default all): teacher,"
+                   "teacher_mkd,bilstm_gold,bilstm_kd,bilstm_soft,mkd_bcn,mkd_transformer")
+    p.add_argument("--row-set", action="append", default=[], metavar="ROW:KEY=VALUE",
+                   help="override a value for one row, e.g. mkd_transformer:train.lr=5e-5")
+    p.add_argument("--out", default="report.md", help="markdown file for the table")
+    p.add_argument("--repeats", type=int, default=30, help="timed batch-1 forward passes")
+    p.add_argument("--repeats-64", type=int, default=5, help="timed batch-64 forward passes")
+    p.add_argument("--threads", type=int, default=1, help="torch threads while timing")
+    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     p = sub.add_parser("ui", help="MLflow UI on the project's store (127.0.0.1)")
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
