@@ -1,0 +1,228 @@
+"""``distillray report`` on generated data: the table's shape, one MLflow run per cell with its
+tags, and a second call that trains nothing and says what it reused.
+
+The report runs once for the module (the ``report_smoke`` preset: sst2 + mrpc, a tiny random
+teacher, tiny students) in a temp work root and MLflow store; the second call goes through the
+CLI. Flags, budgets and config keys are also checked without training.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import time
+
+import numpy as np
+import pytest
+
+from orchestrator import tracking
+from orchestrator.report import (BERT_BASE, KIND_CELL, KIND_PARENT, KIND_TRAIN, ROW_IDS, ROWS,
+                                 TAG_CONFIG, TAG_REPORT, TAG_ROW, TAG_TASK, Cell, ReportError,
+                                 _flag, budget_overrides, cell_key, parse_row_sets,
+                                 resolve_report, run_report, select_rows)
+
+pytestmark = pytest.mark.timeout(900)
+
+TASKS = ["sst2", "mrpc"]
+NAME = "report-test"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    import ray
+
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    extra = {"tracking.uri": uri, "work_root": str(root / ".distillray")}
+    old = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = resolve_report("report_smoke", "small", TASKS, [], extra=extra)
+        logs: list[str] = []
+        t0 = time.time()
+        first = run_report(cfg, name=NAME, out=root / "report.md", repeats=(3, 1), warmup=1,
+                           log=logs.append)
+        first_s = time.time() - t0
+
+        from orchestrator.cli import main
+        stdout = io.StringIO()
+        t0 = time.time()
+        with contextlib.redirect_stdout(stdout):
+            rc = main(["report", "--preset", "report_smoke", "--tasks", ",".join(TASKS),
+                       "--name", NAME, "--tracking-uri", uri, "--work-root", extra["work_root"],
+                       "--out", str(root / "report2.md"), "--repeats", "3", "--repeats-64", "1"])
+        second_s = time.time() - t0
+    finally:
+        os.chdir(old)
+        ray.shutdown()
+    return {"root": root, "uri": uri, "first": first, "first_s": first_s, "logs": logs,
+            "rc": rc, "stdout": stdout.getvalue(), "second_s": second_s}
+
+
+def _runs(uri: str, **tags):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("distillray")
+    return client, tracking.find_runs(client, exp.experiment_id, tags)
+
+
+def test_table_has_every_row_and_task(report):
+    res = report["first"]
+    t = res.table
+    assert list(t.index) == [*ROW_IDS, BERT_BASE]
+    assert res.tasks == TASKS and res.trained == len(ROW_IDS) * len(TASKS) and res.failed == 0
+    metric_cols = {"sst2": ["accuracy", "score"], "mrpc": ["f1", "accuracy", "score"]}
+    for task, cols in metric_cols.items():
+        for c in cols:
+            vals = t.loc[list(ROW_IDS), f"{task}_{c}"]
+            assert vals.notna().all() and ((vals >= 0) & (vals <= 1)).all(), (task, c, vals)
+        assert np.isnan(t.loc[BERT_BASE, f"{task}_score"])  # architecture only
+    # the generated sentiment is learnable: the teacher and the distilled students learn it
+    assert t.loc["teacher", "sst2_accuracy"] > 0.8, t["sst2_accuracy"]
+    assert t.loc["bilstm_kd", "sst2_accuracy"] > 0.6, t["sst2_accuracy"]
+    for c in ("non_embedding_params", "latency_b1_ms", "latency_b64_ms"):
+        assert (t[c] > 0).all(), t[c]
+    assert t.loc["teacher", "x_fewer_params_vs_teacher"] == 1.0
+    assert t.loc[BERT_BASE, "x_faster_b1_vs_bert_base"] == 1.0
+    assert t.loc[BERT_BASE, "non_embedding_params"] > 80e6  # BERT-base, 12 x 768
+    assert (t.loc[list(ROW_IDS), "x_fewer_params_vs_bert_base"] > 100).all()
+    np.testing.assert_allclose(
+        t.loc["bilstm_kd", "x_faster_b1_vs_teacher"],
+        t.loc["teacher", "latency_b1_ms"] / t.loc["bilstm_kd", "latency_b1_ms"])
+
+    md = res.markdown
+    assert (report["root"] / "report.md").read_text() == md
+    table_lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert len(table_lines) == 1 + len(ROW_IDS) + 1  # header, rows, BERT-base
+    assert "SST-2 acc" in table_lines[0] and "MRPC F1/acc" in table_lines[0]
+    for r in ROWS:
+        assert any(ln.startswith(f"| {r.num} | {r.label} |") for ln in table_lines), r
+    assert "Train/dev examples per task: sst2 500/100, mrpc 500/100" in md
+    assert "Students: 2 epochs" in md and "14 cell(s) trained, 0 reused" in md
+
+
+def test_every_cell_is_an_mlflow_run_with_its_tags(report):
+    res = report["first"]
+    client, parents = _runs(report["uri"], **{tracking.TAG_KIND: KIND_PARENT, TAG_REPORT: NAME})
+    assert len(parents) == 1 and parents[0].info.run_id == res.parent_run_id
+    assert parents[0].info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(res.parent_run_id)} >= {
+        "report.md", "report.csv", "report_cells.json"}
+    _, cells = _runs(report["uri"], **{tracking.TAG_KIND: KIND_CELL, TAG_REPORT: NAME})
+    assert sorted((c.data.tags[TAG_ROW], c.data.tags[TAG_TASK]) for c in cells) == sorted(
+        (r, t) for r in ROW_IDS for t in TASKS), "exactly one run per (row, task)"
+    for c in cells:
+        row, task = c.data.tags[TAG_ROW], c.data.tags[TAG_TASK]
+        assert c.info.status == "FINISHED"
+        assert c.data.tags[tracking.TAG_PARENT] == res.parent_run_id
+        assert c.data.tags[TAG_CONFIG] and c.data.tags["distillray.current"] == "true"
+        m = c.data.metrics
+        assert m["report_score"] == pytest.approx(res.table.loc[row, f"{task}_score"])
+        for k in ("report_non_embedding_params", "report_latency_b1_ms",
+                  "report_latency_b64_ms", "report_x_faster_b1_vs_bert_base",
+                  "report_x_fewer_params_vs_teacher"):
+            assert k in m, (row, task, k)
+        assert ("distillray.flag" in c.data.tags)
+    # students: single-task cells hold their student; MKD cells point at the joint run
+    _, joint = _runs(report["uri"], **{tracking.TAG_KIND: KIND_TRAIN, TAG_REPORT: NAME})
+    assert sorted(j.data.tags[TAG_ROW] for j in joint) == ["mkd_bcn", "mkd_transformer"]
+    for j in joint:
+        assert j.data.tags[TAG_TASK] == "sst2,mrpc"
+        assert "student/model.safetensors" in {a.path for a in client.list_artifacts(
+            j.info.run_id, "student")}
+        for t in TASKS:
+            assert f"best_{t}_score" in j.data.metrics
+    mkd_cells = [c for c in cells if c.data.tags[TAG_ROW].startswith("mkd_")]
+    assert {c.data.tags["distillray.train_run"] for c in mkd_cells} == {j.info.run_id for j in joint}
+    kd = next(c for c in cells if c.data.tags[TAG_ROW] == "bilstm_soft")
+    assert kd.data.metrics["transfer_size"] > 500  # trained on the augmented transfer set
+
+
+def test_second_call_trains_nothing_and_says_what_it_reused(report):
+    first, out = report["first"], report["stdout"]
+    assert report["rc"] == 0, out
+    assert "0 cell(s) trained, 14 reused, 0 failed" in out
+    for r in ROW_IDS:
+        if not r.startswith(("teacher", "mkd_")):
+            assert f"{r}/sst2: reused MLflow run" in out, r
+    assert "mkd_bcn: reused joint MLflow run" in out
+    assert "reusing multi-task teacher" in out and "(reused)" in out
+    for word in (": training", "fine-tuning", "refining", "[bundle]", "[label]"):
+        assert word not in out, word  # no cell trained, no teacher, bundle or soft label built
+    _, cells = _runs(report["uri"], **{tracking.TAG_KIND: KIND_CELL, TAG_REPORT: NAME})
+    assert len(cells) == len(ROW_IDS) * len(TASKS), "no new cell runs"
+    assert all(c.data.tags["distillray.last_call"] == "reused" for c in cells)
+    second = (report["root"] / "report2.md").read_text()
+    # the same scores; latency is measured again
+    rows = lambda md: [ln.split(" | ")[:5] for ln in md.splitlines() if ln.startswith("| ")]  # noqa: E731
+    assert rows(second) == rows(first.markdown)
+    assert report["second_s"] < report["first_s"] / 3, (report["second_s"], report["first_s"])
+
+
+# ---------------------------------------------------------------------------------------------
+# without training
+
+
+def test_flags_name_rows_that_do_not_beat_their_baselines():
+    cells = [Cell("bilstm_gold", "sst2", {"score": 0.80}, "a", "trained"),
+             Cell("bilstm_kd", "sst2", {"score": 0.82}, "b", "trained"),
+             Cell("bilstm_soft", "sst2", {"score": 0.81}, "c", "trained"),
+             Cell("mkd_bcn", "sst2", {"score": 0.85}, "d", "trained"),
+             Cell("bilstm_gold", "mrpc", {"score": 0.6}, "e", "trained"),
+             Cell("bilstm_kd", "mrpc", {"score": 0.6}, "f", "trained"),
+             Cell("bilstm_soft", "mrpc", {"score": 0.7}, "g", "trained"),
+             Cell("mkd_bcn", "mrpc", {"score": 0.6}, "h", "trained")]
+    flags = _flag(select_rows(["bilstm_gold", "bilstm_kd", "bilstm_soft", "mkd_bcn"]), cells,
+                  ["sst2", "mrpc"])
+    assert flags == ["row 4 bilstm_soft on sst2: score 81.0 does not beat row 3 bilstm_kd (82.0)",
+                     "row 5a mkd_bcn on mrpc: score 60.0 does not beat row 3 bilstm_kd (60.0)"]
+    assert cells[2].flag and cells[7].flag and not cells[6].flag and not cells[3].flag
+    # a baseline row that is not in the report is not compared
+    assert _flag(select_rows(["bilstm_soft"]), cells, ["sst2"]) == []
+
+
+def test_budgets_cap_small_and_lift_full_and_set_wins():
+    cfg = resolve_report("report_smoke", "small", ["sst2"], ["train.epochs=7"])
+    assert cfg.data.max_train_examples == 500  # below the cap: kept
+    assert cfg.train.epochs == 7  # --set wins over the budget
+    assert cfg.tasks == ["sst2"]
+    big = resolve_report("report_smoke", "small", None, ["data.max_train_examples=50000",
+                                                          "teacher.epochs=9"])
+    caps = budget_overrides(big, "small")
+    assert caps["data.max_train_examples"] == 1000 and caps["teacher.epochs"] == 2.0
+    full = resolve_report("report_smoke", "full", None, [])
+    assert full.data.max_train_examples is None and full.augment.max_examples is None
+    with pytest.raises(ReportError, match="--budget 'huge'"):
+        resolve_report("report_smoke", "huge")
+
+
+def test_row_selection_and_row_sets_errors():
+    assert parse_row_sets(["mkd_transformer:train.lr=5e-5"]) == {
+        "mkd_transformer": {"train.lr": 5e-5}}
+    with pytest.raises(ReportError, match="unknown row 'nope'"):
+        parse_row_sets(["nope:train.lr=1"])
+    with pytest.raises(ReportError, match="ROW:section.key=value"):
+        parse_row_sets(["train.lr=1"])
+    with pytest.raises(ReportError, match="unknown row"):
+        select_rows(["bilstm", "teacher"])
+
+
+def test_cell_key_follows_what_shapes_the_student():
+    from orchestrator.pipeline import TeacherRef
+    from orchestrator.report import row_config
+    from tasks.generated import generate_task_data
+    from tasks.registry import get_task
+
+    base = resolve_report("report_smoke", "small", ["sst2"], [])
+    data = {"sst2": generate_task_data(get_task("sst2"), 30, 10, 0)}
+    refs = {"sst2": TeacherRef("/t/a", "key-a", "sst2", 32)}
+    row = ROWS[3]  # bilstm_kd
+    key = cell_key(row, row_config(base, row, {}, ["sst2"]), data, refs)
+    same = row_config(base, row, {"bilstm_kd": {"train.cpus_per_worker": 0.5}}, ["sst2"])
+    assert cell_key(row, same, data, refs) == key  # resources do not change the student
+    lr = row_config(base, row, {"bilstm_kd": {"train.lr": 0.5}}, ["sst2"])
+    assert cell_key(row, lr, data, refs) != key
+    other_teacher = {"sst2": TeacherRef("/t/b", "key-b", "sst2", 32)}
+    assert cell_key(row, row_config(base, row, {}, ["sst2"]), data, other_teacher) != key
+    assert cell_key(ROWS[2], row_config(base, ROWS[2], {}, ["sst2"]), data, refs) != key
