@@ -74,7 +74,7 @@ ROWS: tuple[Row, ...] = (
     Row("teacher", "1a", "Teacher, fine-tuned per task", "teacher", {"teacher.multitask": False}),
     Row("teacher_mkd", "1b", "Teacher, multi-task refined", "teacher", {"teacher.multitask": True},
         ("teacher",)),
-    Row("bilstm_gold", "2", "BiLSTM, gold labels only (CE)", "single",
+    Row("bilstm_gold", "2", "BiLSTM, gold labels only (no teacher)", "single",
         {"student.arch": "bilstm", "train.loss": "ce", "augment.enabled": False,
          "teacher.multitask": False}),
     Row("bilstm_kd", "3", "BiLSTM distilled, no augmentation", "single",
