@@ -139,8 +139,9 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
         _log_trial_outcome(client, run_id, result)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
-        if _stopped_by_scheduler(e):  # ASHA stopped it; may land after _settle_child_runs
-            client.set_tag(run_id, "distillray.early_stopped", "true")
+        if _stopped_by_scheduler(e):  # ASHA stopped it: KILLED, as _settle_child_runs marks it
+            # (status only: the driver may tag this run at the same moment, and two inserts of
+            # one tag collide in the store)
             client.set_terminated(run_id, "KILLED")
         else:
             tracking.end_run(client, run_id, False,
