@@ -331,15 +331,15 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
         single_cfg = row_config(cfg, ROWS[0], row_sets, tasks)
         single_refs, teachers_reused["single"] = _teachers(ctx, single_cfg, data, False)
         multi_refs = None
-        if any(r.sets.get("teacher.multitask") for r in selected):
+        if any(c.teacher.multitask for c in row_cfgs.values()):
             multi_cfg = row_config(cfg, ROWS[1], row_sets, tasks)
             multi_refs, teachers_reused["multi"] = _teachers(ctx, multi_cfg, data, True)
         for r in selected:
             c = row_cfgs[r.id]
-            refs = multi_refs if r.sets.get("teacher.multitask") else single_refs
+            refs = multi_refs if c.teacher.multitask else single_refs
             if r.kind == "teacher":
                 cells += _teacher_cells(ctx, r, refs, data, teachers_reused[
-                    "multi" if r.sets.get("teacher.multitask") else "single"])
+                    "multi" if c.teacher.multitask else "single"])
             elif r.kind == "single":
                 for t in tasks:
                     cells.append(_single_cell(ctx, r, c, t, data, refs))
@@ -688,8 +688,11 @@ def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[s
                 continue
             dst = Path(tmp) / r.id
             dst.mkdir()
-            d = download_student(ctx.client, cell.train_run_id, dst)
-            model, info = load_student(d)
+            try:
+                model, info = load_student(download_student(ctx.client, cell.train_run_id, dst))
+            except (OSError, LookupError, ValueError) as e:  # the row stays, without timings
+                ctx.note(f"{r.num} {r.id}: student of run {cell.train_run_id} not measured: {e}")
+                continue
             meta = info["meta"]
             wordpiece = meta["encoding"] == "wordpiece"
             vocab = int(meta["vocab_size"])
@@ -797,7 +800,7 @@ def _fmt_ratio(v: float) -> str:
     """x fewer / x faster: 1/N for ratios below 1 (N times more / slower)."""
     if v != v or v <= 0:
         return "—"
-    if v < 1:
+    if v < 1 / 1.05:
         return f"1/{_fmt_ratio(1 / v)}"
     return f"{v:.0f}x" if v >= 100 else f"{v:.1f}x"
 
