@@ -112,11 +112,17 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
     client = MlflowClient(uri)
     existing = tracking.find_runs(client, experiment_id, {tracking.TAG_SEARCH: search_name,
                                                           tracking.TAG_TRIAL: trial_id})
+    if existing and existing[0].info.status == "FINISHED":
+        # finished before a killed driver's last Tune snapshot recorded it: report, don't re-run
+        _replay_finished(existing[0])
+        return
     if existing:  # a retry or a resumed search: continue the same child run
         run_id = existing[0].info.run_id
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "distillray.attempts",
                        str(int(existing[0].data.tags.get("distillray.attempts", "1")) + 1))
+        if existing[0].info.status == "RUNNING":  # its driver died: Train resumes the checkpoint
+            client.set_tag(run_id, "distillray.resumed", "true")
     else:
         run_id = tracking.start_run(
             client, experiment_id, f"{search_name}-{trial_id}",
@@ -155,6 +161,15 @@ def _stopped_by_scheduler(e: BaseException) -> bool:
     from ray.exceptions import ActorDiedError
 
     return isinstance(e, ActorDiedError) and "INTENDED" in str(e)
+
+
+def _replay_finished(run) -> None:
+    """Hand Tune the last value of each metric a finished child run logged, so the restored trial
+    completes with its real outcome (for the searcher and the results) without training again."""
+    import ray.tune
+
+    metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("final_")}
+    ray.tune.report({**metrics, "replayed_from_mlflow": 1.0})
 
 
 def _log_trial_outcome(client, run_id: str, result) -> None:
@@ -256,6 +271,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         search_name=s.name)
     trainable = tune.with_resources(trainable, {"CPU": s.trial_cpus})
     path = f"{storage.rstrip('/')}/{s.name}"
+    _snapshot_often()
     if resume and tune.Tuner.can_restore(path):
         log(f"[tune] resuming search {s.name} from {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -312,6 +328,16 @@ def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name:
     log(f"[registry] best student registered as {model_name} version {version}")
 
 
+def _snapshot_often(seconds: float = 2.0) -> None:
+    """Tune snapshots its trials (what a restore resumes) at most every 10 s by default; a driver
+    killed in between loses the trials it started since, and their child runs end up closed as
+    interrupted. Snapshot every few seconds instead, unless $TUNE_GLOBAL_CHECKPOINT_S says. Only
+    a new search reads it: a restored one keeps the period saved in its state (Ray 2.60)."""
+    import os
+
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", f"{seconds:g}")
+
+
 def _parent_run(client, exp_id: str, name: str, resume: bool) -> str:
     if resume:
         runs = tracking.find_runs(client, exp_id, {tracking.TAG_KIND: "search", tracking.TAG_SEARCH: name})
@@ -345,11 +371,20 @@ def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
 
 
 def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> None:
-    """Trials ASHA stopped were killed mid-run: close their child runs as stopped, not 'running'."""
+    """Trials ASHA stopped were killed mid-run: close their child runs as stopped, not 'running'.
+    A run whose trial this search does not know was started by a driver that died before Tune
+    recorded the trial (a resumed search never continues it): close it as failed."""
+    known = set(table["trial_id"].dropna().astype(str)) if "trial_id" in table else set()
     for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial"},
                                   statuses=["RUNNING", "SCHEDULED"]):
-        client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
-        client.set_terminated(run.info.run_id, "KILLED")
+        if run.data.tags.get(tracking.TAG_TRIAL) in known:
+            client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
+            client.set_terminated(run.info.run_id, "KILLED")
+        else:
+            client.set_tag(run.info.run_id, "distillray.interrupted", "true")
+            tracking.end_run(client, run.info.run_id, False,
+                             "interrupted: the search driver stopped before Tune recorded this "
+                             "trial, so the resumed search could not continue it")
 
 
 def pareto_front(df: pd.DataFrame, score: str, cost: str) -> pd.DataFrame:

@@ -1,0 +1,238 @@
+"""Kill the search driver with SIGKILL (its whole process group: driver, GCS, raylet, dashboard,
+and the Ray workers it started) mid-search, then re-run the same command: the search resumes and
+finishes. Two cases:
+
+- Tune's snapshot is fresh (the default: every 2 s). Trial 1 finished; trial 2 was training. The
+  new driver skips trial 1 and resumes trial 2 from its last Ray Train checkpoint, in the same
+  MLflow child run.
+- Tune's snapshot is stale (``TUNE_GLOBAL_CHECKPOINT_S`` huge: only the snapshot at its start).
+  Tune still has trial 1 live and has never heard of trial 2. Trial 1 is handed its recorded
+  outcome from MLflow instead of training again; trial 2 can never be continued, and its child
+  run is closed as failed (interrupted).
+
+Both: one parent run throughout; exactly one child run per Tune trial; no child run left RUNNING;
+a trial that finished before the kill keeps its run untouched (attempts, start and end time).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator import tracking
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
+
+REPO = Path(__file__).resolve().parents[1]
+EPOCHS = 4
+# FIFO, not ASHA: every trial trains all its epochs, so the kill points below always come;
+# steps_per_epoch makes an epoch last about a second, so a kill lands between epochs
+SETS = [f"train.epochs={EPOCHS}", "train.steps_per_epoch=300", "search.scheduler=none",
+        "teacher.epochs=2"]
+
+
+def _command(tmp: Path, samples: int) -> list[str]:
+    cmd = [sys.executable, str(REPO / "tune_mkd.py"), "--preset", "smoke"]
+    for s in SETS + [f"search.num_samples={samples}"]:
+        cmd += ["--set", s]
+    return cmd + ["--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}",
+                  "--work-root", str(tmp / ".distillray")]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "TUNE_GLOBAL_CHECKPOINT_S")}
+    return env | extra
+
+
+def _trial_runs(db: Path) -> list[dict]:
+    """Child runs straight from the sqlite store (read-only; the driver keeps writing)."""
+    if not db.exists():
+        return []
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            rows = con.execute(
+                "select r.run_uuid, r.status, (select count(*) from metrics m where "
+                "m.run_uuid = r.run_uuid and m.key = 'dev_score') from runs r join tags t on "
+                "t.run_uuid = r.run_uuid where t.key = ? and t.value = 'trial'",
+                (tracking.TAG_KIND,)).fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error:  # tables not created yet, or a writer holds the lock
+        return []
+    return [{"run_id": r[0], "status": r[1], "epochs": r[2]} for r in rows]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d.name))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver's process group and every process it started: Ray workers run in
+    their own sessions, so the group alone would leave them to notice the raylet is gone."""
+    pids = _descendants(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=60)
+    deadline = time.time() + 60
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.5)
+
+
+def _run_until(cmd: list[str], tmp: Path, log: str, kill_when, env: dict[str, str],
+               timeout: float = 600):
+    """Start the search; SIGKILL it as soon as ``kill_when(child runs)`` holds."""
+    with open(tmp / log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while True:
+            runs = _trial_runs(tmp / "mlflow.db")
+            if kill_when(runs):
+                return runs
+            assert proc.poll() is None, (f"the search ended (rc {proc.returncode}) before the kill "
+                                         f"point; runs {runs}; log:\n{_tail(tmp / log)}")
+            assert time.time() < deadline, f"no kill point in {timeout:.0f}s; runs {runs}"
+            time.sleep(0.3)
+    finally:
+        _kill_tree(proc)
+
+
+def _tail(path: Path, n: int = 4000) -> str:
+    return path.read_text(errors="replace")[-n:]
+
+
+def _mid_training(finished: int, ignore: set[str] = frozenset()):
+    """At least ``finished`` trials done, and another (not in ``ignore``) with 2 epochs, not all,
+    logged."""
+    def check(runs):
+        return (sum(r["status"] == "FINISHED" for r in runs) >= finished
+                and any(r["status"] == "RUNNING" and 2 <= r["epochs"] < EPOCHS
+                        and r["run_id"] not in ignore for r in runs))
+    return check
+
+
+def _children(client: MlflowClient, exp_id: str) -> dict[str, list]:
+    runs = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: "smoke",
+                                               tracking.TAG_KIND: "trial"})
+    out: dict[str, list] = {}
+    for r in runs:
+        out.setdefault(r.data.tags[tracking.TAG_TRIAL], []).append(r)
+    return out
+
+
+@pytest.mark.parametrize("stale_snapshot, samples", [(False, 4), (True, 3)],
+                         ids=["fresh-snapshot", "stale-snapshot"])
+def test_killed_search_resumes_without_rerunning_or_losing_trials(tmp_path, stale_snapshot,
+                                                                  samples):
+    t0 = time.time()
+    cmd = _command(tmp_path, samples)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # Tune keeps the snapshot period in its saved state: the resumed driver snapshots alike
+    env = _env(TUNE_GLOBAL_CHECKPOINT_S="100000") if stale_snapshot else _env()
+
+    # driver 1: killed when trial 1 finished and trial 2 is mid-training
+    _run_until(cmd, tmp_path, "driver1.log", _mid_training(1), env)
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("distillray").experiment_id
+    before = {t: rs[0] for t, rs in _children(client, exp_id).items()}
+    done = {t: r for t, r in before.items() if r.info.status == "FINISHED"}
+    cut = [t for t, r in before.items() if r.info.status == "RUNNING"]
+    assert len(done) >= 1 and len(cut) == 1, before
+    t1 = time.time()
+
+    # driver 2: the same command runs the search to its end
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=900, start_new_session=True)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert "resuming search smoke" in out
+    t2 = time.time()
+
+    parents = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: "smoke",
+                                                  tracking.TAG_KIND: "search"})
+    assert len(parents) == 1, "the parent run is reused on resume"
+    assert parents[0].info.status == "FINISHED"
+    summary = json.loads(Path(client.download_artifacts(
+        parents[0].info.run_id, "search_summary.json", str(tmp_path))).read_text())
+    tune_trials = {t["trial_id"]: t for t in summary["trials"]}
+    assert len(tune_trials) == samples
+    assert all(t["status"] == "DONE" and t["epochs"] == EPOCHS for t in tune_trials.values()), \
+        summary["trials"]
+
+    children = _children(client, exp_id)
+    assert all(len(rs) == 1 for rs in children.values()), "no duplicate child runs"
+    runs = {t: rs[0] for t, rs in children.items()}
+    assert set(tune_trials) <= set(runs), "every trial has its child run"
+    for t, r in runs.items():
+        assert r.info.status != "RUNNING", (t, r.info.status)
+        assert r.data.tags[tracking.TAG_PARENT] == parents[0].info.run_id
+        if t in tune_trials:
+            assert r.info.status == "FINISHED", (t, r.info.status,
+                                                 r.data.tags.get(tracking.TAG_ERROR))
+
+    # finished before the kill: never trained again, its run untouched
+    for t, old in done.items():
+        assert t in tune_trials
+        now = runs[t]
+        assert now.data.tags["distillray.attempts"] == "1"
+        assert (now.info.start_time, now.info.end_time) == (old.info.start_time, old.info.end_time)
+        assert "distillray.resumed" not in now.data.tags
+        # fresh: Tune skips it; stale: Tune restarts it and it reports its MLflow outcome
+        assert (f"Trial _trial_{t} started" in out) == stale_snapshot
+
+    (t_cut,) = cut
+    r = runs[t_cut]
+    if stale_snapshot:  # never recorded by Tune: no driver can continue it
+        assert t_cut not in tune_trials
+        assert r.info.status == "FAILED"
+        assert r.data.tags.get("distillray.interrupted") == "true"
+        assert "interrupted" in r.data.tags[tracking.TAG_ERROR]
+    else:  # resumed in the same run from its last Ray Train checkpoint
+        assert t_cut in tune_trials
+        assert r.data.tags.get("distillray.resumed") == "true"
+        assert r.data.tags["distillray.attempts"] == "2"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "dev_score")]
+        assert sorted(set(steps)) == list(range(1, EPOCHS + 1)), steps
+        # from scratch it would log steps 1, 2, ... again; from the checkpoint at most the epoch
+        # the kill cut short
+        assert len(steps) <= EPOCHS + 1, steps
+    print(f"driver 1 {t1 - t0:.0f}s (killed), driver 2 {t2 - t1:.0f}s")
