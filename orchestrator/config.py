@@ -149,7 +149,7 @@ class SearchConfig:
 class TrackingConfig:
     uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     experiment: str = "distillray"
-    artifact_location: str | None = None  # default: <work_root>/mlartifacts
+    artifact_location: str | None = None  # default: http server's own, else <work_root>/mlartifacts
 
 
 @dataclass

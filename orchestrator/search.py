@@ -250,7 +250,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
     client = MlflowClient(uri)
     exp_id = tracking.get_experiment_id(client, cfg.tracking.experiment,
-                                        cfg.tracking.artifact_location or str(work_root / "mlartifacts"))
+                                        cfg.tracking.artifact_location
+                                        or tracking.default_artifact_location(uri, work_root))
     data = load_data(cfg)
     preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)

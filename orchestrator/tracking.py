@@ -55,6 +55,16 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"directory of tracking store {path} does not exist")
 
 
+def default_artifact_location(uri: str, work_root: str | Path) -> str | None:
+    """Where a new experiment keeps artifacts unless ``tracking.artifact_location`` says: an
+    http(s) tracking server chooses (with ``mlflow server --artifacts-destination`` it stores and
+    serves them itself, so trials on any node can upload); a local store uses
+    ``<work_root>/mlartifacts``."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    return str(Path(work_root) / "mlartifacts")
+
+
 def get_experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
