@@ -112,28 +112,33 @@ def test_teacher_actors_pinned_to_the_teacher_node(cluster):
 
     logs: list[str] = []
     uri, out = _search(cluster["work"], "mn-pinned",
-                       [f"pool.resources_per_actor={{{TEACHER_RESOURCE}: 1}}"],
+                       [f"pool.resources_per_actor={{{TEACHER_RESOURCE}: 1}}",
+                        "search.num_samples=2"],
                        log=lambda m: (logs.append(str(m)), print(m)))
-    assert len(out.table) == 3 and out.best, out.table
+    assert len(out.table) == 2 and out.best, out.table
     assert any("3 nodes see" in m for m in logs), "the shared-path check ran on every node"
-    teachers = list_actors(address=cluster["cluster"].address, filters=[("class_name", "=", "TeacherWorker")], limit=1000,
+    teachers = list_actors(address=cluster["cluster"].address,
+                           filters=[("class_name", "=", "TeacherWorker")], limit=1000,
                            raise_on_missing_output=False)
     assert teachers, "no teacher actor was recorded"
     teacher_node = cluster["teacher_node"].node_id
     assert {a.node_id for a in teachers} == {teacher_node}, \
         [(a.actor_id, a.node_id, a.state) for a in teachers]
-    # the trials ran across nodes: Train workers on more than the head alone
-    workers = list_actors(address=cluster["cluster"].address, filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
+    # the trials' Train workers ran on the cluster's nodes (which ones is up to Ray)
+    workers = list_actors(address=cluster["cluster"].address,
+                          filters=[("class_name", "=", "RayTrainWorker")], limit=1000,
                           raise_on_missing_output=False)
-    assert workers and len({a.node_id for a in workers}) >= 1
+    assert len(workers) >= 2, "one Train worker per trial at least"
     parent, children = _runs(uri, "mn-pinned")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
-    assert len(children) == 3 and all(c.info.status in ("FINISHED", "KILLED") for c in children)
+    assert len(children) == 2, "one child run per trial"
+    assert all(c.info.status in ("FINISHED", "KILLED") for c in children), \
+        [(c.info.run_name, c.info.status) for c in children]
 
 
 def test_worker_node_lost_mid_search_finishes_without_lost_runs(cluster):
     """Kill the non-head node that hosts the running trial's Train worker (or, when that worker
-    sits on the head, the node of the trial itself) while it trains."""
+    sits on the head, a node with another actor of the trial) while it trains."""
     import ray
     from ray.util.state import list_actors
 
@@ -147,8 +152,8 @@ def test_worker_node_lost_mid_search_finishes_without_lost_runs(cluster):
         seen_since = None
         while not stop.is_set() and not killed:
             try:
-                alive = list_actors(address=cluster["cluster"].address, filters=[("state", "=", "ALIVE")], limit=1000,
-                                    raise_on_missing_output=False)
+                alive = list_actors(address=c.address, filters=[("state", "=", "ALIVE")],
+                                    limit=1000, raise_on_missing_output=False)
             except Exception:  # noqa: BLE001 - the state API may be briefly busy
                 time.sleep(1)
                 continue
@@ -159,6 +164,9 @@ def test_worker_node_lost_mid_search_finishes_without_lost_runs(cluster):
                 trial_actors = [a for a in alive if a.class_name not in (
                     "TeacherWorker", "RayTrainWorker", "TrainController")
                     and a.node_id in by_id]
+                # its Train worker, else the Tune trial actor, else another actor of the trial
+                trial_actors.sort(key=lambda a: not any(k in a.class_name for k in (
+                    "_trial", "ImplicitFunc", "Trainable", "_Inner")))
                 target = next((a for a in train if a.node_id in by_id), None) or \
                     (trial_actors[0] if trial_actors else None)
                 if target is not None:
