@@ -13,6 +13,7 @@ worker, so each trial spans two nodes and losing one worker still leaves room fo
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import time
@@ -68,6 +69,7 @@ def cluster(tmp_path_factory):
            "work": tmp_path_factory.mktemp("multinode")}
     ray.shutdown()
     c.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
     os.environ.pop("DISTILLRAY_AUTOSCALER_CONFIG", None)
     if old_tmp is None:
         os.environ.pop("RAY_TMPDIR", None)
