@@ -173,42 +173,46 @@ def _replay_finished(run) -> None:
 
 
 def _log_trial_outcome(client, run_id: str, result) -> None:
-    hist = result.metrics_dataframe
-    if hist is not None and len(hist):
-        final = {k: float(v) for k, v in hist.iloc[-1].items()
-                 if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
-        tracking.log_metrics(client, run_id, {f"final_{k}": v for k, v in final.items()
-                                              if k.startswith(("dev_", "best_dev"))})
-        _log_learning_curve(client, run_id, hist)
-    ckpt = result.get_best_checkpoint("dev_score", "max") if hasattr(result, "get_best_checkpoint") \
-        else result.checkpoint
-    ckpt = ckpt or result.checkpoint
+    final = {k: float(v) for k, v in (result.metrics or {}).items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    tracking.log_metrics(client, run_id, {f"final_{k}": v for k, v in final.items()
+                                          if k.startswith(("dev_", "best_dev"))})
+    _log_learning_curve(client, run_id)
+    ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            per_task = [p.name for p in sorted(Path(d).glob("model-*.safetensors"))]  # MKD stage 2
-            for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
-                if (Path(d) / f).is_file():
-                    client.log_artifact(run_id, str(Path(d) / f), "student")
-            if (Path(d) / "tokenizer").is_dir():
-                client.log_artifacts(run_id, str(Path(d) / "tokenizer"), "student/tokenizer")
+        _log_student(client, run_id, ckpt)
 
 
-def _log_learning_curve(client, run_id: str, hist: pd.DataFrame) -> None:
+def _log_student(client, run_id: str, ckpt) -> None:
+    """The student of a Train checkpoint as artifacts: weights, config, vocabulary/tokenizer."""
+    with ckpt.as_directory() as d:
+        per_task = [p.name for p in sorted(Path(d).glob("model-*.safetensors"))]  # MKD stage 2
+        for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
+            if (Path(d) / f).is_file():
+                client.log_artifact(run_id, str(Path(d) / f), "student")
+        if (Path(d) / "tokenizer").is_dir():
+            client.log_artifacts(run_id, str(Path(d) / "tokenizer"), "student/tokenizer")
+
+
+def _log_learning_curve(client, run_id: str) -> None:
+    """Dev score and train loss per epoch, from the history the workers logged to MLflow."""
     import tempfile
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if "epoch" not in hist:
+    score = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "dev_score"))
+    loss = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+    if not score:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(hist["epoch"], hist["dev_score"], "o-", label="dev score")
+    ax.plot(*zip(*score), "o-", label="dev score")
     ax.set_xlabel("epoch")
     ax.set_ylabel("dev score")
-    if "train_loss" in hist:
+    if loss:
         ax2 = ax.twinx()
-        ax2.plot(hist["epoch"], hist["train_loss"], "s--", color="tab:red", label="train loss")
+        ax2.plot(*zip(*loss), "s--", color="tab:red", label="train loss")
         ax2.set_ylabel("train loss")
     fig.tight_layout()
     with tempfile.TemporaryDirectory() as d:
@@ -356,8 +360,7 @@ def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
     rows = []
     for r in results:
         m = r.metrics or {}
-        hist = r.metrics_dataframe
-        best = float(hist[metric].max()) if hist is not None and metric in hist else m.get(metric)
+        best = m.get(f"best_{metric}", m.get(metric))  # the loop reports its running best
         budget = int((r.config or {}).get("train.epochs", max_epochs))
         status = "ERROR" if r.error else ("DONE" if m.get("epoch", 0) >= budget else "STOPPED_EARLY")
         rows.append({
@@ -367,20 +370,32 @@ def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
             OBJECTIVE_LATENCY: m.get(OBJECTIVE_LATENCY), "non_embedding_params": m.get("non_embedding_params"),
             "config": {k.rstrip("#"): v for k, v in (r.config or {}).items()},
             "error": str(r.error).splitlines()[0][:200] if r.error else None,
+            "checkpoint_path": m.get("checkpoint_path"),
         })
     return pd.DataFrame(rows)
 
 
 def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> None:
-    """Trials ASHA stopped were killed mid-run: close their child runs as stopped, not 'running'.
-    A run whose trial this search does not know was started by a driver that died before Tune
-    recorded the trial (a resumed search never continues it): close it as failed."""
+    """Trials ASHA stopped were killed mid-run: close their child runs as stopped, not 'running'
+    (or as finished, with their student, when the stop came at their last epoch). A run whose
+    trial this search does not know was started by a driver that died before Tune recorded the
+    trial (a resumed search never continues it): close it as failed."""
+    from ray.train import Checkpoint
+
     known = set(table["trial_id"].dropna().astype(str)) if "trial_id" in table else set()
     for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial"},
                                   statuses=["RUNNING", "SCHEDULED"]):
-        if run.data.tags.get(tracking.TAG_TRIAL) in known:
-            client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
-            client.set_terminated(run.info.run_id, "KILLED")
+        trial = run.data.tags.get(tracking.TAG_TRIAL)
+        if trial in known:
+            row = table[table["trial_id"].astype(str) == trial].iloc[0]
+            if row["status"] == "DONE" and row.get("checkpoint_path"):
+                # ASHA stopped it at a rung that was also its last epoch: it did finish
+                _log_student(client, run.info.run_id, Checkpoint(row["checkpoint_path"]))
+                _log_learning_curve(client, run.info.run_id)
+                client.set_terminated(run.info.run_id, "FINISHED")
+            else:
+                client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
+                client.set_terminated(run.info.run_id, "KILLED")
         else:
             client.set_tag(run.info.run_id, "distillray.interrupted", "true")
             tracking.end_run(client, run.info.run_id, False,
