@@ -30,6 +30,17 @@ ROWS = [
 ]
 
 
+def teacher_metrics(cfg) -> dict:
+    """Dev metrics of the (cached) teacher every row shared."""
+    from orchestrator.pipeline import load_data
+    from orchestrator.teacher import teacher_key
+    from tasks.loaders import data_fingerprint
+
+    d = next(iter(load_data(cfg).values()))
+    key = teacher_key(cfg.teacher, d.task, data_fingerprint(d.train))
+    return json.loads((Path(cfg.work_root) / "teachers" / key / "metrics.json").read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="sst2_fixed")
@@ -45,12 +56,12 @@ def main() -> None:
         results.append({"row": label, "search": out.name,
                         "dev_accuracy": out.best.get("best_dev_score"),
                         "seconds": round(time.time() - t0, 1)})
-    teacher = json.loads(next(Path(cfg.work_root, "teachers").glob("*/metrics.json")).read_text()) \
-        if Path(cfg.work_root, "teachers").is_dir() else {}
+    teacher = teacher_metrics(cfg)
     print("\n| row | dev accuracy | MLflow search | seconds |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['row']} | {r['dev_accuracy']:.4f} | {r['search']} | {r['seconds']} |")
-    print(f"\nteacher dev accuracy (one of the cached teachers): {teacher.get('accuracy')}")
+    if teacher:
+        print(f"\nteacher dev accuracy: {teacher.get('accuracy')}")
     gold, kd, soft = (r["dev_accuracy"] for r in results)
     verdict = "beats" if soft > max(gold, kd) else "DOES NOT beat"
     print(f"BiLSTM_SOFT {verdict} both baselines ({soft:.4f} vs gold {gold:.4f}, KD {kd:.4f})")
