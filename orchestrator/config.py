@@ -72,6 +72,7 @@ class AugmentConfig:
     p_pos: float = 0.1
     p_ng: float = 0.25
     n_iter: int | None = None  # None: 20 for single sentences, 10 for pairs (Tang et al.)
+    pair_mode: str = "cycle"  # pairs: cycle first/second/both sentences (paper) | both
     max_ngram: int = 5
     max_words: int = 256  # longer texts are skipped and counted
     seed: int = 0
@@ -310,6 +311,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"augment.p_mask + augment.p_pos = {a.p_mask + a.p_pos:g} exceeds 1")
     if a.n_iter is not None and a.n_iter < 1:
         raise ConfigError(f"augment.n_iter={a.n_iter} must be at least 1")
+    if a.pair_mode not in ("cycle", "both"):
+        raise ConfigError(f"augment.pair_mode={a.pair_mode!r}: choose cycle or both")
     if a.max_ngram < 1:
         raise ConfigError(f"augment.max_ngram={a.max_ngram} must be at least 1")
     t = cfg.train

@@ -80,7 +80,7 @@ def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, ma
         return list(data.train), {"n_in": len(data.train), "n_out": len(data.train)}, None
     res = augment_dataset(data.train, cfg.augment, work_root / "transfer",
                           data_key=f"{data.task.name}:{data_fingerprint(data.train)}",
-                          mask_token=mask_token)
+                          mask_token=mask_token, pair_mode=cfg.augment.pair_mode)
     log(f"[augment] {data.task.name}: {res.n_in} -> {res.n_out} examples "
         f"({'reused' if res.reused else f'{res.seconds:.1f}s'})")
     t = pq.read_table(res.path)
