@@ -48,8 +48,6 @@ def resolve_run(preset: str, sets: list[str] | None = None, assets: str | None =
             for k, v in values.items():
                 if before[section][k] != v:
                     overrides[f"{section}.{k}"] = v
-    if cfg.student.embeddings == "glove":  # neither assets nor path
-        overrides["student.embeddings"] = None
     cfg = build_config(base, overrides)
     return space, cfg, overrides
 
