@@ -40,7 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.keys import content_key
+from orchestrator.keys import atomic_file, content_key
 
 log = logging.getLogger(__name__)
 
@@ -112,22 +112,14 @@ def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
 def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so that no reader sees a partial file under that name.
 
-    Local: temp file beside it, fsync, ``os.replace``. Remote (fsspec): write a temp object, then
+    Local: :func:`orchestrator.keys.atomic_file`. Remote (fsspec): write a temp object, then
     move it (object stores publish an object only once it is complete)."""
+    if _is_local(fs):
+        with atomic_file(path) as f:
+            f.write(data)
+        return
     parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    if _is_local(fs):
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return
     try:
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)

@@ -196,8 +196,6 @@ def _log_student(client, run_id: str, ckpt) -> None:
 
 def _log_learning_curve(client, run_id: str) -> None:
     """Dev score and train loss per epoch, from the history the workers logged to MLflow."""
-    import tempfile
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -214,11 +212,18 @@ def _log_learning_curve(client, run_id: str) -> None:
         ax2 = ax.twinx()
         ax2.plot(*zip(*loss), "s--", color="tab:red", label="train loss")
         ax2.set_ylabel("train loss")
+    _log_figure(client, run_id, fig, "learning_curve.png")
+
+
+def _log_figure(client, run_id: str, fig, name: str) -> None:
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "learning_curve.png"
-        fig.savefig(p, dpi=100)
-        client.log_artifact(run_id, str(p))
+        fig.savefig(Path(d) / name, dpi=100)
+        client.log_artifact(run_id, str(Path(d) / name))
     plt.close(fig)
 
 
@@ -441,8 +446,6 @@ def summarize(client, parent: str, table: pd.DataFrame, metric: str, mode: str,
 
 
 def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, col: str) -> None:
-    import tempfile
-
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -459,12 +462,7 @@ def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, co
     ax.set_xlabel("batch-1 latency (ms)")
     ax.set_ylabel(col)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        f = Path(tmp) / "pareto.png"
-        fig.savefig(f, dpi=100)
-        client.log_artifact(parent, str(f))
-    plt.close(fig)
+    _log_figure(client, parent, fig, "pareto.png")
 
 
 def log_table(table: pd.DataFrame, metric: str, log: Callable = print) -> None:
