@@ -34,3 +34,21 @@ def glove_path(assets_dir: Path) -> Path:
     if not path.is_file():
         pytest.skip(f"GloVe assets not found at {path}")
     return path
+
+
+def wait_for_health(base: str, proc, timeout: float, what: str, exit_detail=lambda: "") -> None:
+    """Poll ``base``/health until an MLflow server answers OK; fail if ``proc`` exits first."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as r:
+                if r.read().strip() == b"OK":
+                    return
+        except OSError:
+            pass
+        assert proc.poll() is None, f"{what} exited" + exit_detail()
+        assert time.time() < deadline, f"{what} did not answer /health in {timeout:g} s"
+        time.sleep(1)

@@ -13,12 +13,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import wait_for_health
 
 from orchestrator import tracking
 
@@ -117,18 +118,8 @@ def mlflow_server(postgres, tmp_path):
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.read().strip() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "the MLflow server exited:\n" + \
-                (tmp_path / "mlflow-server.log").read_text()[-3000:]
-            assert time.time() < deadline, "the MLflow server did not answer /health in 120 s"
-            time.sleep(1)
+        wait_for_health(base, proc, 120, "the MLflow server",
+                        lambda: ":\n" + (tmp_path / "mlflow-server.log").read_text()[-3000:])
         yield base, artifacts
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):  # the server and its uvicorn workers

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
 from orchestrator.cli import resolve_run
+from conftest import wait_for_health
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -141,7 +142,6 @@ def test_mlflow_ui_serves_the_search_runs(smoke, tmp_path):
     import socket
     import subprocess
     import sys
-    import time
     import urllib.request
 
     uri, out = smoke
@@ -153,17 +153,7 @@ def test_mlflow_ui_serves_the_search_runs(smoke, tmp_path):
                             start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as r:
-                    if r.read().strip() == b"OK":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, "the UI process exited"
-            assert time.time() < deadline, "the MLflow UI did not come up in 90 s"
-            time.sleep(1)
+        wait_for_health(base, proc, 90, "the MLflow UI")
 
         def post(path, body):
             req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
