@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,31 @@ class SearchSpace:
                 out[p.key] = p.values[0] if p.type == "choice" else (
                     int(p.low) if p.type == "int" else p.low)
         return out
+
+    def centre_sample(self) -> dict[str, Any]:
+        """The middle of the space: the middle choice (the earlier of two), the midpoint of a
+        range (geometric for log ranges, rounded down for ints). A representative trial for
+        timing one full run against a search of the same space."""
+        out: dict[str, Any] = {}
+        for p in self.params:
+            if not all(out.get(k, _MISSING) in v for k, v in p.when.items()):
+                continue
+            if p.type == "choice":
+                out[p.key] = p.values[(len(p.values) - 1) // 2]
+                continue
+            log = p.type == "loguniform" or p.log
+            mid = math.sqrt(p.low * p.high) if log else (p.low + p.high) / 2
+            out[p.key] = int(mid) if p.type == "int" else mid
+        return out
+
+    def pinned(self, sample: dict[str, Any]) -> "SearchSpace":
+        """The same space with every parameter fixed to ``sample``'s value (a one-value choice):
+        a search over it runs exactly that trial through the search's own machinery. Parameters
+        the sample leaves out (inactive conditionals) are dropped."""
+        params = [dataclasses.replace(p, type="choice", values=[sample[p.key]], low=None,
+                                      high=None, log=False, step=None)
+                  for p in self.params if p.key in sample]
+        return dataclasses.replace(self, params=params)
 
 
 class _Missing:

@@ -123,3 +123,33 @@ def test_define_by_run_is_picklable_for_tune_checkpoints():
     trial = study.ask()
     fn(trial)
     assert set(trial.params) == set(space.keys)
+
+
+def test_centre_sample_and_pinned_space_run_exactly_that_trial(tmp_path):
+    p = write(tmp_path, """
+        space:
+          student.arch: {type: choice, values: [bcn, bilstm]}
+          student.pooling: {type: choice, values: [[max, mean], [max], [min]], when: {student.arch: bcn}}
+          train.temperature: {type: choice, values: [2.0], when: {student.arch: bilstm}}
+          train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+          train.alpha: {type: uniform, low: 0.0, high: 0.5}
+          student.hidden_size: {type: int, low: 16, high: 65}
+    """)
+    space = load_space(str(p))
+    centre = space.centre_sample()
+    # middle choice (the earlier of two), geometric / arithmetic midpoints, int rounded down;
+    # an inactive conditional is left out
+    assert centre == {"student.arch": "bcn", "student.pooling": ["max"],
+                      "train.lr": pytest.approx(1e-3), "train.alpha": pytest.approx(0.25),
+                      "student.hidden_size": 40}
+    pinned = space.pinned(centre)
+    assert [q.key for q in pinned.params] == list(centre)
+    assert space.params[0].values == ["bcn", "bilstm"], "pinning must not touch the original"
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(3):  # every draw from the pinned space is the centre
+        trial = study.ask()
+        pinned.define_by_run()(trial)
+        cfg = apply_sample(pinned, trial.params)
+        assert (cfg.student.arch, cfg.student.pooling, cfg.student.hidden_size) == ("bcn", ["max"], 40)
+        assert cfg.train.lr == pytest.approx(1e-3) and cfg.train.alpha == pytest.approx(0.25)
+        study.tell(trial, 0.0)
