@@ -176,11 +176,20 @@ def _log_trial_outcome(client, run_id: str, result) -> None:
     final = {k: float(v) for k, v in (result.metrics or {}).items()
              if isinstance(v, (int, float)) and not isinstance(v, bool)}
     tracking.log_metrics(client, run_id, {f"final_{k}": v for k, v in final.items()
-                                          if k.startswith(("dev_", "best_dev"))})
+                                          if _is_dev_metric(k)})
     _log_learning_curve(client, run_id)
     ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
     if ckpt is not None:
         _log_student(client, run_id, ckpt)
+
+
+def _is_dev_metric(key: str) -> bool:
+    """Dev metrics of a trial's report: ``dev_*``/``best_dev_*`` and, for MKD, each task's own
+    (``sst2_accuracy``, ``stsb_pearson``, ``mrpc_score``, ...); not losses or timings."""
+    from tasks.registry import KNOWN_METRICS
+
+    return key.startswith(("dev_", "best_dev")) or key.endswith(
+        tuple(f"_{m}" for m in (*KNOWN_METRICS, "score")))
 
 
 def _log_student(client, run_id: str, ckpt) -> None:

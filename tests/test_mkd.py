@@ -317,6 +317,13 @@ def test_mkd_smoke_search_records_per_task_metrics_in_mlflow(smoke, ray_session)
     assert done, [(c.data.metrics.get("epoch"), c.info.status) for c in children]
     stages = [x.value for x in client.get_metric_history(done[0].info.run_id, "stage")]
     assert stages == [1, 2]
+    # the finished trial's last per-task dev metrics are also its final_ metrics
+    final = done[0].data.metrics
+    assert {f"final_{t}_score" for t in TASKS} | {"final_sst2_accuracy", "final_dev_score"} <= set(final)
+    assert not any(k.startswith("final_") and k.endswith("_loss") for k in final)
+    for t in TASKS:
+        last = client.get_metric_history(done[0].info.run_id, f"{t}_score")[-1].value
+        assert final[f"final_{t}_score"] == pytest.approx(last)
     scores = client.get_metric_history(done[0].info.run_id, "dev_score")
     files = {a.path for a in client.list_artifacts(done[0].info.run_id, "student")}
     if max(scores, key=lambda x: x.value).step == 2:  # the best checkpoint is stage 2's
