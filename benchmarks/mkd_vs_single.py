@@ -118,7 +118,8 @@ def main(argv=None) -> int:
     init_ray(log=print)
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
-    exp_id = tracking.get_experiment_id(client, args.experiment, str(work_root / "mlartifacts"))
+    exp_id = tracking.get_experiment_id(client, args.experiment,
+                                        tracking.default_artifact_location(uri, work_root))
     data = load_data(cfg)
     for arch in archs:
         c = copy.deepcopy(cfg)

@@ -93,8 +93,8 @@ ROWS: tuple[Row, ...] = (
 ROW_IDS = tuple(r.id for r in ROWS)
 
 # --budget: caps for "small" (a value already below a cap stays), fixed values for "full"
-BUDGET_CAPS = {"small": {"data.max_train_examples": 1000, "data.max_dev_examples": 500,
-                         "teacher.epochs": 2.0, "train.epochs": 3, "augment.n_iter": 10,
+BUDGET_CAPS = {"small": {"data.max_train_examples": 3000, "data.max_dev_examples": 500,
+                         "teacher.epochs": 3.0, "train.epochs": 3, "augment.n_iter": 10,
                          "augment.max_examples": 10000}}
 BUDGET_FULL = {"data.max_train_examples": None, "data.max_dev_examples": None,
                "teacher.epochs": 3.0, "teacher.max_train_examples": None, "train.epochs": 10,
@@ -260,7 +260,8 @@ class _Report:
         work_root = Path(cfg.work_root)
         self.exp_id = tracking.get_experiment_id(
             self.client, cfg.tracking.experiment,
-            cfg.tracking.artifact_location or str(work_root / "mlartifacts"))
+            cfg.tracking.artifact_location
+            or tracking.default_artifact_location(self.uri, work_root))
         self.storage = str(work_root / "report-runs")
         Path(self.storage).mkdir(parents=True, exist_ok=True)
         self.ray_ready = False

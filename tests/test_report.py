@@ -190,7 +190,7 @@ def test_budgets_cap_small_and_lift_full_and_set_wins():
     big = resolve_report("report_smoke", "small", None, ["data.max_train_examples=50000",
                                                           "teacher.epochs=9"])
     caps = budget_overrides(big, "small")
-    assert caps["data.max_train_examples"] == 1000 and caps["teacher.epochs"] == 2.0
+    assert caps["data.max_train_examples"] == 3000 and caps["teacher.epochs"] == 3.0
     full = resolve_report("report_smoke", "full", None, [])
     assert full.data.max_train_examples is None and full.augment.max_examples is None
     with pytest.raises(ReportError, match="--budget 'huge'"):
