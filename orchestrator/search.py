@@ -172,11 +172,16 @@ def _replay_finished(run) -> None:
     ray.tune.report({**metrics, "replayed_from_mlflow": 1.0})
 
 
+def _log_final_metrics(client, run_id: str, last: dict) -> None:
+    """``final_<metric>``: each dev metric's value at the trial's last report."""
+    tracking.log_metrics(client, run_id, {
+        f"final_{k}": float(v) for k, v in last.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        and not k.startswith("final_") and _is_dev_metric(k)})
+
+
 def _log_trial_outcome(client, run_id: str, result) -> None:
-    final = {k: float(v) for k, v in (result.metrics or {}).items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    tracking.log_metrics(client, run_id, {f"final_{k}": v for k, v in final.items()
-                                          if _is_dev_metric(k)})
+    _log_final_metrics(client, run_id, result.metrics or {})
     _log_learning_curve(client, run_id)
     ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
     if ckpt is not None:
@@ -404,6 +409,7 @@ def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> N
             row = table[table["trial_id"].astype(str) == trial].iloc[0]
             if row["status"] == "DONE" and row.get("checkpoint_path"):
                 # ASHA stopped it at a rung that was also its last epoch: it did finish
+                _log_final_metrics(client, run.info.run_id, run.data.metrics)
                 _log_student(client, run.info.run_id, Checkpoint(row["checkpoint_path"]))
                 _log_learning_curve(client, run.info.run_id)
                 client.set_terminated(run.info.run_id, "FINISHED")
