@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="report name (default report-<budget>); re-running a name "
                    "reuses its finished cells")
     p.add_argument("--rows", help="comma-separated subset of rows (default all): teacher,"
-                   "teacher_mkd,bilstm_gold,bilstm_kd,bilstm_soft,mkd_bcn,mkd_transformer")
+                   "teacher_mkd,bilstm_gold,bilstm_kd,bilstm_soft,mkd_bcn,mkd_transformer,"
+                   "bcn_kd,transformer_kd")
     p.add_argument("--row-set", action="append", default=[], metavar="ROW:KEY=VALUE",
                    help="override a value for one row, e.g. mkd_transformer:train.lr=5e-5")
     p.add_argument("--out", default="report.md", help="markdown file for the table")

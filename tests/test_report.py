@@ -206,6 +206,15 @@ def test_row_selection_and_row_sets_errors():
         parse_row_sets(["train.lr=1"])
     with pytest.raises(ReportError, match="unknown row"):
         select_rows(["bilstm", "teacher"])
+    # the CLI's --rows help names every row; each MKD row is compared with its own student
+    # distilled one task at a time
+    from orchestrator.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.dest == "cmd").choices["report"]
+    rows_help = next(a.help for a in sub._actions if a.dest == "rows")
+    assert all(r in rows_help.split(": ")[1].split(",") for r in ROW_IDS)
+    base = {r.id: r for r in ROWS}
+    assert "bcn_kd" in base["mkd_bcn"].baselines and "transformer_kd" in base["mkd_transformer"].baselines
+    assert base["bcn_kd"].sets["student.arch"] == "bcn" and not base["bcn_kd"].sets["teacher.multitask"]
 
 
 def test_cell_key_follows_what_shapes_the_student():
