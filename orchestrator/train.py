@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +42,13 @@ def meta_heads(meta: dict) -> dict[str, int]:
 
 
 def build_from_meta(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | None):
+    """The student's modules for a bundle's meta. Without ``embeddings`` (rebuilding a saved
+    student) the word-vector size is the bundle's (e.g. 50 for GloVe 50d), not ``embed_dim``."""
     pair = any(m["pair"] for m in meta["tasks"].values()) and meta["encoding"] == "words"
-    return build_student(cfg.student, meta["vocab_size"], meta_heads(meta), pair, embeddings,
+    student = cfg.student
+    if embeddings is None and meta.get("embed_dim"):
+        student = replace(student, embed_dim=int(meta["embed_dim"]))
+    return build_student(student, meta["vocab_size"], meta_heads(meta), pair, embeddings,
                          max_position=meta.get("student_max_position"))
 
 

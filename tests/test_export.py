@@ -324,3 +324,33 @@ def test_cli_export_best_of_search(tmp_path, monkeypatch):
                                atol=TOL)
     assert main(["export", "--search", "nope", "--tracking-uri", uri,
                  "--out", str(tmp_path / "o2")]) == 2
+
+
+@pytest.mark.parametrize("arch", ["bilstm", "bcn"])
+def test_saved_student_with_pretrained_vectors_loads_back(tmp_path, arch):
+    """Word vectors (GloVe 50d here) set the embedding size, not student.embed_dim: a saved
+    student must rebuild with the bundle's size and reproduce its outputs."""
+    from orchestrator.train import load_student
+
+    texts = ["a good film", "a bad plot", "good acting , bad plot"]
+    vocab = Vocab.build(texts)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    vocab.save(bundle / "vocab.json")
+    spec = get_task("sst2")
+    meta = {"tasks": {"sst2": {"num_outputs": spec.num_outputs, "pair": False,
+                               "regression": False, "dev_splits": ["dev"],
+                               "spec": _spec_dict(spec)}},
+            "encoding": "words", "vocab_size": len(vocab), "embed_dim": 50}
+    cfg = ExperimentConfig()
+    cfg.student = StudentConfig(arch=arch, embed_dim=300, hidden_size=8, relu_size=8)
+    vectors = np.random.default_rng(0).normal(size=(len(vocab), 50)).astype(np.float32)
+    model = build_from_meta(cfg, meta, vectors).eval()
+    out = tmp_path / "student"
+    out.mkdir()
+    save_student(model, out, cfg, meta, bundle)
+    loaded, info = load_student(out)
+    assert info["student"]["embed_dim"] == 300  # the config as the run had it
+    ids = torch.tensor([vocab.encode("a good film", 8)])
+    with torch.no_grad():
+        assert torch.equal(model(ids, task="sst2"), loaded(ids, task="sst2"))
