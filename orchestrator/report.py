@@ -838,7 +838,8 @@ def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: 
                 vals.append("failed" if r["failed"] else "—")
             else:
                 cell = " / ".join(f"{100 * v:.1f}" for v in ms)
-                vals.append(cell + (" ⚠" if r.get(f"{t}_flag") else ""))
+                flag = r.get(f"{t}_flag")  # None becomes NaN in a column that has flags
+                vals.append(cell + (" ⚠" if isinstance(flag, str) and flag else ""))
         vals.append("—" if r["avg_score"] != r["avg_score"] else f"{100 * r['avg_score']:.1f}")
         lat = r.get("latency_b1_ms")
         if lat is not None and lat == lat:
@@ -856,7 +857,8 @@ def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: 
     lines += ["", "Dev scores x100 (task metrics in the header's order; `avg` = mean of the task "
               "scores, each the mean of its metrics, GLUE style). T = teacher (row 1a), BB = "
               "BERT-base. ⚠ = does not beat its baseline (row 4 vs rows 2 and 3; MKD rows vs "
-              "row 3, single-task KD on the same data; row 1b vs row 1a)."]
+              "row 3 and the same student distilled per task, 6a / 6b, on the same data; "
+              "row 1b vs row 1a)."]
     lines += ["", "**Flags**" if flags else "**Flags**: none, every row beats its baselines."]
     lines += [f"- {f}" for f in flags]
     lines += [""] + [f"- {n}" for n in notes if n]

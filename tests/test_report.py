@@ -13,13 +13,15 @@ import os
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from orchestrator import tracking
 from orchestrator.report import (BERT_BASE, KIND_CELL, KIND_PARENT, KIND_TRAIN, ROW_IDS, ROWS,
                                  TAG_CONFIG, TAG_REPORT, TAG_ROW, TAG_TASK, Cell, ReportError,
-                                 _flag, budget_overrides, cell_key, parse_row_sets,
-                                 resolve_report, run_report, select_rows)
+                                 _flag, budget_overrides, build_table, cell_key,
+                                 format_markdown, parse_row_sets, resolve_report, run_report,
+                                 select_rows)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -99,7 +101,7 @@ def test_table_has_every_row_and_task(report):
     for r in ROWS:
         assert any(ln.startswith(f"| {r.num} | {r.label} |") for ln in table_lines), r
     assert "Train/dev examples per task: sst2 500/100, mrpc 500/100" in md
-    assert "Students: 2 epochs" in md and "14 cell(s) trained, 0 reused" in md
+    assert "Students: 2 epochs" in md and f"{len(ROW_IDS) * len(TASKS)} cell(s) trained, 0 reused" in md
 
 
 def test_every_cell_is_an_mlflow_run_with_its_tags(report):
@@ -142,7 +144,7 @@ def test_every_cell_is_an_mlflow_run_with_its_tags(report):
 def test_second_call_trains_nothing_and_says_what_it_reused(report):
     first, out = report["first"], report["stdout"]
     assert report["rc"] == 0, out
-    assert "0 cell(s) trained, 14 reused, 0 failed" in out
+    assert f"0 cell(s) trained, {len(ROW_IDS) * len(TASKS)} reused, 0 failed" in out
     for r in ROW_IDS:
         if not r.startswith(("teacher", "mkd_")):
             assert f"{r}/sst2: reused MLflow run" in out, r
@@ -165,19 +167,28 @@ def test_second_call_trains_nothing_and_says_what_it_reused(report):
 
 
 def test_flags_name_rows_that_do_not_beat_their_baselines():
-    cells = [Cell("bilstm_gold", "sst2", {"score": 0.80}, "a", "trained"),
-             Cell("bilstm_kd", "sst2", {"score": 0.82}, "b", "trained"),
-             Cell("bilstm_soft", "sst2", {"score": 0.81}, "c", "trained"),
-             Cell("mkd_bcn", "sst2", {"score": 0.85}, "d", "trained"),
-             Cell("bilstm_gold", "mrpc", {"score": 0.6}, "e", "trained"),
-             Cell("bilstm_kd", "mrpc", {"score": 0.6}, "f", "trained"),
-             Cell("bilstm_soft", "mrpc", {"score": 0.7}, "g", "trained"),
-             Cell("mkd_bcn", "mrpc", {"score": 0.6}, "h", "trained")]
+    sst2 = lambda x: {"accuracy": x, "score": x}  # noqa: E731
+    mrpc = lambda x: {"f1": x, "accuracy": x, "score": x}  # noqa: E731
+    cells = [Cell("bilstm_gold", "sst2", sst2(0.80), "a", "trained"),
+             Cell("bilstm_kd", "sst2", sst2(0.82), "b", "trained"),
+             Cell("bilstm_soft", "sst2", sst2(0.81), "c", "trained"),
+             Cell("mkd_bcn", "sst2", sst2(0.85), "d", "trained"),
+             Cell("bilstm_gold", "mrpc", mrpc(0.6), "e", "trained"),
+             Cell("bilstm_kd", "mrpc", mrpc(0.6), "f", "trained"),
+             Cell("bilstm_soft", "mrpc", mrpc(0.7), "g", "trained"),
+             Cell("mkd_bcn", "mrpc", mrpc(0.6), "h", "trained")]
     flags = _flag(select_rows(["bilstm_gold", "bilstm_kd", "bilstm_soft", "mkd_bcn"]), cells,
                   ["sst2", "mrpc"])
     assert flags == ["row 4 bilstm_soft on sst2: score 81.0 does not beat row 3 bilstm_kd (82.0)",
                      "row 5a mkd_bcn on mrpc: score 60.0 does not beat row 3 bilstm_kd (60.0)"]
     assert cells[2].flag and cells[7].flag and not cells[6].flag and not cells[3].flag
+    # the markdown marks exactly the flagged cells (no ⚠ on rows without flags)
+    rows = select_rows(["bilstm_gold", "bilstm_kd", "bilstm_soft", "mkd_bcn"])
+    table = build_table(rows, cells, ["sst2", "mrpc"], pd.DataFrame())
+    md = format_markdown("t", table, rows, ["sst2", "mrpc"], None, flags, [])
+    marked = {ln.split(" | ")[0].lstrip("| "): ln.count("⚠") for ln in md.splitlines()
+              if ln.startswith("| ") and "⚠" in ln}
+    assert marked == {"4": 1, "5a": 1}, marked
     # a baseline row that is not in the report is not compared
     assert _flag(select_rows(["bilstm_soft"]), cells, ["sst2"]) == []
 
