@@ -30,8 +30,8 @@ measured again on every call, interleaved across all rows and BERT-base, so the 
 come from one measurement.
 
 Flags: row 4 must beat rows 2 and 3; each MKD row must beat row 3 and the single-task KD of
-its own student (6a, 6b: same transfer data, loss and epochs); row 1b must beat row 1a. A row that does not is marked in the
-table and listed, never hidden.
+its own student (6a, 6b: same transfer data, loss and epochs); row 1b must beat row 1a. A row
+that does not is marked in the table and listed, never hidden.
 """
 from __future__ import annotations
 
