@@ -60,7 +60,9 @@ class PoolConfig:
     gpus_per_actor: float = 0.0  # >0 places actors on GPU nodes
     resources_per_actor: dict[str, float] = field(default_factory=dict)  # e.g. {"teacher_gpu": 1}
     torch_threads: int | None = None  # None: match the CPU share (at least 1)
-    token_budget: int = 8192  # padded tokens per inference batch
+    # padded tokens per inference batch; None: 2048 on CPU (cache-sized batches: ~13% faster
+    # than 8192 for MiniLM-L6 on 2 cores), 16384 on GPU
+    token_budget: int | None = None
     max_batch_size: int = 256
     half_precision_on_gpu: bool = True
 
@@ -354,6 +356,9 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"tasks lists {', '.join(dup)} more than once")
     if cfg.search.mode not in ("max", "min"):
         raise ConfigError(f"search.mode={cfg.search.mode!r}: choose max or min")
+    if cfg.pool.token_budget is not None and cfg.pool.token_budget < 1:
+        raise ConfigError(f"pool.token_budget={cfg.pool.token_budget} must be at least 1 "
+                          "(or null for the device's default)")
     if cfg.pool.num_actors < 1 or cfg.pool.cpus_per_actor < 0:
         raise ConfigError("pool.num_actors must be >= 1 and pool.cpus_per_actor >= 0")
 

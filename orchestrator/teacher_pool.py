@@ -68,6 +68,11 @@ class TeacherServerNotFound(LookupError):
 # one teacher, in one process
 
 
+# padded tokens per inference batch when pool.token_budget is unset: on CPU, batches that fit
+# the caches beat big ones (MiniLM-L6, 2 cores: 2048 ~13% faster than 8192); GPUs want volume
+DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 16384}
+
+
 class TeacherWorker:
     """One loaded teacher that labels lists of texts; the body of :data:`TeacherActor`."""
 
@@ -78,6 +83,7 @@ class TeacherWorker:
         self.threads = int(self.cfg.torch_threads or max(1, round(self.cfg.cpus_per_actor)))
         torch.set_num_threads(self.threads)
         self.device = "cuda" if self.cfg.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        self.token_budget = int(self.cfg.token_budget or DEFAULT_TOKEN_BUDGET[self.device])
         # Weights absent from the checkpoint (e.g. an untrained head) are initialised from the
         # global RNG: seed it so every actor, and every restart, computes the same function.
         torch.manual_seed(seed)
@@ -97,6 +103,7 @@ class TeacherWorker:
 
         return {"heads": dict(self.teacher.heads), "multitask": self.teacher.multitask,
                 "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
+                "token_budget": self.token_budget,
                 "max_positions": self.max_positions, "calls": self.calls}
 
     def _encode(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None,
@@ -173,7 +180,7 @@ class TeacherWorker:
         if self.max_positions:
             max_length = min(max_length, int(self.max_positions))
         ids, types, truncated = self._encode(texts_a, texts_b, max_length)
-        batches = token_budget_batches([len(r) for r in ids], self.cfg.token_budget,
+        batches = token_budget_batches([len(r) for r in ids], self.token_budget,
                                        self.cfg.max_batch_size)
         outs = []
         with torch.inference_mode():

@@ -380,3 +380,14 @@ def test_shutdown_removes_named_server(ray_cluster, teacher_dir, pool):
             break
         assert time.monotonic() < deadline, "server still registered after shutdown"
         time.sleep(0.2)
+
+
+def test_token_budget_defaults_to_the_device_and_is_validated(teacher_dir):
+    from orchestrator.config import ConfigError, build_config
+    from orchestrator.teacher_pool import DEFAULT_TOKEN_BUDGET, TeacherWorker
+
+    w = TeacherWorker(str(teacher_dir), PoolConfig(cpus_per_actor=1))
+    assert w.device == "cpu" and w.info()["token_budget"] == DEFAULT_TOKEN_BUDGET["cpu"] == 2048
+    assert TeacherWorker(str(teacher_dir), PoolConfig(token_budget=64)).info()["token_budget"] == 64
+    with pytest.raises(ConfigError, match="pool.token_budget=0 must be at least 1"):
+        build_config({}, {"pool.token_budget": 0})
