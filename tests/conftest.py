@@ -52,3 +52,27 @@ def wait_for_health(base: str, proc, timeout: float, what: str, exit_detail=lamb
         assert proc.poll() is None, f"{what} exited" + exit_detail()
         assert time.time() < deadline, f"{what} did not answer /health in {timeout:g} s"
         time.sleep(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_nltk_data(tmp_path_factory) -> Path:
+    """A minimal NLTK data folder for the generated tasks' words: a perceptron-tagger lexicon
+    (no learned weights: every word of the generated vocabulary is in its tag dictionary) and a
+    PTB -> universal tag map. Lets tests run Tang augmentation without the shared assets."""
+    import json
+
+    from tasks.generated import CONTENT, CUE_GROUPS, FILLER
+
+    root = tmp_path_factory.mktemp("nltk_data")
+    tagger = root / "taggers" / "averaged_perceptron_tagger_eng"
+    tagger.mkdir(parents=True)
+    tags = {**{w: "DT" for w in FILLER}, **{w: "NN" for w in CONTENT},
+            **{w: "JJ" for g in CUE_GROUPS for w in g}}
+    stem = "averaged_perceptron_tagger_eng"
+    (tagger / f"{stem}.weights.json").write_text("{}")
+    (tagger / f"{stem}.tagdict.json").write_text(json.dumps(tags))
+    (tagger / f"{stem}.classes.json").write_text(json.dumps(["DT", "JJ", "NN", "."]))
+    universal = root / "taggers" / "universal_tagset"
+    universal.mkdir(parents=True)
+    (universal / "en-ptb.map").write_text("DT\tDET\nJJ\tADJ\nNN\tNOUN\n.\t.\n")
+    return root

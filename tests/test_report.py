@@ -30,12 +30,14 @@ NAME = "report-test"
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, tiny_nltk_data):
     import ray
 
     root = tmp_path_factory.mktemp("report")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    extra = {"tracking.uri": uri, "work_root": str(root / ".distillray")}
+    # row 4's augmentation tags words: the tiny tagger works with or without the shared assets
+    extra = {"tracking.uri": uri, "work_root": str(root / ".distillray"),
+             "augment.nltk_data": str(tiny_nltk_data)}
     old = os.getcwd()
     os.chdir(root)
     try:
@@ -52,7 +54,8 @@ def report(tmp_path_factory):
         with contextlib.redirect_stdout(stdout):
             rc = main(["report", "--preset", "report_smoke", "--tasks", ",".join(TASKS),
                        "--name", NAME, "--tracking-uri", uri, "--work-root", extra["work_root"],
-                       "--out", str(root / "report2.md"), "--repeats", "3", "--repeats-64", "1"])
+                       "--out", str(root / "report2.md"), "--repeats", "3", "--repeats-64", "1",
+                       "--set", f"augment.nltk_data={tiny_nltk_data}"])
         second_s = time.time() - t0
     finally:
         os.chdir(old)
