@@ -118,8 +118,7 @@ def main(argv=None) -> int:
     init_ray(log=print)
     from mlflow.tracking import MlflowClient
     client = MlflowClient(uri)
-    exp_id = tracking.get_experiment_id(client, args.experiment,
-                                        tracking.default_artifact_location(uri, work_root))
+    exp_id = tracking.experiment_id_for(client, cfg, args.experiment)
     data = load_data(cfg)
     for arch in archs:
         c = copy.deepcopy(cfg)

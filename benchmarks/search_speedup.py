@@ -70,10 +70,8 @@ def run_phase(args) -> dict:
     extra = {"work_root": args.work_root, "tracking.uri": args.tracking_uri}
     space, cfg, overrides = resolve_run(args.preset, args.set, args.assets, extra)
     if args.phase == "teacher":
-        uri = tracking.resolve_uri(cfg.tracking.uri)
-        client = MlflowClient(uri)
-        exp = tracking.get_experiment_id(client, cfg.tracking.experiment,
-                                         tracking.default_artifact_location(uri, Path(cfg.work_root)))
+        client = MlflowClient(tracking.resolve_uri(cfg.tracking.uri))
+        exp = tracking.experiment_id_for(client, cfg)
         t0 = time.perf_counter()
         refs = ensure_teachers(cfg, load_data(cfg), client, exp)
         return {"seconds": time.perf_counter() - t0, "teachers": {t: r.path for t, r in refs.items()}}
@@ -96,7 +94,8 @@ def run_phase(args) -> dict:
 
 
 def _cache_stats(cfg, parent_run_id: str) -> dict[str, float]:
-    """Soft-label cache hits and misses summed over the search's child runs."""
+    """Bundle reuse, soft-label cache hits / misses and labeling seconds, summed over the
+    search's child runs."""
     from mlflow.tracking import MlflowClient
 
     from orchestrator import tracking

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="padded tokens per batch (default: the pool's, 2048 CPU / 16384 GPU)")
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--chunk-size", type=int, default=512)
-    ap.add_argument("--cache-root", default=None, help="default: fresh temp dirs")
+    ap.add_argument("--cache-root", default=None,
+                    help="parent of the fresh per-round cache dirs (default: the temp dir)")
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--augment", action="store_true",
                     help="texts = Tang et al. augmentations (tasks.augment) of n/10 sentences")
@@ -168,9 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                   "Ray is started before and stopped after the pool's runs in every round)",
                   flush=True)
         try:
-            root = args.cache_root or tempfile.mkdtemp(prefix="distillray-bench-cache-")
-            if args.cache_root:  # a fresh subdirectory per round keeps every cold run cold
-                root = tempfile.mkdtemp(prefix=f"round{r}-", dir=args.cache_root)
+            # a fresh directory per round keeps every cold run cold
+            root = tempfile.mkdtemp(prefix=f"distillray-bench-cache-{r}-", dir=args.cache_root)
             cold = pool.label_texts(texts, max_length=args.max_length,
                                     cache=pool.cache(root, max_length=args.max_length),
                                     progress=False)

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import (ConfigError, ExperimentConfig, build_config, find_assets,
+from orchestrator.config import (ConfigError, build_config, find_assets,
                                  parse_override, use_local_assets)
 
 

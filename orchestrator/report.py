@@ -267,10 +267,7 @@ class _Report:
         tracking.check_reachable(self.uri)
         self.client = MlflowClient(self.uri)
         work_root = Path(cfg.work_root)
-        self.exp_id = tracking.get_experiment_id(
-            self.client, cfg.tracking.experiment,
-            cfg.tracking.artifact_location
-            or tracking.default_artifact_location(self.uri, work_root))
+        self.exp_id = tracking.experiment_id_for(self.client, cfg)
         self.storage = str(work_root / "report-runs")
         Path(self.storage).mkdir(parents=True, exist_ok=True)
         self.ray_ready = False

@@ -8,14 +8,12 @@ by its trial id when a trial is retried or a search is resumed, so no run is los
 from __future__ import annotations
 
 import json
-import math
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
@@ -246,7 +244,6 @@ def _log_figure(client, run_id: str, fig, name: str) -> None:
 
 def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, Any] | None = None,
                address: str | None = None, resume: bool = True, log: Callable = print) -> SearchOutcome:
-    import ray
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -272,9 +269,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         f"{uri if uri.startswith(('http://', 'https://')) else 'distillray ui'})")
 
     client = MlflowClient(uri)
-    exp_id = tracking.get_experiment_id(client, cfg.tracking.experiment,
-                                        cfg.tracking.artifact_location
-                                        or tracking.default_artifact_location(uri, work_root))
+    exp_id = tracking.experiment_id_for(client, cfg)
     data = load_data(cfg)
     preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)

@@ -77,7 +77,7 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
         _train(model, tokenizer, examples, task, cfg, log)
         metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length)
-        log(f"[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / HEADS_FILE).write_text(json.dumps({"multitask": False,

@@ -39,7 +39,6 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

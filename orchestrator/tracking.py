@@ -81,6 +81,15 @@ def get_experiment_id(client: MlflowClient, name: str, artifact_location: str | 
         return exp.experiment_id
 
 
+def experiment_id_for(client: MlflowClient, cfg, name: str | None = None) -> str:
+    """The id of ``cfg.tracking.experiment`` (or ``name``), created on first use with
+    ``tracking.artifact_location`` or :func:`default_artifact_location`."""
+    uri = resolve_uri(cfg.tracking.uri)
+    return get_experiment_id(client, name or cfg.tracking.experiment,
+                             cfg.tracking.artifact_location
+                             or default_artifact_location(uri, cfg.work_root))
+
+
 def find_runs(client: MlflowClient, experiment_id: str, tags: dict[str, str],
               statuses: Iterable[str] | None = None) -> list:
     clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
