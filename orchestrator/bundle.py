@@ -1,12 +1,15 @@
 """The training bundle: everything a student trial reads, pre-encoded, in one directory.
 
 Written once per (transfer set, teacher labels, student tokenization) by the pipeline and shared
-by every trial that needs the same; read by Ray Train workers without any tokenizer or teacher.
+by every trial that needs the same; read by Ray Train workers without any tokenizer. With
+``train.soft_labels=on_demand`` the train splits carry no logits: the workers get them from the
+teacher pool as they train (:mod:`orchestrator.on_demand_labels`), from the texts file.
 
 Layout::
 
     meta.json                      tasks, encoding, vocab size, embedding info
     train-<task>.parquet           ids_a, ids_b, types (wordpiece only), label, logits
+    texts-<task>.parquet           text_a, text_b of the train rows (on-demand labels only)
     dev-<task>-<split>.parquet     ids_a, ids_b, types, label
     vocab.json | tokenizer/        word vocabulary, or the teacher's tokenizer (wordpiece)
     embeddings.npy                 optional, float32 [vocab, dim]
@@ -45,6 +48,18 @@ def write_split(path: Path, ids_a, ids_b, types, label, logits=None) -> None:
         logits = np.asarray(logits, dtype=np.float32)
         cols["logits"] = pa.FixedSizeListArray.from_arrays(pa.array(logits.reshape(-1)), logits.shape[1])
     pq.write_table(pa.table(cols), path)
+
+
+def write_texts(path: Path, examples) -> None:
+    """The raw texts of a split's rows (``text_a``, ``text_b``), for on-demand teacher labels."""
+    pq.write_table(pa.table({"text_a": pa.array([e.text_a for e in examples], pa.string()),
+                             "text_b": pa.array([e.text_b for e in examples], pa.string())}), path)
+
+
+def read_texts(path: Path) -> tuple[list[str], list[str | None] | None]:
+    t = pq.read_table(path)
+    b = t.column("text_b").to_pylist()
+    return t.column("text_a").to_pylist(), (None if all(x is None for x in b) else b)
 
 
 def read_split(path: Path) -> TaskTensors:

@@ -107,6 +107,9 @@ class StudentConfig:
     pooling: list[str] = field(default_factory=lambda: ["max", "mean", "min", "self"])  # BCN
 
 
+SOFT_LABEL_MODES = ("precomputed", "on_demand")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 3
@@ -123,6 +126,14 @@ class TrainConfig:
     torch_threads: int | None = None
     patience: int | None = None  # early stopping on the dev score, in epochs
     seed: int = 0
+    # evaluations (dev metrics, a report to Tune, a checkpoint) per epoch: with more than one,
+    # ASHA can judge -- and stop -- a trial before its first epoch ends
+    evals_per_epoch: int = 1
+    # where the teacher logits come from: "precomputed" (the whole transfer set is labeled
+    # before training) or "on_demand" (the Train workers ask the teacher pool the first time
+    # a row is used, through the soft-label cache: an early-stopped trial pays only for the
+    # labels it trained on)
+    soft_labels: str = "precomputed"
     # MKD
     mixture: str = "proportional"  # proportional | temperature | uniform | weights
     mixture_tau: float = 1.0
@@ -140,7 +151,7 @@ class SearchConfig:
     mode: str = "max"
     objectives: list[str] = field(default_factory=list)  # e.g. ["dev_score:max", "latency_ms:min"]
     scheduler: str = "asha"  # asha | none
-    grace_period: int = 1
+    grace_period: int = 1  # ASHA's first rung, in reports (train.evals_per_epoch per epoch)
     reduction_factor: int = 2
     max_failures: int = 1
     trial_cpus: float = 0.01
@@ -339,6 +350,11 @@ def validate(cfg: ExperimentConfig) -> None:
                               "positive weight")
     if t.finetune_epochs < 0:
         raise ConfigError(f"train.finetune_epochs={t.finetune_epochs} must be >= 0")
+    if t.evals_per_epoch < 1:
+        raise ConfigError(f"train.evals_per_epoch={t.evals_per_epoch} must be at least 1")
+    if t.soft_labels not in SOFT_LABEL_MODES:
+        raise ConfigError(f"train.soft_labels={t.soft_labels!r}: choose "
+                          f"{' or '.join(SOFT_LABEL_MODES)}")
     s = cfg.student
     if s.arch not in ("bilstm", "bcn", "transformer"):
         raise ConfigError(f"student.arch={s.arch!r}: choose bilstm, bcn or transformer")

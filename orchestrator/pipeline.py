@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from orchestrator.bundle import write_split
+from orchestrator.bundle import write_split, write_texts
 from orchestrator.config import ExperimentConfig, resolve_embeddings
 from orchestrator.keys import atomic_dir, content_key, file_digest
 from tasks.data import Example
@@ -136,6 +137,8 @@ def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[
         "encoding": "wordpiece" if s.arch == "transformer" else "words",
         "vocab": [s.vocab_min_freq, s.vocab_max_size, s.max_length], "embeddings": emb,
         "embed_dim": s.embed_dim if not s.embeddings else None,
+        # on-demand bundles hold texts instead of logits (absent key: precomputed, as before)
+        **({"soft_labels": cfg.train.soft_labels} if cfg.train.soft_labels != "precomputed" else {}),
     })
 
 
@@ -164,13 +167,14 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         transfer[t], aug_stats[t], _ = transfer_examples(cfg, d, work_root, mask_token, log)
     hits = misses = 0
     label_seconds = 0.0
-    logits: dict[str, np.ndarray] = {}
+    logits: dict[str, np.ndarray | None] = {t: None for t in transfer}
+    on_demand = cfg.train.soft_labels == "on_demand"
     from orchestrator.teacher_pool import TeacherPool
 
     by_teacher: dict[str, list[str]] = {}  # one pool per teacher dir, one at a time
     for t in transfer:
         by_teacher.setdefault(teachers[t].path, []).append(t)
-    for path, names in by_teacher.items():
+    for path, names in ({} if on_demand else by_teacher).items():
         with TeacherPool(path, cfg.pool) as pool:
             for t in names:
                 res = label_examples(transfer[t], teachers[t], cfg, work_root, log, pool)
@@ -207,6 +211,8 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
             ids_a, ids_b, types = enc(transfer[t])
             label = np.array([np.nan if e.label is None else float(e.label) for e in transfer[t]])
             write_split(tmp / f"train-{t}.parquet", ids_a, ids_b, types, label, logits[t])
+            if on_demand:  # the texts the teacher will label while the student trains
+                write_texts(tmp / f"texts-{t}.parquet", transfer[t])
             for split, ex in d.dev.items():
                 a, b, ty = enc(ex)
                 write_split(tmp / f"dev-{t}-{split}.parquet", a, b, ty,
@@ -217,12 +223,42 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         meta = {"key": key, "tasks": tasks_meta, "encoding": encoding, "vocab_size": vocab_size,
                 "embed_dim": embed_dim, "mask_token": mask_token,
                 "transfer_sizes": {t: len(x) for t, x in transfer.items()},
-                "augment_stats": aug_stats,
+                "augment_stats": aug_stats, "soft_labels": cfg.train.soft_labels,
                 "teachers": {t: asdict(r) for t, r in teachers.items()}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last
-    return BundleResult(final, key, False, meta["transfer_sizes"],
-                        {"label_cache_hits": hits, "label_cache_misses": misses,
-                         "label_seconds": label_seconds}, aug_stats, time.time() - t0)
+    label_stats = {} if on_demand else {"label_cache_hits": hits, "label_cache_misses": misses,
+                                        "label_seconds": label_seconds}
+    return BundleResult(final, key, False, meta["transfer_sizes"], label_stats, aug_stats,
+                        time.time() - t0)
+
+
+def check_on_demand(cfg: ExperimentConfig, teachers: dict[str, TeacherRef]) -> None:
+    """``train.soft_labels=on_demand`` keeps one teacher pool up while the student trains: all
+    tasks must share one teacher (a single task, or a multi-task teacher's heads)."""
+    if cfg.train.soft_labels != "on_demand":
+        return
+    paths = sorted({r.path for r in teachers.values()})
+    if len(paths) > 1:
+        from orchestrator.config import ConfigError
+        raise ConfigError(
+            f"train.soft_labels=on_demand needs one teacher for every task, but these tasks have "
+            f"{len(paths)} ({', '.join(paths)}): set teacher.multitask=true (one teacher, a head "
+            "per task) or train.soft_labels=precomputed")
+
+
+@contextmanager
+def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef]):
+    """With ``train.soft_labels=on_demand``: a running teacher pool for the student's training,
+    yielded as a picklable client for the Train workers (the pool stops when the block ends);
+    otherwise ``None``."""
+    if cfg.train.soft_labels != "on_demand":
+        yield None
+        return
+    from orchestrator.teacher_pool import TeacherPool
+
+    check_on_demand(cfg, teachers)
+    with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
+        yield pool.client()
 
 
 def _spec_dict(spec: TaskSpec) -> dict:

@@ -193,15 +193,20 @@ def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
                                                        for name, res, _ in types]
     cpus = potential.get("CPU", 0.0)
     s, t, p = cfg.search, cfg.train, cfg.pool
-    per_trial = s.trial_cpus + max(t.num_workers * t.cpus_per_worker,
-                                   p.num_actors * p.cpus_per_actor)
+    # precomputed labels: a trial's teacher pool is gone before its workers start (max); on
+    # demand: the pool serves the workers while they train (sum)
+    workers, actors = t.num_workers * t.cpus_per_worker, p.num_actors * p.cpus_per_actor
+    on_demand = t.soft_labels == "on_demand"
+    per_trial = s.trial_cpus + (workers + actors if on_demand else max(workers, actors))
     need = s.max_concurrent * per_trial
     if need > cpus + 1e-9:
         raise ResourceError(
             f"the search needs {need:g} CPUs ({s.max_concurrent} concurrent trial(s) x "
-            f"({s.trial_cpus:g} trial + max({t.num_workers} workers x {t.cpus_per_worker:g} CPU, "
-            f"{p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU))) but the cluster has "
-            f"{cpus:g}: lower search.max_concurrent, train.cpus_per_worker or pool.cpus_per_actor")
+            f"({s.trial_cpus:g} trial + {'' if on_demand else 'max('}{t.num_workers} workers x "
+            f"{t.cpus_per_worker:g} CPU{' + ' if on_demand else ', '}{p.num_actors} teacher "
+            f"actors x {p.cpus_per_actor:g} CPU{'' if on_demand else ')'})) but the cluster has "
+            f"{cpus:g}: lower search.max_concurrent, train.cpus_per_worker or pool.cpus_per_actor"
+            + ("" if not on_demand else ", or set train.soft_labels=precomputed"))
     largest_cpu = max((res.get("CPU", 0.0) for _, res in shapes), default=0.0)
     if t.cpus_per_worker > largest_cpu + 1e-9:
         raise ResourceError(

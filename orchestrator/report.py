@@ -481,7 +481,7 @@ def _train(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, kind: str,
            key: str) -> tuple[str, dict[str, float], dict[str, int]]:
     """Bundle (cached) + one Ray Train run recorded in a new MLflow run. Returns (run id, metrics
     of the best epoch by dev_score, transfer sizes)."""
-    from orchestrator.pipeline import prepare_bundle
+    from orchestrator.pipeline import on_demand_labeler, prepare_bundle
     from orchestrator.preflight import preflight
     from orchestrator.search import _log_trial_outcome
     from orchestrator.train import make_trainer
@@ -497,9 +497,10 @@ def _train(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, kind: str,
             "transfer_size": sum(bundle.transfer_sizes.values()),
             "bundle_reused": float(bundle.reused)})
         t0 = time.time()
-        result = make_trainer(cfg, bundle.path, rid, ctx.uri, ctx.storage,
-                              name=f"{ctx.name}-{row.id}-{task_tag.replace(',', '-')}-{rid[:8]}"
-                              ).fit()
+        with on_demand_labeler(cfg, refs) as labeler:  # None unless soft_labels=on_demand
+            result = make_trainer(cfg, bundle.path, rid, ctx.uri, ctx.storage,
+                                  name=f"{ctx.name}-{row.id}-{task_tag.replace(',', '-')}-{rid[:8]}",
+                                  labeler=labeler).fit()
         if result.error:
             raise result.error
         best = _best_epoch(result)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.config import ExperimentConfig
-from orchestrator.pipeline import TeacherRef, load_data, prepare_bundle
+from orchestrator.pipeline import (TeacherRef, check_on_demand, load_data, on_demand_labeler,
+                                   prepare_bundle)
 from orchestrator.preflight import preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                       env_storage_path, init_ray)
@@ -135,9 +136,11 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             "transfer_size": sum(bundle.transfer_sizes.values()),
             "bundle_reused": float(bundle.reused), **bundle.label_stats})
         client.set_tag(run_id, "distillray.bundle", bundle.key)
-        trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path,
-                               name=f"{search_name}-{trial_id}", callbacks=[TuneReportCallback()])
-        result = trainer.fit()
+        with on_demand_labeler(cfg, teachers) as labeler:  # None unless soft_labels=on_demand
+            trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path,
+                                   name=f"{search_name}-{trial_id}",
+                                   callbacks=[TuneReportCallback()], labeler=labeler)
+            result = trainer.fit()
         if result.error:
             raise result.error
         _log_trial_outcome(client, run_id, result)
@@ -212,8 +215,12 @@ def _log_learning_curve(client, run_id: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    score = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "dev_score"))
-    loss = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+    # x: the epoch each report ended at (fractional with several evaluations per epoch)
+    epoch = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
+    score = sorted((epoch.get(m.step, m.step), m.value)
+                   for m in client.get_metric_history(run_id, "dev_score"))
+    loss = sorted((epoch.get(m.step, m.step), m.value)
+                  for m in client.get_metric_history(run_id, "train_loss"))
     if not score:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -274,6 +281,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
+    check_on_demand(cfg, teachers)
     if not space.searches("augment.") and not space.searches("student.embeddings") \
             and not space.searches("student.max_length") and not space.searches("student.arch"):
         prepare_bundle(cfg, data, teachers, log)  # shared by every trial: build once up front
@@ -302,10 +310,11 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                                 metric=metrics if len(metrics) > 1 else metrics[0],
                                 mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
         searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-        # max_t one past the last epoch: ASHA never kills a trial at its final report, so the
-        # trial can still log its student and close its MLflow run
+        # time is counted in reports (train.evals_per_epoch per epoch); max_t one past the last:
+        # ASHA never kills a trial at its final report, so the trial can still log its student
+        # and close its MLflow run
         scheduler = (ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
-                                   max_t=cfg.train.epochs + cfg.train.finetune_epochs + 1,
+                                   max_t=total_reports(cfg.train) + 1,
                                    grace_period=s.grace_period,
                                    reduction_factor=s.reduction_factor)
                      if s.scheduler == "asha" else FIFOScheduler())
@@ -366,6 +375,12 @@ def _parent_run(client, exp_id: str, name: str, resume: bool) -> str:
             return rid
     return tracking.start_run(client, exp_id, name, {tracking.TAG_KIND: "search",
                                                       tracking.TAG_SEARCH: name})
+
+
+def total_reports(tc) -> int:
+    """Reports a trial makes when it runs to the end: ``evals_per_epoch`` per stage-1 epoch,
+    one per stage-2 (MKD fine-tuning) epoch."""
+    return tc.epochs * tc.evals_per_epoch + tc.finetune_epochs
 
 
 def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:

@@ -387,113 +387,21 @@ class LabelResult:
         return len(self.logits) / self.seconds if self.seconds > 0 else float("inf")
 
 
-class TeacherPool:
-    """``cfg.num_actors`` teacher actors; bulk labeling with a shared cache; optional server.
+class _ActorLabeler:
+    """Bulk labeling over teacher actors with a soft-label cache; shared by :class:`TeacherPool`
+    (which owns the actors) and :class:`PoolClient` (which only holds handles to them). Needs
+    ``_actors``, ``info``, ``teacher_key``, ``chunk_size``, ``inflight_per_actor``,
+    ``max_chunk_retries``, ``cache_flush_rows`` and ``_revive(slot)``."""
 
-    ``name``: also start (or take over) the named detached :data:`TeacherServer` for online
-    serving in ``namespace``. ``chunk_size``: texts per actor call. ``inflight_per_actor``:
-    calls queued per actor (2 overlaps transfer and compute). ``max_restarts`` /
-    ``max_task_retries``: Ray-level recovery; ``max_chunk_retries``: pool-level resubmissions
-    of one chunk after Ray gives up."""
-
-    def __init__(self, teacher_path: str | os.PathLike, cfg: PoolConfig | None = None,
-                 name: str | None = None, namespace: str = DEFAULT_NAMESPACE, *,
-                 chunk_size: int = 256, inflight_per_actor: int = 2, max_restarts: int = 3,
-                 max_task_retries: int = 3, max_chunk_retries: int = 3,
-                 start_timeout_s: float = 300.0, server_max_wait_s: float = 0.005,
-                 server_max_length: int = 128, cache_flush_rows: int = 50_000, seed: int = 0):
-        self.cfg = cfg or PoolConfig()
-        if self.cfg.num_actors < 1 or self.cfg.cpus_per_actor < 0 or self.cfg.gpus_per_actor < 0:
-            raise ValueError("pool.num_actors must be >= 1, pool.cpus_per_actor and "
-                             "pool.gpus_per_actor >= 0")
-        if chunk_size < 1 or inflight_per_actor < 1:
-            raise ValueError("chunk_size and inflight_per_actor must be >= 1")
-        self.teacher_path = str(check_teacher_path(teacher_path).resolve())
-        self.name, self.namespace = name, namespace
-        self.chunk_size, self.inflight_per_actor = chunk_size, inflight_per_actor
-        self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
-        self.max_chunk_retries = max_chunk_retries
-        self.start_timeout_s = start_timeout_s
-        self.cache_flush_rows = cache_flush_rows
-        self.seed = seed
-        self._teacher_key: str | None = None
-        self._actors: list = []
-        self.server = None
-        if not ray.is_initialized():
-            ray.init()
-        check_pool_resources(self.cfg)
-        try:
-            self._actors = [self._new_actor() for _ in range(self.cfg.num_actors)]
-            infos = self._wait_ready(self._actors)
-            self.info = infos[0]
-            if name:
-                self.server = TeacherServer.options(
-                    name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
-                    scheduling_strategy="DEFAULT",
-                ).remote(self._actors, max_length=server_max_length,
-                         max_wait_s=server_max_wait_s, max_batch=self.cfg.max_batch_size)
-                ray.get(self.server.set_actors.remote(self._actors), timeout=start_timeout_s)
-        except BaseException:
-            self.shutdown()
-            raise
-        atexit.register(self.shutdown)
-
-    # -- actors -----------------------------------------------------------------------------
-
-    def _new_actor(self):
-        return TeacherActor.options(
-            num_cpus=self.cfg.cpus_per_actor, num_gpus=self.cfg.gpus_per_actor,
-            resources=dict(self.cfg.resources_per_actor) or None,
-            max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
-            # outside any placement group of the caller (a Tune trial reserves only its own
-            # token CPU share; actors captured into it could never be scheduled)
-            scheduling_strategy="DEFAULT",
-        ).remote(self.teacher_path, self.cfg, self.seed)
-
-    def _wait_ready(self, actors: list) -> list[dict]:
-        try:
-            return ray.get([a.info.remote() for a in actors], timeout=self.start_timeout_s)
-        except GetTimeoutError:
-            raise PoolResourceError(
-                f"teacher actors did not start within {self.start_timeout_s:g}s; free resources "
-                f"now: {ray.available_resources()}; {_hint('CPU')}") from None
-        except RayActorError as e:
-            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-            cause = lines[-1] if lines else type(e).__name__  # the constructor's own error
-            raise TeacherError(f"teacher actors for {self.teacher_path} failed to start: "
-                               f"{cause}") from e
-
-    @property
-    def actors(self) -> list:
-        return list(self._actors)
+    _actors: list
+    info: dict
+    chunk_size: int
+    inflight_per_actor: int
+    max_chunk_retries: int
+    cache_flush_rows: int
 
     def _revive(self, slot: int) -> None:
-        """After a RayActorError: keep the actor if Ray restarted it, else replace it."""
-        actor = self._actors[slot]
-        try:
-            ray.get(actor.info.remote(), timeout=self.start_timeout_s)
-            return
-        except (RayActorError, GetTimeoutError):
-            pass
-        log.warning("teacher actor %d is gone; starting a replacement", slot)
-        with contextlib.suppress(Exception):
-            ray.kill(actor, no_restart=True)
-        fresh = self._new_actor()
-        self._wait_ready([fresh])
-        self._actors[slot] = fresh
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                ray.get(self.server.set_actors.remote(self._actors), timeout=30)
-
-    # -- heads, caches ----------------------------------------------------------------------
-
-    @property
-    def teacher_key(self) -> str:
-        if self._teacher_key is None:
-            from orchestrator.teacher_model import teacher_identity
-
-            self._teacher_key = teacher_identity(self.teacher_path)
-        return self._teacher_key
+        raise NotImplementedError
 
     def resolve_head(self, head: str | None) -> tuple[str, int]:
         """``(head name, number of outputs)``, as the teacher resolves it."""
@@ -619,6 +527,123 @@ class TeacherPool:
                 cache.put(unsaved)  # keep finished work even when labeling fails part-way
         return truncated, retried
 
+
+class TeacherPool(_ActorLabeler):
+    """``cfg.num_actors`` teacher actors; bulk labeling with a shared cache; optional server.
+
+    ``name``: also start (or take over) the named detached :data:`TeacherServer` for online
+    serving in ``namespace``. ``chunk_size``: texts per actor call. ``inflight_per_actor``:
+    calls queued per actor (2 overlaps transfer and compute). ``max_restarts`` /
+    ``max_task_retries``: Ray-level recovery; ``max_chunk_retries``: pool-level resubmissions
+    of one chunk after Ray gives up."""
+
+    def __init__(self, teacher_path: str | os.PathLike, cfg: PoolConfig | None = None,
+                 name: str | None = None, namespace: str = DEFAULT_NAMESPACE, *,
+                 chunk_size: int = 256, inflight_per_actor: int = 2, max_restarts: int = 3,
+                 max_task_retries: int = 3, max_chunk_retries: int = 3,
+                 start_timeout_s: float = 300.0, server_max_wait_s: float = 0.005,
+                 server_max_length: int = 128, cache_flush_rows: int = 50_000, seed: int = 0):
+        self.cfg = cfg or PoolConfig()
+        if self.cfg.num_actors < 1 or self.cfg.cpus_per_actor < 0 or self.cfg.gpus_per_actor < 0:
+            raise ValueError("pool.num_actors must be >= 1, pool.cpus_per_actor and "
+                             "pool.gpus_per_actor >= 0")
+        if chunk_size < 1 or inflight_per_actor < 1:
+            raise ValueError("chunk_size and inflight_per_actor must be >= 1")
+        self.teacher_path = str(check_teacher_path(teacher_path).resolve())
+        self.name, self.namespace = name, namespace
+        self.chunk_size, self.inflight_per_actor = chunk_size, inflight_per_actor
+        self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
+        self.max_chunk_retries = max_chunk_retries
+        self.start_timeout_s = start_timeout_s
+        self.cache_flush_rows = cache_flush_rows
+        self.seed = seed
+        self._teacher_key: str | None = None
+        self._actors: list = []
+        self.server = None
+        if not ray.is_initialized():
+            ray.init()
+        check_pool_resources(self.cfg)
+        try:
+            self._actors = [self._new_actor() for _ in range(self.cfg.num_actors)]
+            infos = self._wait_ready(self._actors)
+            self.info = infos[0]
+            if name:
+                self.server = TeacherServer.options(
+                    name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
+                    scheduling_strategy="DEFAULT",
+                ).remote(self._actors, max_length=server_max_length,
+                         max_wait_s=server_max_wait_s, max_batch=self.cfg.max_batch_size)
+                ray.get(self.server.set_actors.remote(self._actors), timeout=start_timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+        atexit.register(self.shutdown)
+
+    # -- actors -----------------------------------------------------------------------------
+
+    def _new_actor(self):
+        return TeacherActor.options(
+            num_cpus=self.cfg.cpus_per_actor, num_gpus=self.cfg.gpus_per_actor,
+            resources=dict(self.cfg.resources_per_actor) or None,
+            max_restarts=self.max_restarts, max_task_retries=self.max_task_retries,
+            # outside any placement group of the caller (a Tune trial reserves only its own
+            # token CPU share; actors captured into it could never be scheduled)
+            scheduling_strategy="DEFAULT",
+        ).remote(self.teacher_path, self.cfg, self.seed)
+
+    def _wait_ready(self, actors: list) -> list[dict]:
+        try:
+            return ray.get([a.info.remote() for a in actors], timeout=self.start_timeout_s)
+        except GetTimeoutError:
+            raise PoolResourceError(
+                f"teacher actors did not start within {self.start_timeout_s:g}s; free resources "
+                f"now: {ray.available_resources()}; {_hint('CPU')}") from None
+        except RayActorError as e:
+            lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+            cause = lines[-1] if lines else type(e).__name__  # the constructor's own error
+            raise TeacherError(f"teacher actors for {self.teacher_path} failed to start: "
+                               f"{cause}") from e
+
+    @property
+    def actors(self) -> list:
+        return list(self._actors)
+
+    def _revive(self, slot: int) -> None:
+        """After a RayActorError: keep the actor if Ray restarted it, else replace it."""
+        actor = self._actors[slot]
+        try:
+            ray.get(actor.info.remote(), timeout=self.start_timeout_s)
+            return
+        except (RayActorError, GetTimeoutError):
+            pass
+        log.warning("teacher actor %d is gone; starting a replacement", slot)
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
+        fresh = self._new_actor()
+        self._wait_ready([fresh])
+        self._actors[slot] = fresh
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.server.set_actors.remote(self._actors), timeout=30)
+
+    # -- heads, caches ----------------------------------------------------------------------
+
+    @property
+    def teacher_key(self) -> str:
+        if self._teacher_key is None:
+            from orchestrator.teacher_model import teacher_identity
+
+            self._teacher_key = teacher_identity(self.teacher_path)
+        return self._teacher_key
+
+    def client(self) -> PoolClient:
+        """A picklable handle on this pool's actors (see :class:`PoolClient`)."""
+        if not self._actors:
+            raise RuntimeError("teacher pool is shut down")
+        return PoolClient(self.actors, dict(self.info), self.teacher_key, self.teacher_path,
+                          self.chunk_size, self.inflight_per_actor, self.max_chunk_retries,
+                          self.cache_flush_rows)
+
     def label_parquet(self, in_path: str, out_path: str, head: str | None = None,
                       max_length: int = 128, cache: SoftLabelCache | None = None,
                       progress: bool = True) -> LabelResult:
@@ -684,3 +709,31 @@ class TeacherPool:
     def __repr__(self) -> str:
         return (f"TeacherPool({self.teacher_path!r}, actors={len(self._actors)}, "
                 f"name={self.name!r})")
+
+
+@dataclass
+class PoolClient(_ActorLabeler):
+    """A picklable handle on a running :class:`TeacherPool`, for labeling from another process
+    (the Train workers of an on-demand trial): the same cache-first bulk labeling as
+    :meth:`TeacherPool.label_texts`. The pool owns the actors; a client never starts or replaces
+    one: Ray restarts a killed actor (``max_restarts``), and the client waits for it or fails."""
+    actors: list
+    info: dict
+    teacher_key: str
+    teacher_path: str
+    chunk_size: int = 256
+    inflight_per_actor: int = 2
+    max_chunk_retries: int = 3
+    cache_flush_rows: int = 50_000
+    restart_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        self._actors = list(self.actors)
+
+    def _revive(self, slot: int) -> None:
+        try:
+            ray.get(self._actors[slot].info.remote(), timeout=self.restart_timeout_s)
+        except (RayActorError, GetTimeoutError) as e:
+            raise TeacherError(f"teacher actor {slot} of {self.teacher_path} is gone and did "
+                               f"not restart ({type(e).__name__}); the pool that owns it "
+                               "must replace it") from e

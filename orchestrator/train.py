@@ -21,6 +21,7 @@ import torch
 from orchestrator.bundle import TaskTensors, load_embeddings, read_meta, read_split
 from orchestrator.config import ExperimentConfig, build_config
 from orchestrator.mixture import TaskSampler, mixture_weights
+from orchestrator.on_demand_labels import merge_stats
 from students.factory import build_student, count_parameters
 from students.losses import distillation_loss
 from tasks.metrics import compute_metrics
@@ -116,12 +117,17 @@ def forward(model, batch, task: str):
 
 
 class TaskStream:
-    """Endless shuffled batches of one task's shard; reshuffles each pass."""
+    """Endless shuffled batches of one task's shard; reshuffles each pass. With on-demand
+    ``labels``, the logits of a batch and of the next ones (about ``prefetch_rows`` rows in
+    all) are fetched together the first time any of them lacks its label."""
 
-    def __init__(self, data: TaskTensors, shard: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, data: TaskTensors, shard: np.ndarray, batch_size: int, seed: int,
+                 labels=None, prefetch_rows: int = 2048):
         self.data, self.shard, self.bs = data, shard, batch_size
         self.rng = np.random.default_rng(seed)
         self.queue: list[np.ndarray] = []
+        self.labels = labels
+        self.prefetch = max(1, prefetch_rows // batch_size)
 
     def next(self) -> dict:
         if not self.queue:
@@ -135,7 +141,10 @@ class TaskStream:
                 chunks += [w[j:j + self.bs] for j in range(0, len(w), self.bs)]
             self.rng.shuffle(chunks)
             self.queue = chunks
-        return make_batch(self.data, list(self.queue.pop()))
+        idx = self.queue.pop()
+        if self.labels is not None and not self.labels.have[idx].all():
+            self.labels.ensure(np.concatenate([idx, *self.queue[-self.prefetch:]]))
+        return make_batch(self.data, list(idx))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,15 +266,16 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
-def _report(epoch: int, metrics: dict, state: dict, model, optimizer, cfg: ExperimentConfig,
+def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: ExperimentConfig,
             meta: dict, bundle: Path, rank: int, client, run_id: str | None,
             per_task: dict | None = None) -> None:
-    """Log the epoch to MLflow (rank 0), checkpoint (rank 0) and report to Ray Train."""
+    """Log report number ``report`` (0-based; the epoch when there is one report per epoch) to
+    MLflow (rank 0, as step ``report + 1``), checkpoint (rank 0) and report to Ray Train."""
     import ray.train
 
     if client is not None:
         from orchestrator.tracking import log_metrics
-        log_metrics(client, run_id, metrics, step=epoch + 1)
+        log_metrics(client, run_id, metrics, step=report + 1)
     with tempfile.TemporaryDirectory() as d:
         if rank != 0:
             ray.train.report(metrics)
@@ -280,9 +290,34 @@ def _report(epoch: int, metrics: dict, state: dict, model, optimizer, cfg: Exper
                           str(Path(d) / f"model-{t}.safetensors"))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
-        (Path(d) / "train_state.json").write_text(json.dumps({"epoch": epoch, **state}))
+        (Path(d) / "train_state.json").write_text(json.dumps({"report": report, **state}))
         (Path(d) / "metrics.json").write_text(json.dumps(metrics))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def on_demand_labels(meta: dict, bundle: Path, train: dict[str, TaskTensors], labeler,
+                     work_root: str) -> dict:
+    """For an on-demand bundle: each task's :class:`OnDemandLogits`, installed as the split's
+    ``logits`` (rows NaN until fetched); ``{}`` for a bundle with precomputed logits."""
+    if meta.get("soft_labels", "precomputed") != "on_demand":
+        return {}
+    if labeler is None:
+        raise ValueError(f"bundle {bundle} has no teacher logits (train.soft_labels=on_demand) "
+                         "and this run was given no teacher pool to ask: start the trainer with "
+                         "pipeline.on_demand_labeler(cfg, teachers)")
+    from orchestrator.bundle import read_texts
+    from orchestrator.on_demand_labels import OnDemandLogits
+
+    out = {}
+    for t, data in train.items():
+        teacher = meta["teachers"][t]
+        texts_a, texts_b = read_texts(bundle / f"texts-{t}.parquet")
+        cache = labeler.cache(str(Path(work_root) / "soft_labels"), teacher["head"],
+                              teacher["max_length"])
+        out[t] = OnDemandLogits(texts_a, texts_b, labeler.resolve_head(teacher["head"])[1],
+                                labeler, cache, teacher["head"], teacher["max_length"])
+        data.logits = out[t].values
+    return out
 
 
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
@@ -314,7 +349,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                                  weight_decay=tc.weight_decay)
-    start_epoch, best, bad_epochs = 0, -math.inf, 0
+    start, best, bad_epochs = 0, -math.inf, 0  # start: the first report index to run
     resumed_per_task: dict[str, dict] = {}
     ckpt = ray.train.get_checkpoint()
     if ckpt:  # resume after a worker failure or a restored search
@@ -327,7 +362,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
             resumed_per_task = {t: load_file(str(Path(d) / f"model-{t}.safetensors"))
                                 for t in specs if (Path(d) / f"model-{t}.safetensors").is_file()}
-        start_epoch, best, bad_epochs = state["epoch"] + 1, state["best"], state["bad_epochs"]
+        start, best, bad_epochs = state.get("report", state.get("epoch")) + 1, state["best"], state["bad_epochs"]
     if world > 1:
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": len(specs) > 1})
@@ -335,31 +370,43 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     sizes = {t: len(d) for t, d in train.items()}
     probs = mixture_weights(sizes, tc.mixture if len(sizes) > 1 else "proportional",
                             tc.mixture_tau, tc.mixture_weights)
-    streams = {t: TaskStream(d, np.arange(rank, len(d), world), tc.batch_size, tc.seed + 17 * rank)
+    labels = on_demand_labels(meta, bundle, train, loop_cfg.get("labeler"), cfg.work_root)
+    evals = tc.evals_per_epoch
+    # on demand, labels are fetched a window ahead: large enough for efficient teacher calls,
+    # small next to one report's share of the data, so an early stop saves most of the rest
+    streams = {t: TaskStream(d, np.arange(rank, len(d), world), tc.batch_size, tc.seed + 17 * rank,
+                             labels.get(t), min(2048, len(d) // (world * evals * 4)))
                for t, d in train.items()}
     steps = tc.steps_per_epoch or max(1, sum(math.ceil(n / (tc.batch_size * world)) for n in sizes.values()))
-    sampler = TaskSampler(probs, seed=tc.seed + 1000 * start_epoch)
+    sampler = TaskSampler(probs, seed=tc.seed + 1000 * start)
     client = None
     if rank == 0 and loop_cfg.get("run_id"):
         from mlflow.tracking import MlflowClient
         client = MlflowClient(loop_cfg["tracking_uri"])
     run_id = loop_cfg.get("run_id")
 
-    # stage 1: joint distillation, a task drawn by the mixture for each step
-    for epoch in range(start_epoch, tc.epochs):
+    # stage 1: joint distillation, a task drawn by the mixture for each step; ``evals`` reports
+    # per epoch (report r ends at epoch (r + 1) / evals), each with dev metrics and a checkpoint
+    for r in range(start, tc.epochs * evals):
         t0 = time.time()
-        loss = train_steps(model, optimizer, streams, sampler.draw(steps), specs, tc)
-        metrics = {"epoch": epoch + 1, "train_loss": loss, "epoch_seconds": time.time() - t0,
-                   **evaluate(_unwrap(model), dev, specs), **probe}
+        k = r % evals
+        seg = steps * (k + 1) // evals - steps * k // evals  # this report's share of the epoch
+        loss = train_steps(model, optimizer, streams, sampler.draw(max(1, seg)), specs, tc)
+        seconds = time.time() - t0
+        for lab in labels.values():  # before the report: a stopped trial keeps what it paid for
+            lab.flush()
+        metrics = {"epoch": r + 1 if evals == 1 else round((r + 1) / evals, 6), "train_loss": loss,
+                   "epoch_seconds": seconds, **evaluate(_unwrap(model), dev, specs), **probe,
+                   **merge_stats(labels)}
         if tc.finetune_epochs > 0:
             metrics["stage"] = 1
         improved = metrics["dev_score"] > best
         best = max(best, metrics["dev_score"])
         bad_epochs = 0 if improved else bad_epochs + 1
         metrics["best_dev_score"] = best
-        _report(epoch, metrics, {"best": best, "bad_epochs": bad_epochs}, model, optimizer, cfg,
+        _report(r, metrics, {"best": best, "bad_epochs": bad_epochs}, model, optimizer, cfg,
                 meta, bundle, rank, client, run_id)
-        if tc.patience is not None and bad_epochs >= tc.patience:
+        if tc.patience is not None and bad_epochs >= tc.patience * evals:
             break
 
     # stage 2 (MKD, optional): each task fine-tunes its own copy of the student (shared layers +
@@ -367,19 +414,23 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     if tc.finetune_epochs <= 0:
         return
     per_task = finetune_copies(_unwrap(model), specs, tc, world, resumed_per_task)
-    for epoch in range(max(start_epoch, tc.epochs), tc.epochs + tc.finetune_epochs):
+    stage1 = tc.epochs * evals  # reports of stage 1; stage 2 reports once per epoch
+    for r in range(max(start, stage1), stage1 + tc.finetune_epochs):
+        epoch = tc.epochs + r - stage1
         t0 = time.time()
         losses = {}
         for t, (m, opt) in per_task.items():
             n = max(1, math.ceil(sizes[t] / (tc.batch_size * world)))  # one pass over the task
             losses[t] = train_steps(m, opt, streams, [t] * min(n, tc.steps_per_epoch or n), specs, tc)
+        for lab in labels.values():
+            lab.flush()
         scores = evaluate_per_task({t: _unwrap(m) for t, (m, _) in per_task.items()}, dev, specs)
         metrics = {"epoch": epoch + 1, "stage": 2, "train_loss": float(np.mean(list(losses.values()))),
                    **{f"{t}_train_loss": v for t, v in losses.items()},
-                   "epoch_seconds": time.time() - t0, **scores, **probe}
+                   "epoch_seconds": time.time() - t0, **scores, **probe, **merge_stats(labels)}
         best = max(best, metrics["dev_score"])
         metrics["best_dev_score"] = best
-        _report(epoch, metrics, {"best": best, "bad_epochs": 0}, model, None, cfg, meta, bundle,
+        _report(r, metrics, {"best": best, "bad_epochs": 0}, model, None, cfg, meta, bundle,
                 rank, client, run_id, per_task={t: m for t, (m, _) in per_task.items()})
 
 
@@ -419,8 +470,9 @@ def evaluate_per_task(models: dict[str, Any], dev: dict[tuple[str, str], TaskTen
 
 def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
                  tracking_uri: str | None, storage_path: str, name: str,
-                 callbacks: list | None = None, tasks: list[str] | None = None):
-    """A TorchTrainer for one student: workers and resources from ``cfg.train``."""
+                 callbacks: list | None = None, tasks: list[str] | None = None, labeler=None):
+    """A TorchTrainer for one student: workers and resources from ``cfg.train``. ``labeler``:
+    the teacher pool's client for an on-demand bundle (:func:`pipeline.on_demand_labeler`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -436,5 +488,5 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "bundle": str(bundle), "run_id": run_id,
-                           "tracking_uri": tracking_uri, "tasks": tasks},
+                           "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler},
         scaling_config=scaling, run_config=run_config)

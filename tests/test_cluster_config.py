@@ -82,6 +82,16 @@ def test_budget_names_the_missing_teacher_resource_and_the_fallback():
         check_budget(cfg, {"CPU": 2.0}, nodes=NODE, node_types=[])
 
 
+def test_on_demand_labels_budget_the_pool_beside_the_workers():
+    """Precomputed: a trial's pool is gone before its workers start; on demand both run at once."""
+    sizes = ["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5", "search.trial_cpus=0.01"]
+    check_budget(_cfg(sizes), {"CPU": 2.0}, nodes=NODE, node_types=[])
+    with pytest.raises(ResourceError, match=r"1 workers x 1.5 CPU \+ 1 teacher actors x 0.5 CPU"
+                                            r".*train.soft_labels=precomputed"):
+        check_budget(_cfg([*sizes, "train.soft_labels=on_demand"]), {"CPU": 2.0}, nodes=NODE,
+                     node_types=[])
+
+
 def test_budget_counts_what_the_autoscaler_can_add(tmp_path, monkeypatch):
     """On a launcher cluster the GPU workers may not be up yet: that is a wait, not an error."""
     cfg = _cfg(["pool.gpus_per_actor=1", "pool.resources_per_actor={teacher_gpu: 1}"])

@@ -35,6 +35,8 @@ def test_build_config_overrides_and_unknown_keys():
     ({"train.alpha": 2}, "train.alpha=2.0 is outside"),
     ({"student.arch": "gru"}, "choose bilstm, bcn or transformer"),
     ({"train.mixture_tau": 0}, "must be > 0"),
+    ({"train.evals_per_epoch": 0}, "train.evals_per_epoch=0 must be at least 1"),
+    ({"train.soft_labels": "lazy"}, "choose precomputed or on_demand"),
 ])
 def test_validation_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
