@@ -1,8 +1,10 @@
 """The search: Ray Tune (Optuna + ASHA) over student trials, each a Ray Train run, recorded in MLflow.
 
 Shape (see RAY_NOTES): a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
-workers report each epoch; ``TuneReportCallback`` forwards those reports to Tune, so ASHA can stop
-bad trials early. The driver owns the MLflow parent run; each trial owns one child run, found again
+workers report each epoch (or ``train.evals_per_epoch`` times per epoch); ``TuneReportCallback``
+forwards those reports to Tune, so ASHA can stop bad trials early. With
+``train.soft_labels=on_demand`` the trial keeps a teacher pool up while its workers train, and they
+label rows as they reach them (:mod:`orchestrator.on_demand_labels`). The driver owns the MLflow parent run; each trial owns one child run, found again
 by its trial id when a trial is retried or a search is resumed, so no run is lost or duplicated.
 """
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 One loop serves single-task KD (Tang et al.) and multi-task KD (MKD): every step draws a task by
 the mixture (a single task draws itself), takes a batch of it, and fits that task's teacher logits
-with the loss from ``students.losses``. Each epoch: evaluate on dev, report metrics to Ray Train
-(and through it to Tune), log them to the trial's MLflow run, and checkpoint.
+with the loss from ``students.losses``. Each epoch (or each ``1 / train.evals_per_epoch`` of one):
+evaluate on dev, report metrics to Ray Train (and through it to Tune), log them to the trial's
+MLflow run, and checkpoint. On-demand bundles carry texts instead of teacher logits: the loop
+fetches them from the teacher pool as batches need them (:mod:`orchestrator.on_demand_labels`).
 """
 from __future__ import annotations
 

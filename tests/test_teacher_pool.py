@@ -155,6 +155,29 @@ def test_empty_input_and_duplicates(pool):
     np.testing.assert_array_equal(res.logits[0], res.logits[2])
 
 
+def test_client_labels_from_another_process_like_the_pool(pool, direct, tmp_path):
+    """A PoolClient travels to a Ray task (as to a Train worker) and labels through the pool's
+    own actors and the same cache, with the pool's results."""
+    texts = _texts(40, seed=9)
+    client = pool.client()
+
+    @ray.remote(num_cpus=0)
+    def label_elsewhere(c, texts, root):
+        res = c.label_texts(texts, max_length=MAXLEN, cache=c.cache(root, "sst2", MAXLEN),
+                            progress=False)
+        return res.logits, res.hits, res.misses, os.getpid()
+
+    logits, hits, misses, pid = ray.get(label_elsewhere.remote(client, texts, str(tmp_path)))
+    assert pid != os.getpid() and (hits, misses) == (0, 40)
+    np.testing.assert_allclose(logits, _direct_logits(direct, texts), atol=1e-5)
+    cached = pool.label_texts(texts, max_length=MAXLEN, progress=False,
+                              cache=pool.cache(str(tmp_path), "sst2", MAXLEN))
+    assert cached.hits == 40, "the client's labels went to the pool's cache"
+    assert client.resolve_head(None) == pool.resolve_head(None)
+    # the client holds the pool's own actors: it never starts one
+    assert [a._actor_id for a in client.actors] == [a._actor_id for a in pool.actors]
+
+
 def test_cache_hits_and_corrupt_shards_are_recomputed(pool, tmp_path):
     texts = _texts(80, seed=4)
     reference = pool.label_texts(texts, max_length=MAXLEN, progress=False).logits
