@@ -314,6 +314,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     return k.strip(), value
 
 
+def one_teacher(cfg: ExperimentConfig) -> bool:
+    """Every task is labeled by one teacher: a single task, or a multi-task (MKD) teacher with a
+    head per task. A search then runs one teacher pool that serves all its trials."""
+    return len(cfg.tasks or [cfg.data.task]) == 1 or cfg.teacher.multitask
+
+
 def validate(cfg: ExperimentConfig) -> None:
     a = cfg.augment
     for name in ("p_mask", "p_pos", "p_ng"):

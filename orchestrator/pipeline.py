@@ -5,6 +5,7 @@ Each stage is a function of typed configs that returns where its (cached) result
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -143,8 +144,11 @@ def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[
 
 
 def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
-                   teachers: dict[str, TeacherRef], log: Callable = print) -> BundleResult:
-    """Build (or reuse) the pre-encoded training bundle for these tasks, teachers and settings."""
+                   teachers: dict[str, TeacherRef], log: Callable = print,
+                   pool=None) -> BundleResult:
+    """Build (or reuse) the pre-encoded training bundle for these tasks, teachers and settings.
+    ``pool``: a running pool (or its client) of the one teacher of every task, e.g. the search's;
+    else a pool is started per teacher for the labeling, and stopped."""
     t0 = time.time()
     cfg.student.embeddings = resolve_embeddings(cfg.student.embeddings)
     work_root = Path(cfg.work_root)
@@ -174,10 +178,13 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
     by_teacher: dict[str, list[str]] = {}  # one pool per teacher dir, one at a time
     for t in transfer:
         by_teacher.setdefault(teachers[t].path, []).append(t)
+    if pool is not None:
+        _check_pool_teacher(pool, teachers)
     for path, names in ({} if on_demand else by_teacher).items():
-        with TeacherPool(path, cfg.pool) as pool:
+        with contextlib.nullcontext(pool) if pool is not None \
+                else TeacherPool(path, cfg.pool) as running:
             for t in names:
-                res = label_examples(transfer[t], teachers[t], cfg, work_root, log, pool)
+                res = label_examples(transfer[t], teachers[t], cfg, work_root, log, running)
                 logits[t] = res.logits
                 hits += res.hits
                 misses += res.misses
@@ -246,17 +253,29 @@ def check_on_demand(cfg: ExperimentConfig, teachers: dict[str, TeacherRef]) -> N
             "per task) or train.soft_labels=precomputed")
 
 
+def _check_pool_teacher(pool, teachers: dict[str, TeacherRef]) -> None:
+    wrong = sorted(t for t, r in teachers.items()
+                   if Path(r.path).resolve() != Path(pool.teacher_path).resolve())
+    if wrong:
+        raise ValueError(f"the given teacher pool serves {pool.teacher_path}, but tasks "
+                         f"{', '.join(wrong)} are labeled by another teacher")
+
+
 @contextmanager
-def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef]):
+def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], shared=None):
     """With ``train.soft_labels=on_demand``: a running teacher pool for the student's training,
-    yielded as a picklable client for the Train workers (the pool stops when the block ends);
-    otherwise ``None``."""
+    as a picklable client for the Train workers: ``shared`` (the search's pool) when given, else
+    a pool started for the block; otherwise ``None``."""
     if cfg.train.soft_labels != "on_demand":
         yield None
         return
+    check_on_demand(cfg, teachers)
+    if shared is not None:
+        _check_pool_teacher(shared, teachers)
+        yield shared
+        return
     from orchestrator.teacher_pool import TeacherPool
 
-    check_on_demand(cfg, teachers)
     with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
         yield pool.client()
 

@@ -10,7 +10,7 @@ import os
 import uuid
 from pathlib import Path
 
-from orchestrator.config import ExperimentConfig
+from orchestrator.config import ExperimentConfig, one_teacher
 
 WORK_ROOT_ENV = "DISTILLRAY_WORK_ROOT"  # cache/artifact root (shared storage on clusters)
 STORAGE_PATH_ENV = "DISTILLRAY_STORAGE_PATH"  # Tune results dir or URI (s3://, gs://, NFS path)
@@ -193,20 +193,27 @@ def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
                                                        for name, res, _ in types]
     cpus = potential.get("CPU", 0.0)
     s, t, p = cfg.search, cfg.train, cfg.pool
-    # precomputed labels: a trial's teacher pool is gone before its workers start (max); on
-    # demand: the pool serves the workers while they train (sum)
     workers, actors = t.num_workers * t.cpus_per_worker, p.num_actors * p.cpus_per_actor
-    on_demand = t.soft_labels == "on_demand"
-    per_trial = s.trial_cpus + (workers + actors if on_demand else max(workers, actors))
-    need = s.max_concurrent * per_trial
+    if one_teacher(cfg):
+        # one teacher pool for the whole search, beside the concurrent trials' workers
+        need = actors + s.max_concurrent * (s.trial_cpus + workers)
+        shape = (f"{p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU + "
+                 f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
+                 f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU)")
+    else:
+        # a pool per trial (one per teacher, in turn): gone before the workers start, unless
+        # it serves them on demand
+        on_demand = t.soft_labels == "on_demand"
+        need = s.max_concurrent * (s.trial_cpus + (workers + actors if on_demand
+                                                   else max(workers, actors)))
+        shape = (f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
+                 f"{'' if on_demand else 'max('}{t.num_workers} workers x {t.cpus_per_worker:g} "
+                 f"CPU{' + ' if on_demand else ', '}{p.num_actors} teacher actors x "
+                 f"{p.cpus_per_actor:g} CPU{'' if on_demand else ')'})")
     if need > cpus + 1e-9:
         raise ResourceError(
-            f"the search needs {need:g} CPUs ({s.max_concurrent} concurrent trial(s) x "
-            f"({s.trial_cpus:g} trial + {'' if on_demand else 'max('}{t.num_workers} workers x "
-            f"{t.cpus_per_worker:g} CPU{' + ' if on_demand else ', '}{p.num_actors} teacher "
-            f"actors x {p.cpus_per_actor:g} CPU{'' if on_demand else ')'})) but the cluster has "
-            f"{cpus:g}: lower search.max_concurrent, train.cpus_per_worker or pool.cpus_per_actor"
-            + ("" if not on_demand else ", or set train.soft_labels=precomputed"))
+            f"the search needs {need:g} CPUs ({shape}) but the cluster has {cpus:g}: lower "
+            "search.max_concurrent, train.cpus_per_worker or pool.cpus_per_actor")
     largest_cpu = max((res.get("CPU", 0.0) for _, res in shapes), default=0.0)
     if t.cpus_per_worker > largest_cpu + 1e-9:
         raise ResourceError(

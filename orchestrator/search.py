@@ -2,13 +2,16 @@
 
 Shape (see RAY_NOTES): a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
 workers report each epoch (or ``train.evals_per_epoch`` times per epoch); ``TuneReportCallback``
-forwards those reports to Tune, so ASHA can stop bad trials early. With
-``train.soft_labels=on_demand`` the trial keeps a teacher pool up while its workers train, and they
-label rows as they reach them (:mod:`orchestrator.on_demand_labels`). The driver owns the MLflow parent run; each trial owns one child run, found again
-by its trial id when a trial is retried or a search is resumed, so no run is lost or duplicated.
+forwards those reports to Tune, so ASHA can stop bad trials early. When one teacher labels every
+task, the driver starts one teacher pool for the whole search and hands its client to every trial
+(transfer-set labels, and with ``train.soft_labels=on_demand`` the rows the workers reach as they
+train: :mod:`orchestrator.on_demand_labels`). The driver owns the MLflow parent run; each trial
+owns one child run, found again by its trial id when a trial is retried or a search is resumed, so
+no run is lost or duplicated.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -101,7 +104,9 @@ def _ensure_multitask_teacher(cfg: ExperimentConfig, data, client, experiment_id
 
 def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, Any],
            data, teachers: dict[str, TeacherRef], parent_run_id: str, experiment_id: str,
-           uri: str, storage_path: str, search_name: str) -> None:
+           uri: str, storage_path: str, search_name: str, labeler=None) -> None:
+    """One trial. ``labeler``: the client of the search's teacher pool (None: several teachers,
+    each trial starts its own pools)."""
     import ray.tune
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -132,16 +137,17 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
         tracking.log_params(client, run_id, {**{f"sampled.{k.rstrip('#')}": v for k, v in sample.items()},
                                              **cfg.to_dict()})
     try:
-        bundle = prepare_bundle(cfg, data, teachers)
+        bundle = prepare_bundle(cfg, data, teachers, pool=labeler)
         tracking.log_metrics(client, run_id, {
             **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
             "transfer_size": sum(bundle.transfer_sizes.values()),
             "bundle_reused": float(bundle.reused), **bundle.label_stats})
         client.set_tag(run_id, "distillray.bundle", bundle.key)
-        with on_demand_labeler(cfg, teachers) as labeler:  # None unless soft_labels=on_demand
+        # the teacher pool the workers label from: None unless soft_labels=on_demand
+        with on_demand_labeler(cfg, teachers, labeler) as on_demand:
             trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path,
                                    name=f"{search_name}-{trial_id}",
-                                   callbacks=[TuneReportCallback()], labeler=labeler)
+                                   callbacks=[TuneReportCallback()], labeler=on_demand)
             result = trainer.fit()
         if result.error:
             raise result.error
@@ -284,50 +290,52 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
     check_on_demand(cfg, teachers)
-    if not space.searches("augment.") and not space.searches("student.embeddings") \
-            and not space.searches("student.max_length") and not space.searches("student.arch"):
-        prepare_bundle(cfg, data, teachers, log)  # shared by every trial: build once up front
+    with _search_pool(cfg, teachers, log) as labeler:  # None: a pool per trial
+        if not any(space.searches(k) for k in ("augment.", "student.embeddings",
+                                                "student.max_length", "student.arch")):
+            prepare_bundle(cfg, data, teachers, log, labeler)  # shared by every trial: build once
 
-    parent = _parent_run(client, exp_id, s.name, resume)
-    tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
-                                         "searcher": "optuna-tpe", "scheduler": s.scheduler})
-    tracking.log_dict_artifact(client, parent, {"space": {p.key: vars(p) for p in space.params},
-                                                "config": cfg.to_dict()}, "search_space.yaml")
+        parent = _parent_run(client, exp_id, s.name, resume)
+        tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
+                                             "searcher": "optuna-tpe", "scheduler": s.scheduler})
+        tracking.log_dict_artifact(client, parent,
+                                   {"space": {p.key: vars(p) for p in space.params},
+                                    "config": cfg.to_dict()}, "search_space.yaml")
 
-    trainable = tune.with_parameters(
-        _trial, space=space, overrides=overrides, data=data, teachers=teachers,
-        parent_run_id=parent, experiment_id=exp_id, uri=uri, storage_path=storage,
-        search_name=s.name)
-    trainable = tune.with_resources(trainable, {"CPU": s.trial_cpus})
-    path = f"{storage.rstrip('/')}/{s.name}"
-    _snapshot_often()
-    if resume and tune.Tuner.can_restore(path):
-        log(f"[tune] resuming search {s.name} from {path}")
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        objectives = s.objectives or [f"{s.metric}:{s.mode}"]
-        metrics = [o.split(":")[0] for o in objectives]
-        modes = [o.split(":")[1] if ":" in o else "max" for o in objectives]
-        searcher = OptunaSearch(space=space.define_by_run(),
-                                metric=metrics if len(metrics) > 1 else metrics[0],
-                                mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
-        searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-        # time is counted in reports (train.evals_per_epoch per epoch); max_t one past the last:
-        # ASHA never kills a trial at its final report, so the trial can still log its student
-        # and close its MLflow run
-        scheduler = (ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
-                                   max_t=total_reports(cfg.train) + 1,
-                                   grace_period=s.grace_period,
-                                   reduction_factor=s.reduction_factor)
-                     if s.scheduler == "asha" else FIFOScheduler())
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                        num_samples=s.num_samples),
-            run_config=tune.RunConfig(name=s.name, storage_path=storage,
-                                      failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                                      verbose=1))
-    results = tuner.fit()
+        trainable = tune.with_parameters(
+            _trial, space=space, overrides=overrides, data=data, teachers=teachers,
+            parent_run_id=parent, experiment_id=exp_id, uri=uri, storage_path=storage,
+            search_name=s.name, labeler=labeler)
+        trainable = tune.with_resources(trainable, {"CPU": s.trial_cpus})
+        path = f"{storage.rstrip('/')}/{s.name}"
+        _snapshot_often()
+        if resume and tune.Tuner.can_restore(path):
+            log(f"[tune] resuming search {s.name} from {path}")
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        else:
+            objectives = s.objectives or [f"{s.metric}:{s.mode}"]
+            metrics = [o.split(":")[0] for o in objectives]
+            modes = [o.split(":")[1] if ":" in o else "max" for o in objectives]
+            searcher = OptunaSearch(space=space.define_by_run(),
+                                    metric=metrics if len(metrics) > 1 else metrics[0],
+                                    mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
+            searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+            # time is counted in reports (train.evals_per_epoch per epoch); max_t one past the
+            # last: ASHA never kills a trial at its final report, so the trial can still log its
+            # student and close its MLflow run
+            scheduler = (ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
+                                       max_t=total_reports(cfg.train) + 1,
+                                       grace_period=s.grace_period,
+                                       reduction_factor=s.reduction_factor)
+                         if s.scheduler == "asha" else FIFOScheduler())
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                            num_samples=s.num_samples),
+                run_config=tune.RunConfig(
+                    name=s.name, storage_path=storage, verbose=1,
+                    failure_config=tune.FailureConfig(max_failures=s.max_failures)))
+        results = tuner.fit()
     table = results_table(results, s.metric, cfg.train.epochs)
     _settle_child_runs(client, exp_id, s.name, table)
     best, pareto = summarize(client, parent, table, s.metric, s.mode, cfg)
@@ -340,6 +348,23 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
             f"config={json.dumps(best.get('config', {}), default=str)}")
     return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
+
+
+@contextlib.contextmanager
+def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Callable):
+    """One teacher pool for the whole search when one teacher labels every task: loaded once,
+    shared by every trial (and by concurrent trials: one GPU teacher serves them all). Yields its
+    picklable client, or None (several teachers: each trial starts its own pools)."""
+    from orchestrator.config import one_teacher
+    from orchestrator.teacher_pool import TeacherPool
+
+    if not one_teacher(cfg):
+        yield None
+        return
+    with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
+        log(f"[pool] {cfg.pool.num_actors} teacher actor(s) serve every trial of the search "
+            f"({pool.info['device']}, {cfg.pool.cpus_per_actor:g} CPU each)")
+        yield pool.client()
 
 
 def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name: str,

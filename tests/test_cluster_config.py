@@ -82,13 +82,22 @@ def test_budget_names_the_missing_teacher_resource_and_the_fallback():
         check_budget(cfg, {"CPU": 2.0}, nodes=NODE, node_types=[])
 
 
-def test_on_demand_labels_budget_the_pool_beside_the_workers():
-    """Precomputed: a trial's pool is gone before its workers start; on demand both run at once."""
-    sizes = ["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5", "search.trial_cpus=0.01"]
-    check_budget(_cfg(sizes), {"CPU": 2.0}, nodes=NODE, node_types=[])
-    with pytest.raises(ResourceError, match=r"1 workers x 1.5 CPU \+ 1 teacher actors x 0.5 CPU"
-                                            r".*train.soft_labels=precomputed"):
-        check_budget(_cfg([*sizes, "train.soft_labels=on_demand"]), {"CPU": 2.0}, nodes=NODE,
+def test_budget_counts_one_search_wide_pool_or_a_pool_per_trial():
+    """One teacher: one pool serves the whole search, beside every concurrent trial's workers.
+    Several teachers (MKD without a multi-task teacher): a pool per trial, gone before the
+    workers start when labels are precomputed, beside them when labels come on demand."""
+    small = ["train.cpus_per_worker=0.45", "pool.cpus_per_actor=0.5", "search.max_concurrent=3"]
+    check_budget(_cfg(small), {"CPU": 2.0}, nodes=NODE, node_types=[])  # 0.5 + 3 x 0.46
+    with pytest.raises(ResourceError, match=r"needs 2.01 CPUs \(1 teacher actors x 0.5 CPU \+ "
+                                            r"1 concurrent trial\(s\) x \(0.01 trial \+ 1 workers"
+                                            r" x 1.5 CPU\)\)"):
+        check_budget(_cfg(["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5"]),
+                     {"CPU": 2.0}, nodes=NODE, node_types=[])
+    two = ["tasks=[sst2, mrpc]", "teacher.multitask=false", *small]
+    check_budget(_cfg(two), {"CPU": 2.0}, nodes=NODE, node_types=[])  # 3 x (0.01 + max)
+    with pytest.raises(ResourceError, match=r"3 concurrent trial\(s\) x \(0.01 trial \+ 1 "
+                                            r"workers x 0.45 CPU \+ 1 teacher actors x 0.5 CPU"):
+        check_budget(_cfg([*two, "train.soft_labels=on_demand"]), {"CPU": 2.0}, nodes=NODE,
                      node_types=[])
 
 
