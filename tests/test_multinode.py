@@ -6,9 +6,10 @@ a head and two workers, one worker carrying a ``teacher_gpu`` resource that stan
 - a worker node killed mid-search: the search still finishes, one MLflow child run per trial,
   none left RUNNING.
 
-CPU budget (RAY_NOTES: a shortfall hangs silently): 1 CPU per node. The teacher actor takes 0.5
-CPU on the teacher node while labels are made; a trial takes 0.01 CPU plus one 1-CPU Train
-worker, so each trial spans two nodes and losing one worker still leaves room for it.
+CPU budget (RAY_NOTES: a shortfall hangs silently): a 1-CPU head and two 2-CPU workers. The
+search's one teacher actor holds 0.5 CPU for the whole search; a trial takes 0.01 CPU plus one
+1-CPU Train worker. Whichever worker node is lost, the nodes left still hold the teacher actor
+(restarted elsewhere if it was on the lost node), the trial and its Train worker.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """Head (1 CPU) + worker with teacher_gpu (1 CPU) + plain worker (1 CPU); the driver joins
+    """Head (1 CPU) + worker with teacher_gpu (2 CPUs) + plain worker (2 CPUs); the driver joins
     it through ``init_ray(address=...)``, as ``tune_mkd.py --address`` does."""
     import ray
     from ray.cluster_utils import Cluster
@@ -58,12 +59,12 @@ def cluster(tmp_path_factory):
         # a killed node is declared dead within a few seconds
         "_system_config": {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
                            "health_check_failure_threshold": 3}})
-    teacher_node = c.add_node(num_cpus=1, resources={TEACHER_RESOURCE: 1})
-    plain_node = c.add_node(num_cpus=1)
+    teacher_node = c.add_node(num_cpus=2, resources={TEACHER_RESOURCE: 1})
+    plain_node = c.add_node(num_cpus=2)
     c.wait_for_nodes()
     logs: list[str] = []
     resources = init_ray(address=c.address, log=logs.append)
-    assert resources.get("CPU") == 3 and resources.get(TEACHER_RESOURCE) == 1, resources
+    assert resources.get("CPU") == 5 and resources.get(TEACHER_RESOURCE) == 1, resources
     assert any("joined the cluster" in m for m in logs), logs
     yield {"cluster": c, "teacher_node": teacher_node, "plain_node": plain_node,
            "work": tmp_path_factory.mktemp("multinode")}

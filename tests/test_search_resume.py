@@ -61,7 +61,7 @@ def _trial_runs(db: Path) -> list[dict]:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
             rows = con.execute(
-                "select r.run_uuid, r.status, (select count(*) from metrics m where "
+                "select r.run_uuid, r.status, r.name, (select count(*) from metrics m where "
                 "m.run_uuid = r.run_uuid and m.key = 'dev_score') from runs r join tags t on "
                 "t.run_uuid = r.run_uuid where t.key = ? and t.value = 'trial'",
                 (tracking.TAG_KIND,)).fetchall()
@@ -69,7 +69,7 @@ def _trial_runs(db: Path) -> list[dict]:
             con.close()
     except sqlite3.Error:  # tables not created yet, or a writer holds the lock
         return []
-    return [{"run_id": r[0], "status": r[1], "epochs": r[2]} for r in rows]
+    return [{"run_id": r[0], "status": r[1], "name": r[2], "epochs": r[3]} for r in rows]
 
 
 def _descendants(pid: int) -> set[int]:
@@ -140,13 +140,16 @@ def _tail(path: Path, n: int = 4000) -> str:
     return path.read_text(errors="replace")[-n:]
 
 
-def _mid_training(finished: int, ignore: set[str] = frozenset()):
+def _mid_training(finished: int, tune_dir: Path, ignore: set[str] = frozenset()):
     """At least ``finished`` trials done, and another (not in ``ignore``) with 2 epochs, not all,
-    logged."""
+    logged, whose Ray Train run has recorded a checkpoint in storage (its checkpoint manager
+    snapshot, what a restarted run resumes from: MLflow hears of an epoch before Train does)."""
     def check(runs):
         return (sum(r["status"] == "FINISHED" for r in runs) >= finished
                 and any(r["status"] == "RUNNING" and 2 <= r["epochs"] < EPOCHS
-                        and r["run_id"] not in ignore for r in runs))
+                        and r["run_id"] not in ignore
+                        and (tune_dir / r["name"] / "checkpoint_manager_snapshot.json").is_file()
+                        for r in runs))
     return check
 
 
@@ -170,7 +173,8 @@ def test_killed_search_resumes_without_rerunning_or_losing_trials(tmp_path, stal
     env = _env(TUNE_GLOBAL_CHECKPOINT_S="100000") if stale_snapshot else _env()
 
     # driver 1: killed when trial 1 finished and trial 2 is mid-training
-    _run_until(cmd, tmp_path, "driver1.log", _mid_training(1), env)
+    _run_until(cmd, tmp_path, "driver1.log", _mid_training(1, tmp_path / ".distillray" / "tune"),
+               env)
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name("distillray").experiment_id
     before = {t: rs[0] for t, rs in _children(client, exp_id).items()}
