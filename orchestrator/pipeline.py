@@ -9,7 +9,6 @@ import contextlib
 import copy
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -261,7 +260,7 @@ def _check_pool_teacher(pool, teachers: dict[str, TeacherRef]) -> None:
                          f"{', '.join(wrong)} are labeled by another teacher")
 
 
-@contextmanager
+@contextlib.contextmanager
 def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], shared=None):
     """With ``train.soft_labels=on_demand``: a running teacher pool for the student's training,
     as a picklable client for the Train workers: ``shared`` (the search's pool) when given, else

@@ -364,7 +364,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
             resumed_per_task = {t: load_file(str(Path(d) / f"model-{t}.safetensors"))
                                 for t in specs if (Path(d) / f"model-{t}.safetensors").is_file()}
-        start, best, bad_epochs = state.get("report", state.get("epoch")) + 1, state["best"], state["bad_epochs"]
+        # the last report done ("epoch" in checkpoints written before several reports per epoch)
+        start = state.get("report", state.get("epoch")) + 1
+        best, bad_epochs = state["best"], state["bad_epochs"]
     if world > 1:
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": len(specs) > 1})
