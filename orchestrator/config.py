@@ -361,6 +361,11 @@ def validate(cfg: ExperimentConfig) -> None:
     if t.soft_labels not in SOFT_LABEL_MODES:
         raise ConfigError(f"train.soft_labels={t.soft_labels!r}: choose "
                           f"{' or '.join(SOFT_LABEL_MODES)}")
+    if t.soft_labels == "on_demand" and not one_teacher(cfg):
+        raise ConfigError(
+            f"train.soft_labels=on_demand keeps one teacher pool up while the student trains, but "
+            f"tasks {', '.join(cfg.tasks)} each have their own teacher: set teacher.multitask=true "
+            "(one teacher, a head per task) or train.soft_labels=precomputed")
     s = cfg.student
     if s.arch not in ("bilstm", "bcn", "transformer"):
         raise ConfigError(f"student.arch={s.arch!r}: choose bilstm, bcn or transformer")

@@ -49,7 +49,7 @@ class OnDemandLogits:
         for i in need.tolist():
             by_key.setdefault(self.keys[i], []).append(i)
         found, missing = self.cache.lookup(list(by_key))
-        found.update({k: v for k, v in self._unsaved.items() if k in by_key and k not in found})
+        found.update({k: self._unsaved[k] for k in missing if k in self._unsaved})
         missing = [k for k in missing if k not in found]
         if missing:
             first = [by_key[k][0] for k in missing]
@@ -60,10 +60,11 @@ class OnDemandLogits:
             for k, row in zip(missing, res.logits):
                 found[k] = row
                 self._unsaved[k] = row
+        labeled_now = set(missing)
         for k, idx in by_key.items():
             self.values[idx] = found[k]
             self.have[idx] = True
-            if k in missing:
+            if k in labeled_now:
                 self.misses += len(idx)
             else:
                 self.hits += len(idx)
@@ -92,8 +93,9 @@ def merge_stats(labels: dict[str, OnDemandLogits]) -> dict[str, float]:
         return {}
     out = {"label_cache_hits": 0.0, "label_cache_misses": 0.0, "label_seconds": 0.0}
     for lab in labels.values():
+        stats = lab.stats()
         for k in out:
-            out[k] += lab.stats()[k]
+            out[k] += stats[k]
     rows = sum(len(lab.have) for lab in labels.values())
     out["labeled_fraction"] = (sum(float(lab.have.sum()) for lab in labels.values()) / rows
                                if rows else 1.0)

@@ -238,20 +238,6 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
                         time.time() - t0)
 
 
-def check_on_demand(cfg: ExperimentConfig, teachers: dict[str, TeacherRef]) -> None:
-    """``train.soft_labels=on_demand`` keeps one teacher pool up while the student trains: all
-    tasks must share one teacher (a single task, or a multi-task teacher's heads)."""
-    if cfg.train.soft_labels != "on_demand":
-        return
-    paths = sorted({r.path for r in teachers.values()})
-    if len(paths) > 1:
-        from orchestrator.config import ConfigError
-        raise ConfigError(
-            f"train.soft_labels=on_demand needs one teacher for every task, but these tasks have "
-            f"{len(paths)} ({', '.join(paths)}): set teacher.multitask=true (one teacher, a head "
-            "per task) or train.soft_labels=precomputed")
-
-
 def _check_pool_teacher(pool, teachers: dict[str, TeacherRef]) -> None:
     wrong = sorted(t for t, r in teachers.items()
                    if Path(r.path).resolve() != Path(pool.teacher_path).resolve())
@@ -264,11 +250,11 @@ def _check_pool_teacher(pool, teachers: dict[str, TeacherRef]) -> None:
 def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], shared=None):
     """With ``train.soft_labels=on_demand``: a running teacher pool for the student's training,
     as a picklable client for the Train workers: ``shared`` (the search's pool) when given, else
-    a pool started for the block; otherwise ``None``."""
+    a pool started for the block; otherwise ``None``. One teacher labels every task (the config
+    is validated so: :func:`orchestrator.config.one_teacher`)."""
     if cfg.train.soft_labels != "on_demand":
         yield None
         return
-    check_on_demand(cfg, teachers)
     if shared is not None:
         _check_pool_teacher(shared, teachers)
         yield shared

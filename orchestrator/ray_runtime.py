@@ -201,15 +201,12 @@ def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
                  f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
                  f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU)")
     else:
-        # a pool per trial (one per teacher, in turn): gone before the workers start, unless
-        # it serves them on demand
-        on_demand = t.soft_labels == "on_demand"
-        need = s.max_concurrent * (s.trial_cpus + (workers + actors if on_demand
-                                                   else max(workers, actors)))
+        # a pool per trial (one per teacher, in turn), gone before the workers start (labels
+        # on demand need one teacher: config validation refuses them here)
+        need = s.max_concurrent * (s.trial_cpus + max(workers, actors))
         shape = (f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
-                 f"{'' if on_demand else 'max('}{t.num_workers} workers x {t.cpus_per_worker:g} "
-                 f"CPU{' + ' if on_demand else ', '}{p.num_actors} teacher actors x "
-                 f"{p.cpus_per_actor:g} CPU{'' if on_demand else ')'})")
+                 f"max({t.num_workers} workers x {t.cpus_per_worker:g} CPU, {p.num_actors} "
+                 f"teacher actors x {p.cpus_per_actor:g} CPU))")
     if need > cpus + 1e-9:
         raise ResourceError(
             f"the search needs {need:g} CPUs ({shape}) but the cluster has {cpus:g}: lower "

@@ -23,8 +23,7 @@ import pandas as pd
 
 from orchestrator import tracking
 from orchestrator.config import ExperimentConfig
-from orchestrator.pipeline import (TeacherRef, check_on_demand, load_data, on_demand_labeler,
-                                   prepare_bundle)
+from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                       env_storage_path, init_ray)
@@ -289,7 +288,6 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
-    check_on_demand(cfg, teachers)
     with _search_pool(cfg, teachers, log) as labeler:  # None: a pool per trial
         if not any(space.searches(k) for k in ("augment.", "student.embeddings",
                                                 "student.max_length", "student.arch")):

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from orchestrator.cli import _extra, build_parser, resolve_run
+from orchestrator.config import ConfigError
 from orchestrator.ray_runtime import (ResourceError, StorageError, autoscaler_node_types,
                                       check_budget, check_storage, env_storage_path)
 
@@ -85,7 +86,7 @@ def test_budget_names_the_missing_teacher_resource_and_the_fallback():
 def test_budget_counts_one_search_wide_pool_or_a_pool_per_trial():
     """One teacher: one pool serves the whole search, beside every concurrent trial's workers.
     Several teachers (MKD without a multi-task teacher): a pool per trial, gone before the
-    workers start when labels are precomputed, beside them when labels come on demand."""
+    workers start (labels on demand, which would keep it beside them, are refused)."""
     small = ["train.cpus_per_worker=0.45", "pool.cpus_per_actor=0.5", "search.max_concurrent=3"]
     check_budget(_cfg(small), {"CPU": 2.0}, nodes=NODE, node_types=[])  # 0.5 + 3 x 0.46
     with pytest.raises(ResourceError, match=r"needs 2.01 CPUs \(1 teacher actors x 0.5 CPU \+ "
@@ -95,10 +96,12 @@ def test_budget_counts_one_search_wide_pool_or_a_pool_per_trial():
                      {"CPU": 2.0}, nodes=NODE, node_types=[])
     two = ["tasks=[sst2, mrpc]", "teacher.multitask=false", *small]
     check_budget(_cfg(two), {"CPU": 2.0}, nodes=NODE, node_types=[])  # 3 x (0.01 + max)
-    with pytest.raises(ResourceError, match=r"3 concurrent trial\(s\) x \(0.01 trial \+ 1 "
-                                            r"workers x 0.45 CPU \+ 1 teacher actors x 0.5 CPU"):
-        check_budget(_cfg([*two, "train.soft_labels=on_demand"]), {"CPU": 2.0}, nodes=NODE,
+    with pytest.raises(ResourceError, match=r"3 concurrent trial\(s\) x \(0.01 trial \+ max\(1 "
+                                            r"workers x 0.7 CPU, 1 teacher actors x 0.5 CPU\)\)"):
+        check_budget(_cfg([*two, "train.cpus_per_worker=0.7"]), {"CPU": 2.0}, nodes=NODE,
                      node_types=[])
+    with pytest.raises(ConfigError, match="train.soft_labels=on_demand keeps one teacher pool"):
+        _cfg([*two, "train.soft_labels=on_demand"])
 
 
 def test_budget_counts_what_the_autoscaler_can_add(tmp_path, monkeypatch):

@@ -37,6 +37,8 @@ def test_build_config_overrides_and_unknown_keys():
     ({"train.mixture_tau": 0}, "must be > 0"),
     ({"train.evals_per_epoch": 0}, "train.evals_per_epoch=0 must be at least 1"),
     ({"train.soft_labels": "lazy"}, "choose precomputed or on_demand"),
+    ({"tasks": ["sst2", "mrpc"], "teacher.multitask": False, "train.soft_labels": "on_demand"},
+     "tasks sst2, mrpc each have their own teacher: set teacher.multitask=true"),
 ])
 def test_validation_errors_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):
