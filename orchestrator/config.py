@@ -150,9 +150,13 @@ class SearchConfig:
     metric: str = "dev_score"
     mode: str = "max"
     objectives: list[str] = field(default_factory=list)  # e.g. ["dev_score:max", "latency_ms:min"]
-    scheduler: str = "asha"  # asha | none
+    scheduler: str = "asha"  # asha | pareto_asha (keeps each rung's objectives front) | none
     grace_period: int = 1  # ASHA's first rung, in reports (train.evals_per_epoch per epoch)
     reduction_factor: int = 2
+    # the score a trial must beat to be kept for its place on a rung's front (pareto_asha) and to
+    # be listed on the search's Pareto front; None: the dev_score of a model that always predicts
+    # the majority class (when the score objective is dev_score)
+    min_score: float | None = None
     max_failures: int = 1
     trial_cpus: float = 0.01
     storage_path: str | None = None  # Tune results; default <work_root>/tune
@@ -381,13 +385,37 @@ def validate(cfg: ExperimentConfig) -> None:
     if len(set(cfg.tasks)) != len(cfg.tasks):
         dup = sorted({x for x in cfg.tasks if cfg.tasks.count(x) > 1})
         raise ConfigError(f"tasks lists {', '.join(dup)} more than once")
-    if cfg.search.mode not in ("max", "min"):
-        raise ConfigError(f"search.mode={cfg.search.mode!r}: choose max or min")
+    _validate_search(cfg.search)
     if cfg.pool.token_budget is not None and cfg.pool.token_budget < 1:
         raise ConfigError(f"pool.token_budget={cfg.pool.token_budget} must be at least 1 "
                           "(or null for the device's default)")
     if cfg.pool.num_actors < 1 or cfg.pool.cpus_per_actor < 0:
         raise ConfigError("pool.num_actors must be >= 1 and pool.cpus_per_actor >= 0")
+
+
+SCHEDULERS = ("asha", "pareto_asha", "none")
+
+
+def _validate_search(s: SearchConfig) -> None:
+    if s.mode not in ("max", "min"):
+        raise ConfigError(f"search.mode={s.mode!r}: choose max or min")
+    if s.scheduler not in SCHEDULERS:
+        raise ConfigError(f"search.scheduler={s.scheduler!r}: choose {', '.join(SCHEDULERS)}")
+    for o in s.objectives:
+        name, _, mode = str(o).partition(":")
+        if not name or mode not in ("max", "min"):
+            raise ConfigError(f"search.objectives: {o!r} is not 'metric:max' or 'metric:min'")
+    if s.objectives and s.objectives[0] != f"{s.metric}:{s.mode}":
+        raise ConfigError(f"search.objectives starts with {s.objectives[0]!r} but search.metric "
+                          f"and search.mode say {s.metric}:{s.mode}: the first objective is the "
+                          "score the search ranks by")
+    if s.scheduler == "pareto_asha" and len(s.objectives) != 2:
+        raise ConfigError("search.scheduler=pareto_asha keeps each rung's (score, cost) front: "
+                          "give two search.objectives, e.g. [dev_score:max, latency_ms:min] "
+                          f"(got {s.objectives})")
+    if s.scheduler != "none" and (s.grace_period < 1 or s.reduction_factor < 2):
+        raise ConfigError(f"search.grace_period={s.grace_period} must be >= 1 and "
+                          f"search.reduction_factor={s.reduction_factor} >= 2")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Shape (see RAY_NOTES): a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
 workers report each epoch (or ``train.evals_per_epoch`` times per epoch); ``TuneReportCallback``
-forwards those reports to Tune, so ASHA can stop bad trials early. When one teacher labels every
+forwards those reports to Tune, so ASHA can stop bad trials early (``pareto_asha``: keeping each
+rung's (score, latency) front, :mod:`orchestrator.pareto_asha`). When one teacher labels every
 task, the driver starts one teacher pool for the whole search and hands its client to every trial
 (transfer-set labels, and with ``train.soft_labels=on_demand`` the rows the workers reach as they
 train: :mod:`orchestrator.on_demand_labels`). The driver owns the MLflow parent run; each trial
@@ -19,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
-from orchestrator.config import ExperimentConfig
+from orchestrator.config import ExperimentConfig, SearchConfig
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                       env_storage_path, init_ray)
 from search_spaces.loader import SearchSpace, apply_sample
+from tasks.loaders import TaskData
+from tasks.metrics import trivial_score
 
 OBJECTIVE_LATENCY = "latency_ms"
 
@@ -260,7 +264,6 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                address: str | None = None, resume: bool = True, log: Callable = print) -> SearchOutcome:
     from mlflow.tracking import MlflowClient
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
@@ -288,6 +291,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
+    floor = score_floor(s, data)
     with _search_pool(cfg, teachers, log) as labeler:  # None: a pool per trial
         if not any(space.searches(k) for k in ("augment.", "student.embeddings",
                                                 "student.max_length", "student.arch")):
@@ -318,14 +322,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                                     metric=metrics if len(metrics) > 1 else metrics[0],
                                     mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
             searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-            # time is counted in reports (train.evals_per_epoch per epoch); max_t one past the
-            # last: ASHA never kills a trial at its final report, so the trial can still log its
-            # student and close its MLflow run
-            scheduler = (ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
-                                       max_t=total_reports(cfg.train) + 1,
-                                       grace_period=s.grace_period,
-                                       reduction_factor=s.reduction_factor)
-                         if s.scheduler == "asha" else FIFOScheduler())
+            scheduler = make_scheduler(s, total_reports(cfg.train), floor)
+            log(f"[tune] early stopping: {describe_scheduler(s, floor)}")
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -336,7 +334,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         results = tuner.fit()
     table = results_table(results, s.metric, cfg.train.epochs)
     _settle_child_runs(client, exp_id, s.name, table)
-    best, pareto = summarize(client, parent, table, s.metric, s.mode, cfg)
+    best, pareto = summarize(client, parent, table, s.metric, s.mode, floor)
     if best and s.register_model:
         _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
     errors = [r for r in results if r.error]
@@ -346,6 +344,56 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
             f"config={json.dumps(best.get('config', {}), default=str)}")
     return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
+
+
+def score_floor(s: SearchConfig, data: dict[str, TaskData]) -> float | None:
+    """``search.min_score``, else the dev_score of the trivial predictor (mean over tasks of each
+    task's first dev split, as dev_score is) when dev_score is the score; else None (no floor)."""
+    if s.min_score is not None:
+        return float(s.min_score)
+    if s.metric != "dev_score":
+        return None
+    scores = []
+    for d in data.values():
+        split = d.task.dev_splits[0] if d.task.dev_splits[0] in d.dev else next(iter(d.dev))
+        scores.append(trivial_score(d.task, [e.label for e in d.train],
+                                    [e.label for e in d.dev[split]]))
+    return float(np.mean(scores))
+
+
+def make_scheduler(s: SearchConfig, reports: int, floor: float | None):
+    """Tune's trial scheduler. Time is counted in reports (``train.evals_per_epoch`` per epoch);
+    max_t is one past the last, so early stopping never kills a trial at its final report and the
+    trial can still log its student and close its MLflow run."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from orchestrator.pareto_asha import ParetoASHA
+
+    if s.scheduler == "pareto_asha":
+        (score, score_mode), (cost, cost_mode) = (o.split(":") for o in s.objectives)
+        return ParetoASHA(score, cost, score_mode=score_mode, cost_mode=cost_mode,
+                          time_attr="training_iteration", max_t=reports + 1,
+                          grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                          floor=floor)
+    if s.scheduler == "asha":
+        return ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
+                             max_t=reports + 1, grace_period=s.grace_period,
+                             reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def describe_scheduler(s: SearchConfig, floor: float | None) -> str:
+    if s.scheduler == "none":
+        return "none (every trial runs to its last epoch)"
+    rule = (f"top 1/{s.reduction_factor} by {s.metric} at each rung (first rung: report "
+            f"{s.grace_period})")
+    if s.scheduler == "pareto_asha":
+        beyond = "" if floor is None else f" with {s.metric} beyond {floor:.4g}"
+        return (f"{rule}, or on the rung's {' vs '.join(o.split(':')[0] for o in s.objectives)} "
+                f"front{beyond}")
+    if len(s.objectives) > 1:
+        rule += " alone (search.scheduler=pareto_asha also keeps each rung's objectives front)"
+    return rule
 
 
 @contextlib.contextmanager
@@ -458,20 +506,22 @@ def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> N
                              "trial, so the resumed search could not continue it")
 
 
-def pareto_front(df: pd.DataFrame, score: str, cost: str) -> pd.DataFrame:
-    """Rows no other row beats on both score (higher) and cost (lower)."""
+def pareto_front(df: pd.DataFrame, score: str, cost: str, floor: float | None = None,
+                 score_mode: str = "max") -> pd.DataFrame:
+    """Rows whose score beats ``floor`` (the trivial predictor's) that no other such row beats on
+    both score and cost (lower is better)."""
     ok = df.dropna(subset=[score, cost])
-    keep = []
-    for i, r in ok.iterrows():
-        dominated = ((ok[score] >= r[score]) & (ok[cost] <= r[cost]) &
-                     ((ok[score] > r[score]) | (ok[cost] < r[cost]))).any()
-        if not dominated:
-            keep.append(i)
+    sign = 1.0 if score_mode == "max" else -1.0
+    if floor is not None:
+        ok = ok[sign * ok[score] > sign * floor]
+    sc, co = sign * ok[score], ok[cost]
+    keep = [i for i in ok.index
+            if not ((sc >= sc[i]) & (co <= co[i]) & ((sc > sc[i]) | (co < co[i]))).any()]
     return ok.loc[keep].sort_values(cost)
 
 
 def summarize(client, parent: str, table: pd.DataFrame, metric: str, mode: str,
-              cfg: ExperimentConfig) -> tuple[dict, pd.DataFrame]:
+              floor: float | None = None) -> tuple[dict, pd.DataFrame]:
     if table.empty:
         return {}, table
     col = f"best_{metric}"
@@ -485,17 +535,19 @@ def summarize(client, parent: str, table: pd.DataFrame, metric: str, mode: str,
     tracking.log_metrics(client, parent, {f"best_{metric}": float(best_row[col]),
                                           "trials": float(len(table)),
                                           "trials_stopped_early": float((table["status"] == "STOPPED_EARLY").sum()),
-                                          "trials_failed": float((table["status"] == "ERROR").sum())})
-    pareto = pareto_front(ok, col, OBJECTIVE_LATENCY)
+                                          "trials_failed": float((table["status"] == "ERROR").sum()),
+                                          **({} if floor is None else {"min_score": floor})})
+    pareto = pareto_front(ok, col, OBJECTIVE_LATENCY, floor, mode)
     tracking.log_dict_artifact(client, parent, {
-        "best": {k: v for k, v in best.items()},
+        "best": {k: v for k, v in best.items()}, "min_score": floor,
         "pareto": pareto.drop(columns=["config"]).to_dict(orient="records"),
         "trials": table.drop(columns=["config"]).to_dict(orient="records")}, "search_summary.json")
-    _pareto_plot(client, parent, ok, pareto, col)
+    _pareto_plot(client, parent, ok, pareto, col, floor)
     return best, pareto
 
 
-def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, col: str) -> None:
+def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, col: str,
+                 floor: float | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -509,6 +561,9 @@ def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, co
                label="trials (size = non-embedding params)")
     p = pareto.sort_values(OBJECTIVE_LATENCY)
     ax.plot(p[OBJECTIVE_LATENCY], p[col], "r.-", label="Pareto front")
+    if floor is not None:
+        ax.axhline(floor, color="grey", ls="--", lw=0.8,
+                   label="score floor (trivial predictor or search.min_score)")
     ax.set_xlabel("batch-1 latency (ms)")
     ax.set_ylabel(col)
     ax.legend(fontsize=7)

@@ -146,3 +146,16 @@ def compute_metrics(task: TaskSpec, predictions: ArrayLike, labels: ArrayLike) -
     out = {name: METRICS[name](lab, pred) for name in task.metrics}
     out["score"] = float(np.mean([out[name] for name in task.metrics]))
     return out
+
+
+def trivial_score(task: TaskSpec, train_labels: ArrayLike, dev_labels: ArrayLike) -> float:
+    """The ``score`` of a model that ignores its input: it always predicts the training set's most
+    frequent class (classification) or its mean (regression; correlations of a constant are 0).
+    A student must beat it to be worth anything, however fast it is."""
+    train = np.asarray([x for x in np.asarray(train_labels, dtype=object).ravel() if x is not None])
+    dev = np.asarray(dev_labels)
+    if task.is_regression:
+        value = float(np.mean(train.astype(np.float64))) if train.size else 0.0
+        return compute_metrics(task, np.full(len(dev), value), dev)["score"]
+    counts = np.bincount(train.astype(np.int64), minlength=task.num_outputs) if train.size else [1]
+    return compute_metrics(task, np.full(len(dev), int(np.argmax(counts)), np.int64), dev)["score"]

@@ -2,6 +2,7 @@
 the record is read back from the MLflow store."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -87,7 +88,14 @@ def test_smoke_search_records_parent_children_and_artifacts(smoke):
     top = {a.path for a in client.list_artifacts(finished[0].info.run_id)}
     assert "learning_curve.png" in top
     parent_files = {a.path for a in client.list_artifacts(parent[0].info.run_id)}
-    assert {"search_summary.json", "search_space.yaml"} <= parent_files
+    assert {"search_summary.json", "search_space.yaml", "pareto.png"} <= parent_files
+    # the front leaves out students no better than always predicting the majority class
+    summary = json.loads(Path(client.download_artifacts(parent[0].info.run_id,
+                                                        "search_summary.json")).read_text())
+    assert 0.3 < summary["min_score"] < 0.7, summary["min_score"]  # two balanced-ish classes
+    assert parent[0].data.metrics["min_score"] == pytest.approx(summary["min_score"])
+    assert summary["pareto"] and all(p["best_dev_score"] > summary["min_score"]
+                                     for p in summary["pareto"])
 
     # the best student can be reloaded from its artifacts and predicts like the search measured
     from orchestrator.registry import best_of_search
