@@ -11,15 +11,21 @@ converged. Here a trial reaching a rung goes on when either
   training set's majority class), so a fast model at chance level is never kept for being fast.
 
 The rule is ``keeps``, a pure function; ``ParetoASHA`` is the Ray Tune scheduler around it. Rungs
-are counted in the scheduler's time attribute (Tune's ``training_iteration``: reports).
+are counted in the scheduler's time attribute (Tune's ``training_iteration``: reports). Tune does
+not checkpoint its scheduler, so with ``state_path`` the rungs are written there after every
+decision and read back when a restored search first uses them: a resumed search judges its next
+trials against the ones before the interruption.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
+
+from orchestrator.keys import atomic_file
 
 Point = tuple[float, float]  # (score, cost), both oriented: higher score, lower cost is better
 
@@ -66,7 +72,8 @@ class ParetoASHA(FIFOScheduler):
 
     def __init__(self, score: str, cost: str, *, score_mode: str = "max", cost_mode: str = "min",
                  time_attr: str = "training_iteration", max_t: int = 100, grace_period: int = 1,
-                 reduction_factor: float = 2, floor: float | None = None):
+                 reduction_factor: float = 2, floor: float | None = None,
+                 state_path: str | None = None):
         super().__init__()
         if reduction_factor <= 1 or grace_period < 1 or max_t <= grace_period:
             raise ValueError("ParetoASHA needs reduction_factor > 1, grace_period >= 1 and "
@@ -81,6 +88,8 @@ class ParetoASHA(FIFOScheduler):
         self.milestones = rung_milestones(grace_period, reduction_factor, max_t)
         self.rungs: dict[int, dict[str, Point]] = {m: {} for m in self.milestones}
         self.decisions: list[RungDecision] = []
+        self.state_path = state_path
+        self._loaded = False
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # the objectives are the scheduler's own; TuneConfig's metric/mode stay None
@@ -88,6 +97,7 @@ class ParetoASHA(FIFOScheduler):
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         if self.time_attr not in result or self.score not in result:
             return TrialScheduler.CONTINUE
+        self._load()
         t = result[self.time_attr]
         point = (self._sign[0] * float(result[self.score]),
                  self._sign[1] * float(result.get(self.cost, math.nan)))
@@ -102,6 +112,7 @@ class ParetoASHA(FIFOScheduler):
             by_front = kept and bool(others) and not keeps(point, others, self.rf, math.inf)
             recorded[trial.trial_id] = point
             self.decisions.append(RungDecision(trial.trial_id, m, point, kept, by_front))
+            self._save()
             return TrialScheduler.CONTINUE if kept else TrialScheduler.STOP
         return TrialScheduler.CONTINUE
 
@@ -109,8 +120,59 @@ class ParetoASHA(FIFOScheduler):
         if result:
             self.on_trial_result(tune_controller, trial, result)  # its last rung counts for later ones
 
+    def _load(self) -> None:
+        """Once: the rungs a previous run of this search wrote (nothing when there is none)."""
+        if self._loaded:
+            return
+        self._loaded = True
+        if not self.state_path:
+            return
+        text = _read(self.state_path)
+        if text is None:
+            return
+        for m, recorded in json.loads(text)["rungs"].items():
+            if int(m) in self.rungs:
+                for tid, point in recorded.items():
+                    self.rungs[int(m)].setdefault(tid, (float(point[0]), float(point[1])))
+
+    def _save(self) -> None:
+        if self.state_path:
+            _write(self.state_path, json.dumps(
+                {"score": self.score, "cost": self.cost,
+                 "rungs": {str(m): {t: list(p) for t, p in r.items()} for m, r in self.rungs.items()}}))
+
     def debug_string(self) -> str:
         stopped = sum(not d.kept for d in self.decisions)
         by_front = sum(d.by_front for d in self.decisions)
         return (f"ParetoASHA on ({self.score}, {self.cost}): rungs {self.milestones}, "
                 f"{stopped} stopped, {by_front} kept for the front")
+
+
+def _read(path: str) -> str | None:
+    if "://" not in path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(p) as f:
+        return f.read().decode("utf-8")
+
+
+def _write(path: str, text: str) -> None:
+    """Whole or not at all: a local file is renamed into place, an object store writes objects
+    whole."""
+    if "://" not in path:
+        with atomic_file(path, "w") as f:
+            f.write(text)
+        return
+    import pyarrow.fs as pafs
+
+    fs, p = pafs.FileSystem.from_uri(path)
+    with fs.open_output_stream(p) as f:
+        f.write(text.encode("utf-8"))

@@ -16,6 +16,7 @@ import contextlib
 import json
 import time
 import traceback
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -322,7 +323,10 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                                     metric=metrics if len(metrics) > 1 else metrics[0],
                                     mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
             searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
-            scheduler = make_scheduler(s, total_reports(cfg.train), floor)
+            # rungs saved beside Tune's state; a fresh name per fresh search, so a restored search
+            # (its scheduler unpickled with this path) reads its own rungs and no other's
+            scheduler = make_scheduler(s, total_reports(cfg.train), floor,
+                                       f"{path}/pareto_asha-{uuid.uuid4().hex[:8]}.json")
             log(f"[tune] early stopping: {describe_scheduler(s, floor)}")
             tuner = tune.Tuner(
                 trainable,
@@ -361,7 +365,8 @@ def score_floor(s: SearchConfig, data: dict[str, TaskData]) -> float | None:
     return float(np.mean(scores))
 
 
-def make_scheduler(s: SearchConfig, reports: int, floor: float | None):
+def make_scheduler(s: SearchConfig, reports: int, floor: float | None,
+                   state_path: str | None = None):
     """Tune's trial scheduler. Time is counted in reports (``train.evals_per_epoch`` per epoch);
     max_t is one past the last, so early stopping never kills a trial at its final report and the
     trial can still log its student and close its MLflow run."""
@@ -374,7 +379,7 @@ def make_scheduler(s: SearchConfig, reports: int, floor: float | None):
         return ParetoASHA(score, cost, score_mode=score_mode, cost_mode=cost_mode,
                           time_attr="training_iteration", max_t=reports + 1,
                           grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-                          floor=floor)
+                          floor=floor, state_path=state_path)
     if s.scheduler == "asha":
         return ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
                              max_t=reports + 1, grace_period=s.grace_period,

@@ -151,3 +151,28 @@ def test_pareto_front_leaves_out_students_at_chance():
     loss = pd.DataFrame({"s": [0.2, 0.1, 0.3], "lat": [1.0, 2.0, 3.0]})
     assert list(pareto_front(loss, "s", "lat", score_mode="min").index) == [0, 1]
     assert np.isfinite(df["s"]).all()
+
+
+def test_rungs_survive_a_restored_search(tmp_path):
+    """Tune does not checkpoint schedulers: a restored search unpickles the scheduler as it was
+    built (empty rungs, same state_path) and must read the rungs written before the cut."""
+    import pickle
+
+    state = str(tmp_path / "tune" / "tang" / "pareto_asha-1234abcd.json")
+    first = ParetoASHA("dev_score", "latency_ms", max_t=13, grace_period=1, reduction_factor=3,
+                       floor=MAJORITY, state_path=state)
+    pickled = pickle.dumps(first)  # what Tuner writes to tuner.pkl before any trial runs
+    before = dict(list(TANG.items())[:4])
+    replay(first, before)
+
+    restored = pickle.loads(pickled)
+    assert restored.state_path == state and not any(restored.rungs.values())
+    # 21c57f03 (0.655 at 2.03 ms) is dominated by 083bd09d (0.663 at 1.54 ms), a trial from
+    # before the cut: stopped at the first rung. With the rungs lost it would have been the first
+    # trial at every rung and run to its end.
+    made = replay(restored, {"21c57f03": TANG["21c57f03"]})
+    assert made == {"21c57f03": 1}
+    assert set(restored.rungs[1]) == set(before) | {"21c57f03"}
+    forgetful = ParetoASHA("dev_score", "latency_ms", max_t=13, grace_period=1,
+                           reduction_factor=3, floor=MAJORITY)
+    assert replay(forgetful, {"21c57f03": TANG["21c57f03"]}) == {"21c57f03": 2}
