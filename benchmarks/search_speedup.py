@@ -25,6 +25,11 @@ weak ones. Both are timed here, one after the other, with the same teacher, data
      as representative as the centre is.
    * ``--baseline both``.
 
+   A trial run alone gets the whole share of the machine the search splits among its
+   ``search.max_concurrent`` trials: ``train.torch_threads`` = max_concurrent x the preset's
+   threads per trial (a search that packs two one-thread trials onto two cores is compared with
+   trials that each have both cores).
+
 Each side runs in its own Python process (a fresh local Ray each, so no actor or cache state
 leaks from one to the other); its wall time covers the whole ``run_search`` call, Ray start-up
 included. Prints the times and ``search / (N x full trial)`` (issue 7's target: <= 0.4), the trials
@@ -93,7 +98,10 @@ def run_phase(args) -> dict:
                   else json.loads(Path(args.sample).read_text()))
         space = space.pinned(sample)
         fixed = {"search.num_samples": 1, "search.scheduler": "none", "search.objectives": [],
-                 "search.register_model": None}
+                 "search.register_model": None,
+                 # a trial alone has the machine share the search splits among its concurrent
+                 # trials: max_concurrent x one trial's threads
+                 "train.torch_threads": alone_threads(cfg)}
         overrides.update(fixed)
         cfg = build_config(space.config | {"search": space.search}, overrides)
     t0 = time.perf_counter()
@@ -105,6 +113,11 @@ def run_phase(args) -> dict:
             "pareto": out.pareto.drop(columns=["checkpoint_path"], errors="ignore")
             .to_dict(orient="records") if len(out.pareto) else [],
             "cache": _cache_stats(cfg, out.parent_run_id)}
+
+
+def alone_threads(cfg) -> int:
+    tc = cfg.train
+    return cfg.search.max_concurrent * (tc.torch_threads or max(1, int(tc.cpus_per_worker)))
 
 
 def _cache_stats(cfg, parent_run_id: str) -> dict[str, float]:
