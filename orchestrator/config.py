@@ -396,6 +396,12 @@ def validate(cfg: ExperimentConfig) -> None:
 SCHEDULERS = ("asha", "pareto_asha", "none")
 
 
+def objectives(s: SearchConfig) -> list[tuple[str, str]]:
+    """``search.objectives`` as (metric, mode) pairs; just (search.metric, search.mode) when
+    none are given. Validated by :func:`validate`."""
+    return [tuple(o.split(":")) for o in s.objectives] or [(s.metric, s.mode)]
+
+
 def _validate_search(s: SearchConfig) -> None:
     if s.mode not in ("max", "min"):
         raise ConfigError(f"search.mode={s.mode!r}: choose max or min")

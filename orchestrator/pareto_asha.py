@@ -22,10 +22,11 @@ import json
 import math
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from orchestrator.keys import atomic_file
+from orchestrator.cache import write_bytes_atomic
 
 Point = tuple[float, float]  # (score, cost), both oriented: higher score, lower cost is better
 
@@ -127,19 +128,21 @@ class ParetoASHA(FIFOScheduler):
         self._loaded = True
         if not self.state_path:
             return
-        text = _read(self.state_path)
-        if text is None:
+        fs, path = fsspec.core.url_to_fs(self.state_path)
+        if not fs.exists(path):
             return
-        for m, recorded in json.loads(text)["rungs"].items():
+        for m, recorded in json.loads(fs.cat_file(path))["rungs"].items():
             if int(m) in self.rungs:
                 for tid, point in recorded.items():
                     self.rungs[int(m)].setdefault(tid, (float(point[0]), float(point[1])))
 
     def _save(self) -> None:
         if self.state_path:
-            _write(self.state_path, json.dumps(
+            fs, path = fsspec.core.url_to_fs(self.state_path)
+            write_bytes_atomic(fs, path, json.dumps(
                 {"score": self.score, "cost": self.cost,
-                 "rungs": {str(m): {t: list(p) for t, p in r.items()} for m, r in self.rungs.items()}}))
+                 "rungs": {str(m): {t: list(p) for t, p in r.items()} for m, r in self.rungs.items()}}
+            ).encode())
 
     def debug_string(self) -> str:
         stopped = sum(not d.kept for d in self.decisions)
@@ -147,32 +150,3 @@ class ParetoASHA(FIFOScheduler):
         return (f"ParetoASHA on ({self.score}, {self.cost}): rungs {self.milestones}, "
                 f"{stopped} stopped, {by_front} kept for the front")
 
-
-def _read(path: str) -> str | None:
-    if "://" not in path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                return f.read()
-        except FileNotFoundError:
-            return None
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
-    if fs.get_file_info(p).type == pafs.FileType.NotFound:
-        return None
-    with fs.open_input_stream(p) as f:
-        return f.read().decode("utf-8")
-
-
-def _write(path: str, text: str) -> None:
-    """Whole or not at all: a local file is renamed into place, an object store writes objects
-    whole."""
-    if "://" not in path:
-        with atomic_file(path, "w") as f:
-            f.write(text)
-        return
-    import pyarrow.fs as pafs
-
-    fs, p = pafs.FileSystem.from_uri(path)
-    with fs.open_output_stream(p) as f:
-        f.write(text.encode("utf-8"))

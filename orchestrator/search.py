@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import tracking
-from orchestrator.config import ExperimentConfig, SearchConfig
+from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_teacher
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
@@ -316,12 +316,11 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             log(f"[tune] resuming search {s.name} from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         else:
-            objectives = s.objectives or [f"{s.metric}:{s.mode}"]
-            metrics = [o.split(":")[0] for o in objectives]
-            modes = [o.split(":")[1] if ":" in o else "max" for o in objectives]
+            metrics, modes = zip(*objectives(s))
             searcher = OptunaSearch(space=space.define_by_run(),
-                                    metric=metrics if len(metrics) > 1 else metrics[0],
-                                    mode=modes if len(modes) > 1 else modes[0], seed=cfg.train.seed)
+                                    metric=list(metrics) if len(metrics) > 1 else metrics[0],
+                                    mode=list(modes) if len(modes) > 1 else modes[0],
+                                    seed=cfg.train.seed)
             searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
             # rungs saved beside Tune's state; a fresh name per fresh search, so a restored search
             # (its scheduler unpickled with this path) reads its own rungs and no other's
@@ -375,7 +374,7 @@ def make_scheduler(s: SearchConfig, reports: int, floor: float | None,
     from orchestrator.pareto_asha import ParetoASHA
 
     if s.scheduler == "pareto_asha":
-        (score, score_mode), (cost, cost_mode) = (o.split(":") for o in s.objectives)
+        (score, score_mode), (cost, cost_mode) = objectives(s)
         return ParetoASHA(score, cost, score_mode=score_mode, cost_mode=cost_mode,
                           time_attr="training_iteration", max_t=reports + 1,
                           grace_period=s.grace_period, reduction_factor=s.reduction_factor,
@@ -394,7 +393,7 @@ def describe_scheduler(s: SearchConfig, floor: float | None) -> str:
             f"{s.grace_period})")
     if s.scheduler == "pareto_asha":
         beyond = "" if floor is None else f" with {s.metric} beyond {floor:.4g}"
-        return (f"{rule}, or on the rung's {' vs '.join(o.split(':')[0] for o in s.objectives)} "
+        return (f"{rule}, or on the rung's {' vs '.join(m for m, _ in objectives(s))} "
                 f"front{beyond}")
     if len(s.objectives) > 1:
         rule += " alone (search.scheduler=pareto_asha also keeps each rung's objectives front)"
@@ -406,7 +405,6 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
     """One teacher pool for the whole search when one teacher labels every task: loaded once,
     shared by every trial (and by concurrent trials: one GPU teacher serves them all). Yields its
     picklable client, or None (several teachers: each trial starts its own pools)."""
-    from orchestrator.config import one_teacher
     from orchestrator.teacher_pool import TeacherPool
 
     if not one_teacher(cfg):
