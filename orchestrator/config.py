@@ -157,6 +157,11 @@ class SearchConfig:
     # be listed on the search's Pareto front; None: the dev_score of a model that always predicts
     # the majority class (when the score objective is dev_score)
     min_score: float | None = None
+    # the sampler's random draws before TPE models the results (Optuna's default, 10), and the
+    # order they run in: cheapest_first (estimated training work; ASHA's first trial at a rung
+    # always goes on, so let that be a cheap one) or drawn
+    startup_trials: int = 10
+    startup_order: str = "cheapest_first"
     max_failures: int = 1
     trial_cpus: float = 0.01
     storage_path: str | None = None  # Tune results; default <work_root>/tune
@@ -394,6 +399,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 SCHEDULERS = ("asha", "pareto_asha", "none")
+STARTUP_ORDERS = ("cheapest_first", "drawn")
 
 
 def objectives(s: SearchConfig) -> list[tuple[str, str]]:
@@ -419,6 +425,11 @@ def _validate_search(s: SearchConfig) -> None:
         raise ConfigError("search.scheduler=pareto_asha keeps each rung's (score, cost) front: "
                           "give two search.objectives, e.g. [dev_score:max, latency_ms:min] "
                           f"(got {s.objectives})")
+    if s.startup_order not in STARTUP_ORDERS:
+        raise ConfigError(f"search.startup_order={s.startup_order!r}: choose "
+                          f"{', '.join(STARTUP_ORDERS)}")
+    if s.startup_trials < 0:
+        raise ConfigError(f"search.startup_trials={s.startup_trials} must be >= 0")
     if s.scheduler != "none" and (s.grace_period < 1 or s.reduction_factor < 2):
         raise ConfigError(f"search.grace_period={s.grace_period} must be >= 1 and "
                           f"search.reduction_factor={s.reduction_factor} >= 2")

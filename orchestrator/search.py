@@ -266,7 +266,6 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     from mlflow.tracking import MlflowClient
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     t0 = time.time()
     overrides = dict(overrides or {})
@@ -300,7 +299,9 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
         parent = _parent_run(client, exp_id, s.name, resume)
         tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
-                                             "searcher": "optuna-tpe", "scheduler": s.scheduler})
+                                             "searcher": "optuna-tpe",
+                                             "startup_order": s.startup_order,
+                                             "scheduler": s.scheduler})
         tracking.log_dict_artifact(client, parent,
                                    {"space": {p.key: vars(p) for p in space.params},
                                     "config": cfg.to_dict()}, "search_space.yaml")
@@ -316,12 +317,9 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             log(f"[tune] resuming search {s.name} from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         else:
-            metrics, modes = zip(*objectives(s))
-            searcher = OptunaSearch(space=space.define_by_run(),
-                                    metric=list(metrics) if len(metrics) > 1 else metrics[0],
-                                    mode=list(modes) if len(modes) > 1 else modes[0],
-                                    seed=cfg.train.seed)
-            searcher = ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent)
+            searcher = ConcurrencyLimiter(
+                make_searcher(s, space, overrides, data, cfg.train.seed, log),
+                max_concurrent=s.max_concurrent)
             # rungs saved beside Tune's state; a fresh name per fresh search, so a restored search
             # (its scheduler unpickled with this path) reads its own rungs and no other's
             scheduler = make_scheduler(s, total_reports(cfg.train), floor,
@@ -347,6 +345,29 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
             f"config={json.dumps(best.get('config', {}), default=str)}")
     return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
+
+
+def make_searcher(s: SearchConfig, space: SearchSpace, overrides: dict[str, Any],
+                  data: dict[str, TaskData], seed: int, log: Callable | None = None):
+    """Optuna's TPE over ``space`` (both objectives when there are two: a Pareto front), its
+    first ``search.startup_trials`` draws random; with ``search.startup_order=cheapest_first``
+    those run in order of estimated training work (:mod:`orchestrator.startup_order`)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.startup_order import CheapestFirst, TrainingWork, startup_batch
+
+    metrics, modes = zip(*objectives(s))
+    searcher = OptunaSearch(
+        space=space.define_by_run(),
+        metric=list(metrics) if len(metrics) > 1 else metrics[0],
+        mode=list(modes) if len(modes) > 1 else modes[0],
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=s.startup_trials))
+    batch = startup_batch(s.startup_trials, s.num_samples)
+    if s.startup_order == "drawn" or batch < 2:
+        return searcher
+    tasks = {name: (len(d.train), d.task.is_pair, d.task.num_outputs) for name, d in data.items()}
+    return CheapestFirst(searcher, batch, TrainingWork(space, overrides, tasks), log)
 
 
 def score_floor(s: SearchConfig, data: dict[str, TaskData]) -> float | None:
