@@ -90,6 +90,17 @@ class CheapestFirst(Searcher):
 
     # -- the batch ----------------------------------------------------------------------------
 
+    def _cost(self, k: int, config: dict) -> float:
+        """The estimate is advisory: a configuration it cannot price (its trial will fail or
+        report its own error) runs after the others instead of failing the search."""
+        try:
+            return float(self.cost(config))
+        except Exception as e:  # noqa: BLE001
+            if self.log:
+                self.log(f"[tune] startup draw {k + 1}: work not estimated ({type(e).__name__}: "
+                         f"{e}); it runs after the others")
+            return math.inf
+
     def _draw_batch(self) -> list[tuple[str, dict]]:
         batch = []
         for k in range(self.batch):
@@ -98,7 +109,7 @@ class CheapestFirst(Searcher):
             if not isinstance(config, dict):  # finished or waiting: hand out what there is
                 break
             batch.append((inner_id, config))
-        costs = [float(self.cost(c)) for _, c in batch]
+        costs = [self._cost(k, c) for k, (_, c) in enumerate(batch)]
         self.drawn = [(i, c) for (i, _), c in zip(batch, costs)]
         order = sorted(range(len(batch)), key=lambda k: (costs[k], k))
         if self.log:

@@ -48,6 +48,19 @@ def test_batch_handed_out_cheapest_first_ties_in_drawn_order_then_the_searcher()
     assert s.drawn == [(f"startup-{k}", c) for k, c in enumerate(COSTS)]
 
 
+def test_a_draw_the_estimate_cannot_price_runs_last_and_the_search_goes_on():
+    def cost(c):
+        if c["k"] == 0:
+            raise FileNotFoundError("vectors.txt")
+        return COSTS[c["k"]]
+
+    said = []
+    s = CheapestFirst(Recorder(), batch=3, cost=cost, log=said.append)
+    assert [s.suggest(f"t{i}")["k"] for i in range(3)] == [1, 2, 0]
+    assert "startup draw 1: work not estimated (FileNotFoundError: vectors.txt)" in said[0]
+    assert "drawn positions 2, 3, 1" in said[1]
+
+
 def test_results_and_completions_reach_the_searcher_under_its_own_ids():
     inner = Recorder()
     s = CheapestFirst(inner, batch=3, cost=lambda c: -c["k"])  # last drawn is cheapest
