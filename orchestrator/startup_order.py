@@ -128,7 +128,7 @@ class TrainingWork:
     space: Any  # search_spaces.loader.SearchSpace
     overrides: dict[str, Any]
     tasks: dict[str, tuple[int, bool, int]]
-    _dims: dict[str, int] = field(default_factory=dict, repr=False)
+    _dims: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self, sample: dict) -> float:
         from search_spaces.loader import apply_sample
@@ -188,12 +188,5 @@ def describe(searcher: CheapestFirst) -> str:
     order = sorted(range(len(searcher.drawn)), key=lambda k: (searcher.drawn[k][1], k))
     return ("startup draws run cheapest first, in drawn positions "
             + ", ".join(str(k + 1) for k in order)
-            + f" (estimated work {_fmt(searcher.drawn[order[0]][1])} to "
-            f"{_fmt(searcher.drawn[order[-1]][1])})")
-
-
-def _fmt(x: float) -> str:
-    if not math.isfinite(x) or x <= 0:
-        return str(x)
-    exp = int(math.floor(math.log10(x)))
-    return f"{x / 10 ** exp:.2f}e{exp}"
+            + f" (estimated work {searcher.drawn[order[0]][1]:.3g} to "
+            f"{searcher.drawn[order[-1]][1]:.3g})")
