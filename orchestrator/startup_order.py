@@ -109,9 +109,8 @@ class CheapestFirst(Searcher):
             if not isinstance(config, dict):  # finished or waiting: hand out what there is
                 break
             batch.append((inner_id, config))
-        costs = [self._cost(k, c) for k, (_, c) in enumerate(batch)]
-        self.drawn = [(i, c) for (i, _), c in zip(batch, costs)]
-        order = sorted(range(len(batch)), key=lambda k: (costs[k], k))
+        self.drawn = [(i, self._cost(k, c)) for k, (i, c) in enumerate(batch)]
+        order = cheapest_order(self.drawn)
         if self.log:
             self.log(f"[tune] {describe(self)}")
         return [batch[k] for k in order]
@@ -163,14 +162,12 @@ class TrainingWork:
         return float(max(count_parameters(model)["non_embedding"], 1))
 
     def _dim(self, path: str) -> int:
-        """Word-vector size of a GloVe (``word v1 v2 ...``) or word2vec text file (``count dim``
-        header)."""
+        """Word-vector size of the embeddings file (read once per path)."""
         from orchestrator.config import resolve_embeddings
+        from tasks.embeddings import vector_dim
 
         if path not in self._dims:
-            with open(resolve_embeddings(path), encoding="utf-8") as f:
-                fields = f.readline().split()
-            self._dims[path] = int(fields[1]) if len(fields) == 2 else len(fields) - 1
+            self._dims[path] = vector_dim(resolve_embeddings(path))
         return self._dims[path]
 
 
@@ -182,10 +179,15 @@ def startup_batch(startup_trials: int, num_samples: int) -> int:
     return max(0, min(startup_trials, num_samples))
 
 
+def cheapest_order(drawn: list[tuple[str, float]]) -> list[int]:
+    """Positions of ``(id, cost)`` draws by cost, ties in drawn order."""
+    return sorted(range(len(drawn)), key=lambda k: (drawn[k][1], k))
+
+
 def describe(searcher: CheapestFirst) -> str:
     if not searcher.drawn:
         return "no startup draws"
-    order = sorted(range(len(searcher.drawn)), key=lambda k: (searcher.drawn[k][1], k))
+    order = cheapest_order(searcher.drawn)
     return ("startup draws run cheapest first, in drawn positions "
             + ", ".join(str(k + 1) for k in order)
             + f" (estimated work {searcher.drawn[order[0]][1]:.3g} to "

@@ -53,6 +53,22 @@ def _word2vec_header(fields: list[str]) -> tuple[int, int] | None:
     return None
 
 
+def _dim_of(fields: list[str]) -> int:
+    """Vector size given a file's first line: a word2vec header's, else the values after the word."""
+    header = _word2vec_header(fields)
+    return header[1] if header else len(fields) - 1
+
+
+def vector_dim(path: str | os.PathLike) -> int:
+    """The vector size of a GloVe or word2vec text file (``.gz`` too), from its first line."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"word vector file {p} does not exist")
+    for _, fields in _lines(p):
+        return _dim_of(fields)
+    raise DataError(f"{p}: the file is empty; expected word vectors")
+
+
 def load_word_vectors(path: str | os.PathLike, vocab: Vocab, expected_dim: int | None = None,
                       seed: int = 0, oov_std: float = 0.1) -> tuple[np.ndarray, int]:
     """(float32 matrix [len(vocab), dim], number of vocabulary words found in the file)."""
@@ -67,7 +83,7 @@ def load_word_vectors(path: str | os.PathLike, vocab: Vocab, expected_dim: int |
     for line_no, fields in _lines(p):
         if dim is None:
             header = _word2vec_header(fields)
-            dim = header[1] if header else len(fields) - 1
+            dim = _dim_of(fields)
             if dim < 1:
                 raise DataError(f"{p}, line {line_no}: no vector values; expected "
                                 "'word v1 ... vd' (GloVe) or a 'count dim' header (word2vec)")

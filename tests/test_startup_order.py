@@ -2,6 +2,8 @@
 Optuna draws them, handed out by estimated training work, ids mapped back, queue resumable."""
 from __future__ import annotations
 
+import gzip
+
 import pytest
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -190,8 +192,11 @@ def test_word_vector_size_read_from_the_embeddings_file(tmp_path):
     glove.write_text("film " + " ".join(["0.1"] * 8) + "\n")
     w2v = tmp_path / "w2v.txt"
     w2v.write_text("2 300\nfilm " + " ".join(["0.1"] * 300) + "\n")
+    gz = tmp_path / "w2v.txt.gz"
+    gz.write_bytes(gzip.compress(w2v.read_bytes()))
     small = work_of({"student.embeddings": str(glove)})
     assert work_of({"student.embeddings": str(w2v)}) > small
+    assert work_of({"student.embeddings": str(gz)}) == work_of({"student.embeddings": str(w2v)})
     assert small == pytest.approx(work_of({"student.embeddings": None, "student.embed_dim": 8}))
 
 
