@@ -162,6 +162,10 @@ class SearchConfig:
     # always goes on, so let that be a cheap one) or drawn
     startup_trials: int = 10
     startup_order: str = "cheapest_first"
+    # how those draws meet the first early-stopping rung (pareto_asha): asynchronous (each judged
+    # against the draws that reached it before; the first always goes on) or synchronous (each
+    # pauses there until every draw has reached it; then the kept ones resume, the rest stop)
+    startup_rung: str = "asynchronous"
     max_failures: int = 1
     trial_cpus: float = 0.01
     storage_path: str | None = None  # Tune results; default <work_root>/tune
@@ -400,6 +404,7 @@ def validate(cfg: ExperimentConfig) -> None:
 
 SCHEDULERS = ("asha", "pareto_asha", "none")
 STARTUP_ORDERS = ("cheapest_first", "drawn")
+STARTUP_RUNG_MODES = ("asynchronous", "synchronous")
 
 
 def objectives(s: SearchConfig) -> list[tuple[str, str]]:
@@ -428,6 +433,12 @@ def _validate_search(s: SearchConfig) -> None:
     if s.startup_order not in STARTUP_ORDERS:
         raise ConfigError(f"search.startup_order={s.startup_order!r}: choose "
                           f"{', '.join(STARTUP_ORDERS)}")
+    if s.startup_rung not in STARTUP_RUNG_MODES:
+        raise ConfigError(f"search.startup_rung={s.startup_rung!r}: choose "
+                          f"{', '.join(STARTUP_RUNG_MODES)}")
+    if s.startup_rung == "synchronous" and s.scheduler != "pareto_asha":
+        raise ConfigError("search.startup_rung=synchronous needs search.scheduler=pareto_asha "
+                          f"(got {s.scheduler!r}); or set search.startup_rung=asynchronous")
     if s.startup_trials < 0:
         raise ConfigError(f"search.startup_trials={s.startup_trials} must be >= 0")
     if s.scheduler != "none" and (s.grace_period < 1 or s.reduction_factor < 2):

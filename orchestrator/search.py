@@ -131,7 +131,9 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
         client.update_run(run_id, status="RUNNING")
         client.set_tag(run_id, "distillray.attempts",
                        str(int(existing[0].data.tags.get("distillray.attempts", "1")) + 1))
-        if existing[0].info.status == "RUNNING":  # its driver died: Train resumes the checkpoint
+        if existing[0].info.status in ("RUNNING", "KILLED"):
+            # stopped from outside mid-run (its driver died, or the scheduler paused it at a
+            # rung): Train resumes the checkpoint of its last report
             client.set_tag(run_id, "distillray.resumed", "true")
     else:
         run_id = tracking.start_run(
@@ -267,6 +269,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
+    from orchestrator.pareto_asha import CohortLimiter
+
     t0 = time.time()
     overrides = dict(overrides or {})
     s = cfg.search
@@ -301,6 +305,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
                                              "searcher": "optuna-tpe",
                                              "startup_order": s.startup_order,
+                                             "startup_rung": s.startup_rung,
                                              "scheduler": s.scheduler})
         tracking.log_dict_artifact(client, parent,
                                    {"space": {p.key: vars(p) for p in space.params},
@@ -317,9 +322,10 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             log(f"[tune] resuming search {s.name} from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
         else:
-            searcher = ConcurrencyLimiter(
-                make_searcher(s, space, overrides, data, cfg.train.seed, log),
-                max_concurrent=s.max_concurrent)
+            cohort = synchronous_cohort(s)
+            searcher = make_searcher(s, space, overrides, data, cfg.train.seed, log)
+            searcher = (CohortLimiter(searcher, s.max_concurrent, cohort) if cohort else
+                        ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent))
             # rungs saved beside Tune's state; a fresh name per fresh search, so a restored search
             # (its scheduler unpickled with this path) reads its own rungs and no other's
             scheduler = make_scheduler(s, total_reports(cfg.train), floor,
@@ -385,23 +391,36 @@ def score_floor(s: SearchConfig, data: dict[str, TaskData]) -> float | None:
     return float(np.mean(scores))
 
 
+def synchronous_cohort(s: SearchConfig) -> int:
+    """The trials that meet the first early-stopping rung together (``search.startup_rung``):
+    the random startup draws; 0 when they meet it one by one."""
+    from orchestrator.startup_order import startup_batch
+
+    if s.startup_rung != "synchronous":
+        return 0
+    return startup_batch(s.startup_trials, s.num_samples)
+
+
 def make_scheduler(s: SearchConfig, reports: int, floor: float | None,
                    state_path: str | None = None):
-    """Tune's trial scheduler. Time is counted in reports (``train.evals_per_epoch`` per epoch);
-    max_t is one past the last, so early stopping never kills a trial at its final report and the
-    trial can still log its student and close its MLflow run."""
+    """Tune's trial scheduler. Time is counted in reports (``train.evals_per_epoch`` per epoch,
+    the trial's own count, carried on when it resumes); max_t is one past the last, so early
+    stopping never kills a trial at its final report and the trial can still log its student and
+    close its MLflow run."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from orchestrator.pareto_asha import ParetoASHA
+    from orchestrator.train import REPORT
 
     if s.scheduler == "pareto_asha":
         (score, score_mode), (cost, cost_mode) = objectives(s)
         return ParetoASHA(score, cost, score_mode=score_mode, cost_mode=cost_mode,
-                          time_attr="training_iteration", max_t=reports + 1,
+                          time_attr=REPORT, max_t=reports + 1,
                           grace_period=s.grace_period, reduction_factor=s.reduction_factor,
-                          floor=floor, state_path=state_path)
+                          floor=floor, state_path=state_path, cohort=synchronous_cohort(s),
+                          max_concurrent=s.max_concurrent)
     if s.scheduler == "asha":
-        return ASHAScheduler(metric=s.metric, mode=s.mode, time_attr="training_iteration",
+        return ASHAScheduler(metric=s.metric, mode=s.mode, time_attr=REPORT,
                              max_t=reports + 1, grace_period=s.grace_period,
                              reduction_factor=s.reduction_factor)
     return FIFOScheduler()
@@ -414,8 +433,11 @@ def describe_scheduler(s: SearchConfig, floor: float | None) -> str:
             f"{s.grace_period})")
     if s.scheduler == "pareto_asha":
         beyond = "" if floor is None else f" with {s.metric} beyond {floor:.4g}"
+        cohort = synchronous_cohort(s)
+        sync = (f"; the first {cohort} trials meet the first rung together (each waits there "
+                "for the others, then the kept ones resume)" if cohort else "")
         return (f"{rule}, or on the rung's {' vs '.join(m for m, _ in objectives(s))} "
-                f"front{beyond}")
+                f"front{beyond}{sync}")
     if len(s.objectives) > 1:
         rule += " alone (search.scheduler=pareto_asha also keeps each rung's objectives front)"
     return rule
@@ -502,16 +524,19 @@ def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
 
 
 def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> None:
-    """Trials ASHA stopped were killed mid-run: close their child runs as stopped, not 'running'
-    (or as finished, with their student, when the stop came at their last epoch). A run whose
-    trial this search does not know was started by a driver that died before Tune recorded the
-    trial (a resumed search never continues it): close it as failed."""
+    """Trials ASHA stopped were killed mid-run or while paused at a rung: close their child runs
+    as stopped, not 'running', and tag them early-stopped (or close them as finished, with their
+    student, when the stop came at their last epoch). A running run whose trial this search does
+    not know was started by a driver that died before Tune recorded the trial (a resumed search
+    never continues it): close it as failed."""
     from ray.train import Checkpoint
 
     known = set(table["trial_id"].dropna().astype(str)) if "trial_id" in table else set()
     for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial"},
-                                  statuses=["RUNNING", "SCHEDULED"]):
+                                  statuses=["RUNNING", "SCHEDULED", "KILLED"]):
         trial = run.data.tags.get(tracking.TAG_TRIAL)
+        if run.info.status == "KILLED" and trial not in known:
+            continue  # not this search's doing
         if trial in known:
             row = table[table["trial_id"].astype(str) == trial].iloc[0]
             if row["status"] == "DONE" and row.get("checkpoint_path"):
@@ -521,8 +546,10 @@ def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> N
                 _log_learning_curve(client, run.info.run_id)
                 client.set_terminated(run.info.run_id, "FINISHED")
             else:
-                client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
-                client.set_terminated(run.info.run_id, "KILLED")
+                if "distillray.early_stopped" not in run.data.tags:
+                    client.set_tag(run.info.run_id, "distillray.early_stopped", "true")
+                if run.info.status != "KILLED":
+                    client.set_terminated(run.info.run_id, "KILLED")
         else:
             client.set_tag(run.info.run_id, "distillray.interrupted", "true")
             tracking.end_run(client, run.info.run_id, False,

@@ -30,6 +30,7 @@ from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec
 
 MODEL_FILE = "model.safetensors"
+REPORT = "report"  # the report count in what a trial reports: the time of Tune's early stopping
 STUDENT_FILE = "student.json"
 
 
@@ -272,12 +273,15 @@ def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: Expe
             meta: dict, bundle: Path, rank: int, client, run_id: str | None,
             per_task: dict | None = None) -> None:
     """Log report number ``report`` (0-based; the epoch when there is one report per epoch) to
-    MLflow (rank 0, as step ``report + 1``), checkpoint (rank 0) and report to Ray Train."""
+    MLflow (rank 0, as step ``report + 1``), checkpoint (rank 0) and report to Ray Train, with
+    ``report`` (1-based: the clock of Tune's early stopping, which a resumed run carries on where
+    Tune's own iteration count would start again)."""
     import ray.train
 
     if client is not None:
         from orchestrator.tracking import log_metrics
         log_metrics(client, run_id, metrics, step=report + 1)
+    metrics = {**metrics, REPORT: report + 1}
     with tempfile.TemporaryDirectory() as d:
         if rank != 0:
             ray.train.report(metrics)
