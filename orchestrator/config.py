@@ -436,7 +436,8 @@ def _validate_search(s: SearchConfig) -> None:
     if s.startup_rung not in STARTUP_RUNG_MODES:
         raise ConfigError(f"search.startup_rung={s.startup_rung!r}: choose "
                           f"{', '.join(STARTUP_RUNG_MODES)}")
-    if s.startup_rung == "synchronous" and s.scheduler != "pareto_asha":
+    if s.startup_rung == "synchronous" and s.scheduler == "asha":
+        # (with scheduler=none there are no rungs: the setting has nothing to act on)
         raise ConfigError("search.startup_rung=synchronous needs search.scheduler=pareto_asha "
                           f"(got {s.scheduler!r}); or set search.startup_rung=asynchronous")
     if s.startup_trials < 0:

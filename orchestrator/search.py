@@ -229,12 +229,15 @@ def _log_learning_curve(client, run_id: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def last_per_step(key: str) -> dict[int, float]:
+        """A resumed run logs again the reports made after its checkpoint: the last one counts."""
+        return {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                key=lambda m: m.timestamp)}
+
     # x: the epoch each report ended at (fractional with several evaluations per epoch)
-    epoch = {m.step: m.value for m in client.get_metric_history(run_id, "epoch")}
-    score = sorted((epoch.get(m.step, m.step), m.value)
-                   for m in client.get_metric_history(run_id, "dev_score"))
-    loss = sorted((epoch.get(m.step, m.step), m.value)
-                  for m in client.get_metric_history(run_id, "train_loss"))
+    epoch = last_per_step("epoch")
+    score = sorted((epoch.get(k, k), v) for k, v in last_per_step("dev_score").items())
+    loss = sorted((epoch.get(k, k), v) for k, v in last_per_step("train_loss").items())
     if not score:
         return
     fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -396,7 +399,7 @@ def synchronous_cohort(s: SearchConfig) -> int:
     the random startup draws; 0 when they meet it one by one."""
     from orchestrator.startup_order import startup_batch
 
-    if s.startup_rung != "synchronous":
+    if s.startup_rung != "synchronous" or s.scheduler != "pareto_asha":
         return 0
     return startup_batch(s.startup_trials, s.num_samples)
 

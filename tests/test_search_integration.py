@@ -126,6 +126,38 @@ def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
     assert parent[0].info.status == "FAILED"
 
 
+def test_startup_draws_meet_the_first_rung_together(ray_session, workdir):
+    """search.startup_rung=synchronous through Tune and Ray Train: each draw pauses at the first
+    rung until all have reached it; the kept ones resume their Train run from the checkpoint of
+    that report (not from scratch), the others stop; one child run per trial, none left running."""
+    from orchestrator.search import run_search
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    space, cfg, overrides = resolve_run("smoke", ["search.num_samples=4", "search.name=together",
+                                                  "search.startup_rung=synchronous",
+                                                  "train.epochs=4"], extra={"tracking.uri": uri})
+    out = run_search(cfg, space, overrides)
+    ids = set(out.table["trial_id"])
+    assert len(ids) == 4 and not out.table["error"].notna().any(), out.table
+    state = json.loads(next((Path(cfg.work_root) / "tune" / "together").glob(
+        "pareto_asha-*.json")).read_text())
+    assert set(state["cohort"]) == ids and set(state["rungs"]["1"]) == ids
+    assert state["waiting"] == {} and state["promoted"] == []
+    client, _, children, _ = _runs(uri, "together")
+    assert len(children) == 4, "exactly one child run per trial"
+    resumed = [c for c in children if c.data.tags.get("distillray.resumed") == "true"]
+    assert resumed, "a draw kept at the first rung resumed after waiting there"
+    for c in children:
+        done = out.table.set_index("trial_id").loc[c.data.tags[tracking.TAG_TRIAL], "status"]
+        assert c.info.status == ("FINISHED" if done == "DONE" else "KILLED"), (c.info.status, done)
+        if done != "DONE":
+            assert c.data.tags.get("distillray.early_stopped") == "true"
+    for c in resumed:
+        assert c.data.tags["distillray.attempts"] == "2"
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "dev_score")]
+        assert steps.count(1) == 1 and max(steps) >= 2, steps  # went on from its checkpoint
+
+
 def load_smoke_path() -> str:
     from search_spaces.loader import preset_path
     return str(preset_path("smoke"))

@@ -235,6 +235,9 @@ def test_synchronous_first_rung_is_a_pareto_asha_setting():
     scheduler = make_scheduler(cfg.search, 12, MAJORITY)
     assert scheduler.cohort_size == 6 and scheduler.time_attr == "report"
     assert synchronous_cohort(SearchConfig()) == 0
+    # no rungs, nothing to act on: a preset's setting stands when its scheduler is switched off
+    off = build_config({}, {"search.scheduler": "none", "search.startup_rung": "synchronous"})
+    assert synchronous_cohort(off.search) == 0
     with pytest.raises(ConfigError, match="startup_rung=synchronous needs search.scheduler"):
         build_config({}, {"search.scheduler": "asha", "search.startup_rung": "synchronous"})
     with pytest.raises(ConfigError, match="choose asynchronous, synchronous"):
