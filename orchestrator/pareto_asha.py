@@ -219,7 +219,10 @@ class ParetoASHA(FIFOScheduler):
         still running) against everything recorded there: keep or stop each. Returns whether
         ``arriving`` is kept."""
         recorded = self.rungs[m]
-        judged = sorted(tid for tid, r in self.waiting.items() if r == m)
+        # in the order they were added (the startup order: cheapest first), which is the order
+        # the kept ones resume in, so the cheapest of them meets the next rung first
+        judged = [t for t in self.cohort if self.waiting.get(t) == m]
+        judged += [t for t, r in self.waiting.items() if r == m and t not in judged]
         verdict, stop = None, []
         for tid in judged + ([arriving] if arriving else []):
             others = [p for u, p in recorded.items() if u != tid]

@@ -240,3 +240,46 @@ def test_killed_search_resumes_without_rerunning_or_losing_trials(tmp_path, stal
         # the kill cut short
         assert len(steps) <= EPOCHS + 1, steps
     print(f"driver 1 {t1 - t0:.0f}s (killed), driver 2 {t2 - t1:.0f}s")
+
+
+def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_path):
+    """search.startup_rung=synchronous: killed while startup draws wait (paused) at the first
+    rung. Tune re-queues every unfinished trial as PENDING on restore; the scheduler puts the
+    waiting ones back to wait, so they do not all start at once (on 2 CPUs their Train workers
+    would wait for each other for ever), and the rung closes as it would have."""
+    cmd = _command(tmp_path, 4)
+    cmd += ["--set", "search.scheduler=pareto_asha", "--set", "search.startup_rung=synchronous"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tune_dir = tmp_path / ".distillray" / "tune" / "smoke"
+
+    def rungs() -> dict:
+        files = list(tune_dir.glob("pareto_asha-*.json"))
+        try:
+            return json.loads(files[0].read_text()) if files else {}
+        except ValueError:  # being replaced
+            return {}
+
+    _run_until(cmd, tmp_path, "driver1.log", lambda runs: len(rungs().get("waiting", {})) >= 2,
+               _env())
+    waited = set(rungs()["waiting"])
+    res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                         timeout=900, start_new_session=True)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert "resuming search smoke" in out
+
+    state = rungs()
+    assert state["waiting"] == {} and len(state["rungs"]["1"]) == 4
+    assert waited <= set(state["rungs"]["1"])
+    client = MlflowClient(uri)
+    exp_id = client.get_experiment_by_name("distillray").experiment_id
+    children = _children(client, exp_id)
+    assert len(children) == 4 and all(len(rs) == 1 for rs in children.values())
+    parent = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: "smoke",
+                                                 tracking.TAG_KIND: "search"})[0]
+    summary = json.loads(Path(client.download_artifacts(
+        parent.info.run_id, "search_summary.json", str(tmp_path))).read_text())
+    status = {t["trial_id"]: t["status"] for t in summary["trials"]}
+    assert set(status) == set(children) and "ERROR" not in status.values()
+    for t, (r,) in children.items():
+        assert r.info.status == ("FINISHED" if status[t] == "DONE" else "KILLED"), (t, status[t])

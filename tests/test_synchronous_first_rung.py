@@ -3,7 +3,6 @@ pauses there until every draw has reached it, then the kept ones resume and the 
 through a small stand-in for Tune's loop (one trial at a time, as max_concurrent=1 runs them)."""
 from __future__ import annotations
 
-import json
 import pickle
 from types import SimpleNamespace
 
@@ -95,11 +94,16 @@ class FakeTune:
 
 
 class Draws(Recorder):
-    """Hands out the tang draws in the order the search ran them (as CheapestFirst did)."""
+    """Hands out ``n`` draws, {"k": 0}, {"k": 1}, ... (the tang ones: in the order the search ran
+    them, as CheapestFirst did)."""
+
+    def __init__(self, n: int = len(CHEAPEST_FIRST)):
+        super().__init__()
+        self.n = n
 
     def suggest(self, trial_id):
         k = len(self.suggested)
-        if k >= len(CHEAPEST_FIRST):
+        if k >= self.n:
             return None
         self.suggested.append(trial_id)
         return {"k": k}
@@ -162,6 +166,24 @@ def test_each_draw_is_judged_once_at_the_closed_rung_against_all_seven_others():
     assert cheapest.point[0] == pytest.approx(0.509) and not cheapest.kept
 
 
+def test_kept_draws_resume_in_the_order_they_ran():
+    """The startup order (cheapest first), not the trial ids' order: the cheapest kept draw is
+    the one that meets the next rungs first."""
+    names = ["c9", "b5", "a1", "d0"]
+    # each slower draw scores higher: all four on the front at report 1, all kept
+    curves = {t: (1.0 + k, [0.70 + 0.01 * k] + [0.8] * 3) for k, t in enumerate(names)}
+    scheduler = ParetoASHA("dev_score", "latency_ms", time_attr="report", max_t=5,
+                           grace_period=1, reduction_factor=4, cohort=4)
+    tune = FakeTune(scheduler, CohortLimiter(Draws(4), 1, 4), curves)
+    started = []
+    train = tune._train
+    tune._train = lambda trial: (started.append(trial.trial_id), train(trial))
+    tune.run()
+    # d0, the last to arrive, goes straight on; then the three that waited, in their order
+    assert started == ["c9", "b5", "a1", "d0", "c9", "b5", "a1"]
+    assert all(n == 4 for n in tune.made.values())
+
+
 def test_limiter_frees_the_slot_of_a_paused_draw_and_holds_the_searcher_after_the_cohort():
     inner = Draws()
     limiter = CohortLimiter(inner, max_concurrent=1, cohort=2)
@@ -190,9 +212,7 @@ def test_a_draw_that_never_comes_does_not_leave_the_others_waiting():
     scheduler = ParetoASHA("dev_score", "latency_ms", time_attr="report", max_t=13,
                            grace_period=1, reduction_factor=3, floor=MAJORITY, cohort=8)
     curves = {t: (TANG_ALONE[t][0], TANG_ALONE[t][3]) for t in CHEAPEST_FIRST[:3]}
-    draws = Draws()
-    draws.suggest = lambda tid: (None if len(draws.suggested) >= 3 else Draws.suggest(draws, tid))
-    tune = FakeTune(scheduler, CohortLimiter(draws, 1, 8), curves)
+    tune = FakeTune(scheduler, CohortLimiter(Draws(3), 1, 8), curves)
     tune.run()
     assert tune.parked_seen == CHEAPEST_FIRST[:3]
     assert tune.made == {"9fcc0c9f": 1, "5db50ab1": 12, "42836c99": 1}
