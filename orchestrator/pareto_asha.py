@@ -132,9 +132,10 @@ class ParetoASHA(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict, final: bool = False) -> str:
         """``final``: the trial's last result (it has ended): recorded, never paused."""
+        self._load()
+        self._resumed(trial)
         if self.time_attr not in result or self.score not in result:
             return TrialScheduler.CONTINUE
-        self._load()
         t = result[self.time_attr]
         point = (self._sign[0] * float(result[self.score]),
                  self._sign[1] * float(result.get(self.cost, math.nan)))
@@ -165,13 +166,22 @@ class ParetoASHA(FIFOScheduler):
         if result:
             # its last rung counts for later ones
             self.on_trial_result(tune_controller, trial, result, final=True)
+        self._resumed(trial)
         self._close_ready(tune_controller)
 
     def on_trial_error(self, tune_controller, trial) -> None:
+        self._resumed(trial)
         self._close_ready(tune_controller)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
+        self._resumed(trial)
         self._close_ready(tune_controller)
+
+    def _resumed(self, trial) -> None:
+        """A kept trial that reports again (or ends) no longer waits for a slot."""
+        if trial.trial_id in self.promoted:
+            self.promoted.remove(trial.trial_id)
+            self._save()
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A pending trial (a new draw; Tune starts those anyway), else a trial kept at a closed

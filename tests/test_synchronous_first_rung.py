@@ -146,6 +146,7 @@ def test_the_tang_draws_meet_the_first_rung_together_and_the_cheap_chance_level_
     assert together.parked_seen == CHEAPEST_FIRST[:7]
     assert {t: n for t, n in together.starts.items() if n > 1} == {"5db50ab1": 2, "ef1de1b1": 2}
     assert together.starts["223d8123"] == 1
+    assert together.scheduler.waiting == {} and together.scheduler.promoted == []
     alone = sum(t[2] for t in TANG_ALONE.values())
     assert seconds(asynchronous) / alone == pytest.approx(0.535, abs=0.001)
     assert seconds(together) / alone == pytest.approx(0.482, abs=0.001)
