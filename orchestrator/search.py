@@ -329,10 +329,12 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             searcher = make_searcher(s, space, overrides, data, cfg.train.seed, log)
             searcher = (CohortLimiter(searcher, s.max_concurrent, cohort) if cohort else
                         ConcurrencyLimiter(searcher, max_concurrent=s.max_concurrent))
-            # rungs saved beside Tune's state; a fresh name per fresh search, so a restored search
-            # (its scheduler unpickled with this path) reads its own rungs and no other's
-            scheduler = make_scheduler(s, total_reports(cfg.train), floor,
-                                       f"{path}/pareto_asha-{uuid.uuid4().hex[:8]}.json")
+            # rungs saved beside Tune's state, not in its folder: a restored driver copies that
+            # folder as it was at the restore and syncs the copy back over it, so a file written
+            # there would go back to its old content. A fresh name per fresh search, so a restored
+            # search (its scheduler unpickled with this path) reads its own rungs and no other's
+            scheduler = make_scheduler(s, total_reports(cfg.train), floor, scheduler_state_path(
+                storage, s.name, uuid.uuid4().hex[:8]))
             log(f"[tune] early stopping: {describe_scheduler(s, floor)}")
             tuner = tune.Tuner(
                 trainable,
@@ -392,6 +394,11 @@ def score_floor(s: SearchConfig, data: dict[str, TaskData]) -> float | None:
         scores.append(trivial_score(d.task, [e.label for e in d.train],
                                     [e.label for e in d.dev[split]]))
     return float(np.mean(scores))
+
+
+def scheduler_state_path(storage: str, name: str, tag: str) -> str:
+    """Where a search's Pareto ASHA rungs are saved: ``<storage>/<name>.scheduler/``."""
+    return f"{storage.rstrip('/')}/{name}.scheduler/pareto_asha-{tag}.json"
 
 
 def synchronous_cohort(s: SearchConfig) -> int:

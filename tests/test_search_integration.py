@@ -139,7 +139,7 @@ def test_startup_draws_meet_the_first_rung_together(ray_session, workdir):
     out = run_search(cfg, space, overrides)
     ids = set(out.table["trial_id"])
     assert len(ids) == 4 and not out.table["error"].notna().any(), out.table
-    state = json.loads(next((Path(cfg.work_root) / "tune" / "together").glob(
+    state = json.loads(next((Path(cfg.work_root) / "tune" / "together.scheduler").glob(
         "pareto_asha-*.json")).read_text())
     assert set(state["cohort"]) == ids and set(state["rungs"]["1"]) == ids
     assert state["waiting"] == {} and state["promoted"] == []

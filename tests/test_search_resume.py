@@ -250,10 +250,10 @@ def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_pat
     cmd = _command(tmp_path, 4)
     cmd += ["--set", "search.scheduler=pareto_asha", "--set", "search.startup_rung=synchronous"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tune_dir = tmp_path / ".distillray" / "tune" / "smoke"
+    state_dir = tmp_path / ".distillray" / "tune" / "smoke.scheduler"
 
     def rungs() -> dict:
-        files = list(tune_dir.glob("pareto_asha-*.json"))
+        files = list(state_dir.glob("pareto_asha-*.json"))
         try:
             return json.loads(files[0].read_text()) if files else {}
         except ValueError:  # being replaced
@@ -265,6 +265,7 @@ def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_pat
     res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
                          timeout=900, start_new_session=True)
     out = res.stdout + res.stderr
+    (tmp_path / "driver2.log").write_text(out)
     assert res.returncode == 0, out[-6000:]
     assert "resuming search smoke" in out
 
