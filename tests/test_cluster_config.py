@@ -160,3 +160,46 @@ def test_cli_cluster_flags_and_environment(monkeypatch):
     assert extra["work_root"] == "/x" and extra["search.storage_path"] == "/y"
     assert extra["tracking.uri"] == "http://10.0.0.1:5000"
     assert args.address == "10.0.0.1:6379" and args.cpu_teachers
+
+
+def test_ray_train_settings_reach_every_worker_and_the_users_win(monkeypatch):
+    """init_ray hands Ray Train's settings to every worker through the job's runtime env: the
+    controller checks its workers every 0.5 s (not 2 s, paid at the end of every trial), a local
+    Ray runs no preemption watcher, a cluster keeps Ray's; a variable set by the user wins."""
+    import ray
+
+    import orchestrator.ray_runtime as rr
+
+    seen = []
+
+    def fake_init(**kw):
+        seen.append(kw)
+        return type("Ctx", (), {"dashboard_url": None})()
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", fake_init)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    monkeypatch.setattr(rr, "_recorded_cluster", lambda: None)
+    monkeypatch.setattr(rr, "_gcs_address", lambda a: a)
+    monkeypatch.setattr(rr, "_JOINED", False)
+    for k in ("RAY_ADDRESS", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S",
+              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        monkeypatch.delenv(k, raising=False)
+
+    rr.init_ray(num_cpus=2, log=lambda m: None)
+    env = seen[-1]["runtime_env"]["env_vars"]
+    assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+
+    rr.init_ray(address="10.0.0.1:6379", log=lambda m: None)
+    env = seen[-1]["runtime_env"]["env_vars"]
+    assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "0.5"
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in env  # Ray's default on a cluster
+
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "3")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")
+    rr.init_ray(num_cpus=2, log=lambda m: None)
+    env = seen[-1]["runtime_env"]["env_vars"]
+    assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
+    assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
