@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 STAGE_VERSION = 1  # bump when the file layout or the cap rule changes
 TRANSFER_FILE = "transfer.parquet"
 MANIFEST_FILE = "manifest.json"
+TAGS_DIR = "pos_tags"  # <out_root>/pos_tags/<key>.json: the POS tags of one training set
 _CAP_SALT = 0x7CA9
 
 SCHEMA = pa.schema(
@@ -215,8 +216,61 @@ def _run_bounded(submit, n_tasks: int, limit: int, sizes: list[int], bar) -> lis
     return results
 
 
+def tags_cache_key(data_key: str, mask_token: str, max_words: int) -> str:
+    """Content key of the POS tags of a training set: what tagging depends on (the examples, the
+    mask token, the length limit, the tagger), not the rule parameters, so every transfer set
+    of one training set reuses them."""
+    import nltk
+
+    return content_key({"stage": "pos_tags", "stage_version": STAGE_VERSION,
+                        "data_key": data_key, "mask_token": mask_token, "max_words": max_words,
+                        "tagger": f"nltk-{nltk.__version__}-averaged_perceptron_tagger_eng-universal"})
+
+
+def _read_tags(path: Path, n: int) -> tuple[dict, list] | None:
+    """(per-tag word counts, per-example tags) from a tags file, or None when it is missing or
+    does not hold ``n`` examples (it is then tagged again)."""
+    try:
+        d = json.loads(path.read_text())
+        counts, tags = d["counts"], d["tags"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(tags, list) or len(tags) != n or not isinstance(counts, dict):
+        return None
+    return counts, [None if t is None else (t[0], t[1]) for t in tags]
+
+
+def _write_tags(path: Path, counts: dict, tags: list) -> None:
+    with atomic_file(path, "w") as f:
+        json.dump({"counts": counts, "tags": tags}, f)
+
+
+def _tag(chunks: list[list[Example]], cfg: AugmentConfig, mask_token: str,
+         nltk_paths: list[str] | None, parallel: bool, progress: bool) -> tuple[dict, list]:
+    """POS-tag every chunk (in Ray tasks when ``parallel``): (merged counts, tags per chunk)."""
+    with _progress(sum(len(c) for c in chunks), "augment: tagging", progress) as bar:
+        if parallel:
+            import ray
+
+            refs = _run_bounded(
+                lambda i: _remote("tag").remote(chunks[i], nltk_paths, mask_token, cfg.max_words),
+                len(chunks), cfg.num_workers, [len(c) for c in chunks], bar)
+            tagged = [(ray.get(c), ray.get(t)) for c, t in refs]
+        else:
+            tagged = []
+            for c in chunks:
+                tagged.append(_tag_chunk(c, nltk_paths, mask_token, cfg.max_words))
+                bar.update(len(c))
+    counts = aug.merge_counts(t[0] for t in tagged)
+    return {t: dict(c) for t, c in counts.items()}, [t[1] for t in tagged]
+
+
 def _compute(examples: list[Example], cfg: AugmentConfig, mask_token: str, pair_mode: str,
-             progress: bool, nltk_paths: list[str] | None) -> tuple[dict[str, list], aug.AugmentStats]:
+             progress: bool, nltk_paths: list[str] | None,
+             tags_file: Path | None = None) -> tuple[dict[str, list], aug.AugmentStats]:
+    """The transfer set's columns and stats. ``tags_file``: where the examples' POS tags are
+    kept between calls (tagging is most of the work for a small training set; the tags do not
+    depend on the rule parameters a search varies)."""
     chunks = _chunks(examples, cfg.chunk_size)
     sizes = [len(c) for c in chunks]
     # originals only (disabled) is too little work to pay for Ray
@@ -231,39 +285,33 @@ def _compute(examples: list[Example], cfg: AugmentConfig, mask_token: str, pair_
                         "running inline instead (same output)", free)
             parallel = False
     parts: list[tuple[dict[str, list], aug.AugmentStats]]
-    if not parallel:
-        if not cfg.enabled:
-            parts = [_disabled_chunk(examples, cfg, mask_token)]
+    if not cfg.enabled:
+        parts = [_disabled_chunk(examples, cfg, mask_token)]
+    else:
+        kept = _read_tags(tags_file, len(examples)) if tags_file is not None else None
+        if kept is not None:
+            counts, flat = kept
+            chunk_tags = _chunks(flat, cfg.chunk_size)
         else:
-            with _progress(len(examples), "augment: tagging", progress) as bar:
-                tagged = []
-                for c in chunks:
-                    tagged.append(_tag_chunk(c, nltk_paths, mask_token, cfg.max_words))
-                    bar.update(len(c))
-            lexicon = aug.PosLexicon(aug.merge_counts(t[0] for t in tagged))
-            parts = []
-            with _progress(len(examples), "augment: sampling", progress) as bar:
-                for c, (_, tags) in zip(chunks, tagged):
+            counts, chunk_tags = _tag(chunks, cfg, mask_token, nltk_paths, parallel, progress)
+            if tags_file is not None:
+                _write_tags(tags_file, counts, [t for c in chunk_tags for t in c])
+        lexicon = aug.PosLexicon(counts)
+        with _progress(len(examples), "augment: sampling", progress) as bar:
+            if parallel:
+                refs = [ray.put(c) for c in chunks]
+                lex_ref = ray.put(lexicon)
+                outs = _run_bounded(
+                    lambda i: _remote("augment").remote(refs[i], chunk_tags[i], lex_ref, cfg,
+                                                        mask_token, pair_mode),
+                    len(chunks), cfg.num_workers, sizes, bar)
+                parts = ray.get(outs)
+                del refs, lex_ref
+            else:
+                parts = []
+                for c, tags in zip(chunks, chunk_tags):
                     parts.append(_augment_chunk(c, tags, lexicon, cfg, mask_token, pair_mode))
                     bar.update(len(c))
-    else:
-        refs = [ray.put(c) for c in chunks]
-        k = cfg.num_workers
-        with _progress(len(examples), "augment: tagging", progress) as bar:
-            tag_refs = _run_bounded(
-                lambda i: _remote("tag").remote(refs[i], nltk_paths, mask_token, cfg.max_words),
-                len(chunks), k, sizes, bar)
-        # only the small per-tag counts come to the driver; the tags stay in the object store
-        lexicon = aug.PosLexicon(aug.merge_counts(ray.get([t[0] for t in tag_refs])))
-        lex_ref = ray.put(lexicon)
-        with _progress(len(examples), "augment: sampling", progress) as bar:
-            outs = _run_bounded(
-                lambda i: _remote("augment").remote(refs[i], tag_refs[i][1], lex_ref, cfg,
-                                                    mask_token, pair_mode),
-                len(chunks), k, sizes, bar)
-        parts = ray.get(outs)
-        del tag_refs, lex_ref
-        del refs
     columns: dict[str, list] = {c: [] for c in COLUMNS}
     stats = aug.AugmentStats()
     for cols, st in parts:
@@ -340,7 +388,9 @@ def augment_dataset(
         shutil.rmtree(folder)
 
     ordered = sorted(examples, key=lambda e: int(e.id))
-    columns, st = _compute(ordered, cfg, mask_token, pair_mode, progress, nltk_paths)
+    tags_file = (Path(out_root) / TAGS_DIR / f"{tags_cache_key(data_key, mask_token, cfg.max_words)}.json"
+                 if cfg.enabled else None)
+    columns, st = _compute(ordered, cfg, mask_token, pair_mode, progress, nltk_paths, tags_file)
     columns, cap_dropped = _cap(columns, cfg.max_examples, cfg.seed)
     stats: dict[str, Any] = st.to_dict()
     stats["examples_in"] = len(examples)

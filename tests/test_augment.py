@@ -19,6 +19,7 @@ import pytest
 from orchestrator.augment_stage import (
     COLUMNS,
     MANIFEST_FILE,
+    TAGS_DIR,
     TRANSFER_FILE,
     augment_cache_key,
     augment_dataset,
@@ -367,6 +368,40 @@ def test_cap_keeps_originals_first_and_is_deterministic():
     assert set(few["aug_index"]) == {0} and len(few["example_id"]) == 4
 
 
+def test_transfer_sets_of_one_training_set_share_its_pos_tags(tmp_path, monkeypatch):
+    """Tagging runs once per training set: a transfer set with other rule parameters reads the
+    tags the first one saved and comes out exactly as if it had tagged; a damaged tags file is
+    tagged again."""
+    import orchestrator.augment_stage as stage
+
+    calls = []
+
+    def tag_chunk(examples, nltk_paths, mask_token, max_words):
+        calls.append(len(examples))
+        tags = aug.tag_examples(examples, dict_tagger, mask_token, max_words)
+        return {t: dict(c) for t, c in aug.count_tagged(examples, tags, mask_token).items()}, tags
+
+    monkeypatch.setattr(stage, "_tag_chunk", tag_chunk)
+    monkeypatch.setattr(stage.aug, "check_nltk_data", lambda path=None: [])
+    examples = gen_examples(300)
+    first = augment_dataset(examples, cfg_of(chunk_size=120), tmp_path / "a", "d", progress=False)
+    assert calls == [120, 120, 60]
+    other = cfg_of(p_mask=0.3, p_ng=0.0, n_iter=3, chunk_size=70)
+    again = augment_dataset(examples, other, tmp_path / "a", "d", progress=False)
+    assert calls == [120, 120, 60] and again.key != first.key  # no tagging: the saved tags
+    fresh = augment_dataset(examples, other, tmp_path / "b", "d", progress=False)
+    assert calls[3:] == [70, 70, 70, 70, 20]
+    assert again.path.read_bytes() == fresh.path.read_bytes()
+    # other examples (another data key): tagged, in a file of their own
+    augment_dataset(examples[:50], cfg_of(), tmp_path / "a", "d50", progress=False)
+    assert calls[8:] == [50] and len(list((tmp_path / "a" / TAGS_DIR).iterdir())) == 2
+    # a tags file that does not hold the examples' tags is not trusted
+    for f in (tmp_path / "b" / TAGS_DIR).iterdir():
+        f.write_text('{"counts": {}, "tags": []}')
+    augment_dataset(examples, cfg_of(seed=3), tmp_path / "b", "d", progress=False)
+    assert calls[9:] == [300]
+
+
 def test_cache_key_ignores_workers_and_chunks():
     base = cfg_of()
     k = augment_cache_key(base, "d")
@@ -429,8 +464,9 @@ def test_stage_cache_reuse_and_rebuild(tmp_path):
         f.write(b"x")
     fixed = augment_dataset(examples, cfg, tmp_path, "sst2-150", progress=False)
     assert not fixed.reused and fixed.path.read_bytes() == data
-    # only the final folder: no temporary leftovers
-    assert [p.name for p in tmp_path.iterdir()] == [res.key]
+    # only the final folder and the training set's POS tags: no temporary leftovers
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([res.key, TAGS_DIR])
+    assert len(list((tmp_path / TAGS_DIR).iterdir())) == 1
 
 
 @pytest.fixture(scope="module")
@@ -455,6 +491,11 @@ def test_stage_output_identical_across_workers_and_chunks(tmp_path, ray_cluster)
         cfg = cfg_of(num_workers=w, chunk_size=cs, seed=11)
         res = augment_dataset(examples, cfg, tmp_path / f"w{w}-c{cs}", "mix", progress=False)
         files.append(res.path.read_bytes())
+    # the Ray path reading tags an inline run saved
+    augment_dataset(examples, cfg_of(seed=4), tmp_path / "shared", "mix", progress=False)
+    res = augment_dataset(examples, cfg_of(num_workers=2, chunk_size=70, seed=11),
+                          tmp_path / "shared", "mix", progress=False)
+    files.append(res.path.read_bytes())
     assert all(f == files[0] for f in files[1:])
     table = pq.read_table(tmp_path / "w2-c41" / res.key / TRANSFER_FILE).to_pydict()
     keys = list(zip(table["example_id"], table["aug_index"]))
