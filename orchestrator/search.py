@@ -117,6 +117,7 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
 
     from orchestrator.train import make_trainer
 
+    started = time.time()  # this life of the trial (a resume starts another)
     cfg = apply_sample(space, sample, overrides)
     trial_id = ray.tune.get_context().get_trial_id()
     client = MlflowClient(uri)
@@ -153,7 +154,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
         with on_demand_labeler(cfg, teachers, labeler) as on_demand:
             trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path,
                                    name=f"{search_name}-{trial_id}",
-                                   callbacks=[TuneReportCallback()], labeler=on_demand)
+                                   callbacks=[TuneReportCallback()], labeler=on_demand,
+                                   started_at=started)
             result = trainer.fit()
         if result.error:
             raise result.error

@@ -392,6 +392,10 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         from mlflow.tracking import MlflowClient
         client = MlflowClient(loop_cfg["tracking_uri"])
     run_id = loop_cfg.get("run_id")
+    # what this start cost before the first step (Tune actor, transfer set, Train workers, model,
+    # labels client): logged once per start, so a resumed trial shows what each resume cost
+    startup = ({"startup_seconds": time.time() - loop_cfg["started_at"]}
+               if loop_cfg.get("started_at") else {})
 
     # stage 1: joint distillation, a task drawn by the mixture for each step; ``evals`` reports
     # per epoch (report r ends at epoch (r + 1) / evals), each with dev metrics and a checkpoint
@@ -405,7 +409,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
             lab.flush()
         metrics = {"epoch": r + 1 if evals == 1 else round((r + 1) / evals, 6), "train_loss": loss,
                    "epoch_seconds": seconds, **evaluate(_unwrap(model), dev, specs), **probe,
-                   **merge_stats(labels)}
+                   **merge_stats(labels), **(startup if r == start else {})}
         if tc.finetune_epochs > 0:
             metrics["stage"] = 1
         improved = metrics["dev_score"] > best
@@ -478,9 +482,12 @@ def evaluate_per_task(models: dict[str, Any], dev: dict[tuple[str, str], TaskTen
 
 def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
                  tracking_uri: str | None, storage_path: str, name: str,
-                 callbacks: list | None = None, tasks: list[str] | None = None, labeler=None):
+                 callbacks: list | None = None, tasks: list[str] | None = None, labeler=None,
+                 started_at: float | None = None):
     """A TorchTrainer for one student: workers and resources from ``cfg.train``. ``labeler``:
-    the teacher pool's client for an on-demand bundle (:func:`pipeline.on_demand_labeler`)."""
+    the teacher pool's client for an on-demand bundle (:func:`pipeline.on_demand_labeler`).
+    ``started_at``: when the caller's run began (``time.time()``); the first report of each
+    start of the workers then holds ``startup_seconds``, the time until training began."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -496,5 +503,6 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "bundle": str(bundle), "run_id": run_id,
-                           "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler},
+                           "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler,
+                           "started_at": started_at},
         scaling_config=scaling, run_config=run_config)

@@ -81,6 +81,9 @@ def test_smoke_search_records_parent_children_and_artifacts(smoke):
         assert "sampled.train.lr" in c.data.params
         history = client.get_metric_history(c.info.run_id, "dev_score")
         assert [m.step for m in history] == list(range(1, len(history) + 1))
+        # what the trial's start cost before its first step, once (no trial here resumed)
+        startup = client.get_metric_history(c.info.run_id, "startup_seconds")
+        assert [m.step for m in startup] == [1] and 0 < startup[0].value < 600, startup
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert finished, "at least one trial ran to its last epoch"
     names = {a.path for a in client.list_artifacts(finished[0].info.run_id, "student")}
@@ -156,6 +159,10 @@ def test_startup_draws_meet_the_first_rung_together(ray_session, workdir):
         assert c.data.tags["distillray.attempts"] == "2"
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "dev_score")]
         assert steps.count(1) == 1 and max(steps) >= 2, steps  # went on from its checkpoint
+        # each start logs what it cost: the first at report 1, the resume at its first report
+        starts = sorted(m.step for m in client.get_metric_history(c.info.run_id,
+                                                                   "startup_seconds"))
+        assert starts == [1, 2], starts
 
 
 def load_smoke_path() -> str:
