@@ -1,9 +1,11 @@
 """The augmentation stage: examples -> transfer set (Parquet), cached by content key, Ray-parallel.
 
-Work is split so that the expensive part, POS tagging, happens exactly once per example:
+Work is split so that the expensive part, POS tagging, happens once per training set:
 
-1. tag chunks in parallel; each task returns per-tag word counts (small, to the driver) and the
-   chunk's tags (left in the object store);
+1. tag chunks in parallel; each task returns per-tag word counts and the chunk's tags, which
+   the driver saves as ``<out_root>/pos_tags/<key>.json`` (keyed by the examples, mask token,
+   length limit and tagger, not by the rule parameters), so the next transfer set of the same
+   training set (a search trial with other ``p_*``/``n_iter``) skips this step;
 2. on the driver, merge the counts into the POS lexicon of the whole training set;
 3. augment chunks in parallel, each task reading its chunk's tags and the shared lexicon.
 
@@ -100,12 +102,10 @@ def augment_cache_key(
         "mask_token": mask_token,
     }
     if cfg.enabled:
-        import nltk
-
         spec.update(
             p_mask=float(cfg.p_mask), p_pos=float(cfg.p_pos), p_ng=float(cfg.p_ng),
             n_iter=cfg.n_iter, max_ngram=cfg.max_ngram, seed=cfg.seed, pair_mode=pair_mode,
-            tagger=f"nltk-{nltk.__version__}-averaged_perceptron_tagger_eng-universal",
+            tagger=_tagger_identity(),
         )
     elif cfg.max_examples is not None:
         spec["seed"] = cfg.seed  # the cap's order
@@ -216,15 +216,19 @@ def _run_bounded(submit, n_tasks: int, limit: int, sizes: list[int], bar) -> lis
     return results
 
 
+def _tagger_identity() -> str:
+    import nltk
+
+    return f"nltk-{nltk.__version__}-averaged_perceptron_tagger_eng-universal"
+
+
 def tags_cache_key(data_key: str, mask_token: str, max_words: int) -> str:
     """Content key of the POS tags of a training set: what tagging depends on (the examples, the
     mask token, the length limit, the tagger), not the rule parameters, so every transfer set
     of one training set reuses them."""
-    import nltk
-
     return content_key({"stage": "pos_tags", "stage_version": STAGE_VERSION,
                         "data_key": data_key, "mask_token": mask_token, "max_words": max_words,
-                        "tagger": f"nltk-{nltk.__version__}-averaged_perceptron_tagger_eng-universal"})
+                        "tagger": _tagger_identity()})
 
 
 def _read_tags(path: Path, n: int) -> tuple[dict, list] | None:
@@ -388,8 +392,10 @@ def augment_dataset(
         shutil.rmtree(folder)
 
     ordered = sorted(examples, key=lambda e: int(e.id))
-    tags_file = (Path(out_root) / TAGS_DIR / f"{tags_cache_key(data_key, mask_token, cfg.max_words)}.json"
-                 if cfg.enabled else None)
+    tags_file = None
+    if cfg.enabled:
+        tags_key = tags_cache_key(data_key, mask_token, cfg.max_words)
+        tags_file = Path(out_root) / TAGS_DIR / f"{tags_key}.json"
     columns, st = _compute(ordered, cfg, mask_token, pair_mode, progress, nltk_paths, tags_file)
     columns, cap_dropped = _cap(columns, cfg.max_examples, cfg.seed)
     stats: dict[str, Any] = st.to_dict()
