@@ -217,9 +217,11 @@ def _run_bounded(submit, n_tasks: int, limit: int, sizes: list[int], bar) -> lis
 
 
 def _tagger_identity() -> str:
-    import nltk
+    # the installed version, without importing nltk (over a second): a search reads this in
+    # every trial, most of which tag nothing
+    from importlib.metadata import version
 
-    return f"nltk-{nltk.__version__}-averaged_perceptron_tagger_eng-universal"
+    return f"nltk-{version('nltk')}-averaged_perceptron_tagger_eng-universal"
 
 
 def tags_cache_key(data_key: str, mask_token: str, max_words: int) -> str:
@@ -271,10 +273,11 @@ def _tag(chunks: list[list[Example]], cfg: AugmentConfig, mask_token: str,
 
 def _compute(examples: list[Example], cfg: AugmentConfig, mask_token: str, pair_mode: str,
              progress: bool, nltk_paths: list[str] | None,
-             tags_file: Path | None = None) -> tuple[dict[str, list], aug.AugmentStats]:
+             tags_file: Path | None = None,
+             kept: tuple[dict, list] | None = None) -> tuple[dict[str, list], aug.AugmentStats]:
     """The transfer set's columns and stats. ``tags_file``: where the examples' POS tags are
     kept between calls (tagging is most of the work for a small training set; the tags do not
-    depend on the rule parameters a search varies)."""
+    depend on the rule parameters a search varies); ``kept``: what it held (``_read_tags``)."""
     chunks = _chunks(examples, cfg.chunk_size)
     sizes = [len(c) for c in chunks]
     # originals only (disabled) is too little work to pay for Ray
@@ -292,7 +295,6 @@ def _compute(examples: list[Example], cfg: AugmentConfig, mask_token: str, pair_
     if not cfg.enabled:
         parts = [_disabled_chunk(examples, cfg, mask_token)]
     else:
-        kept = _read_tags(tags_file, len(examples)) if tags_file is not None else None
         if kept is not None:
             counts, flat = kept
             chunk_tags = _chunks(flat, cfg.chunk_size)
@@ -385,18 +387,19 @@ def augment_dataset(
     if manifest is not None:
         return AugmentResult(folder / TRANSFER_FILE, key, len(examples), manifest["rows"],
                              manifest["stats"], time.perf_counter() - t0, True)
-    nltk_paths = None
-    if cfg.enabled:  # fail before any work, with the download calls; workers get the same path
-        nltk_paths = aug.check_nltk_data(cfg.nltk_data)
+    tags_file = kept = nltk_paths = None
+    if cfg.enabled:
+        tags_key = tags_cache_key(data_key, mask_token, cfg.max_words)
+        tags_file = Path(out_root) / TAGS_DIR / f"{tags_key}.json"
+        kept = _read_tags(tags_file, len(examples))
+        if kept is None:  # fail before any work, with the download calls; workers get the path
+            nltk_paths = aug.check_nltk_data(cfg.nltk_data)
     if folder.exists():  # incomplete or altered output: rebuild
         shutil.rmtree(folder)
 
     ordered = sorted(examples, key=lambda e: int(e.id))
-    tags_file = None
-    if cfg.enabled:
-        tags_key = tags_cache_key(data_key, mask_token, cfg.max_words)
-        tags_file = Path(out_root) / TAGS_DIR / f"{tags_key}.json"
-    columns, st = _compute(ordered, cfg, mask_token, pair_mode, progress, nltk_paths, tags_file)
+    columns, st = _compute(ordered, cfg, mask_token, pair_mode, progress, nltk_paths, tags_file,
+                           kept)
     columns, cap_dropped = _cap(columns, cfg.max_examples, cfg.seed)
     stats: dict[str, Any] = st.to_dict()
     stats["examples_in"] = len(examples)

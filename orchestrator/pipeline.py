@@ -160,10 +160,10 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         # every label in a reused bundle was computed once, earlier: count them as reused
         return BundleResult(final, key, True, sizes, {"labels_reused": sum(sizes.values())},
                             meta.get("augment_stats", {}), time.time() - t0)
-    from transformers import AutoTokenizer
+    from orchestrator.teacher_model import mask_token as teacher_mask_token
 
     first_teacher = next(iter(teachers.values()))
-    mask_token = AutoTokenizer.from_pretrained(first_teacher.path).mask_token or "[MASK]"
+    mask_token = teacher_mask_token(first_teacher.path)
     transfer: dict[str, list[Example]] = {}
     aug_stats: dict[str, dict] = {}
     for t, d in data.items():
@@ -208,6 +208,8 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
                 log(f"[bundle] embeddings: {found}/{len(vocab)} vocabulary words found in "
                     f"{cfg.student.embeddings}")
         else:
+            from transformers import AutoTokenizer
+
             tok = AutoTokenizer.from_pretrained(first_teacher.path)
             tok.save_pretrained(str(tmp / "tokenizer"))
             enc = _wordpiece_encoder(tok, cfg.student.max_length)

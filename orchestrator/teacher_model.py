@@ -85,6 +85,23 @@ def teacher_identity(path: str | Path) -> str:
     return content_key(parts)
 
 
+def mask_token(path: str | Path) -> str:
+    """The teacher tokenizer's mask token, read from its saved config files (loading the
+    tokenizer imports transformers, over a second in every trial that builds a transfer set);
+    the tokenizer itself only when neither file names it, ``[MASK]`` when it has none."""
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        try:
+            tok = json.loads((Path(path) / name).read_text()).get("mask_token")
+        except (OSError, ValueError, AttributeError):
+            continue
+        tok = tok.get("content") if isinstance(tok, dict) else tok
+        if isinstance(tok, str) and tok:
+            return tok
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path)).mask_token or "[MASK]"
+
+
 def check_teacher_path(path: str | Path) -> Path:
     """The cheap checks of :func:`load_teacher`, usable before any actor starts."""
     p = Path(path)

@@ -381,14 +381,16 @@ def test_transfer_sets_of_one_training_set_share_its_pos_tags(tmp_path, monkeypa
         tags = aug.tag_examples(examples, dict_tagger, mask_token, max_words)
         return {t: dict(c) for t, c in aug.count_tagged(examples, tags, mask_token).items()}, tags
 
+    checks = []
     monkeypatch.setattr(stage, "_tag_chunk", tag_chunk)
-    monkeypatch.setattr(stage.aug, "check_nltk_data", lambda path=None: [])
+    monkeypatch.setattr(stage.aug, "check_nltk_data", lambda path=None: checks.append(path) or [])
     examples = gen_examples(300)
     first = augment_dataset(examples, cfg_of(chunk_size=120), tmp_path / "a", "d", progress=False)
-    assert calls == [120, 120, 60]
+    assert calls == [120, 120, 60] and len(checks) == 1
     other = cfg_of(p_mask=0.3, p_ng=0.0, n_iter=3, chunk_size=70)
     again = augment_dataset(examples, other, tmp_path / "a", "d", progress=False)
     assert calls == [120, 120, 60] and again.key != first.key  # no tagging: the saved tags
+    assert len(checks) == 1  # nor NLTK (its data, or importing it: over a second per trial)
     fresh = augment_dataset(examples, other, tmp_path / "b", "d", progress=False)
     assert calls[3:] == [70, 70, 70, 70, 20]
     assert again.path.read_bytes() == fresh.path.read_bytes()

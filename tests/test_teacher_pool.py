@@ -414,3 +414,25 @@ def test_token_budget_defaults_to_the_device_and_is_validated(teacher_dir):
     assert TeacherWorker(str(teacher_dir), PoolConfig(token_budget=64)).info()["token_budget"] == 64
     with pytest.raises(ConfigError, match="pool.token_budget=0 must be at least 1"):
         build_config({}, {"pool.token_budget": 0})
+
+
+def test_mask_token_is_read_from_the_tokenizer_files(teacher_dir, tmp_path):
+    """Without loading the tokenizer (transformers' import costs each trial over a second), and
+    the same token the tokenizer has; a directory whose files do not name it asks the tokenizer."""
+    from transformers import AutoTokenizer
+
+    from orchestrator.teacher_model import mask_token
+
+    assert mask_token(teacher_dir) == AutoTokenizer.from_pretrained(str(teacher_dir)).mask_token
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in teacher_dir.iterdir():
+        if f.is_file():
+            (bare / f.name).write_bytes(f.read_bytes())
+    conf = json.loads((bare / "tokenizer_config.json").read_text())
+    conf["mask_token"] = {"content": "<msk>", "special": True}
+    (bare / "tokenizer_config.json").write_text(json.dumps(conf))
+    assert mask_token(bare) == "<msk>"
+    conf.pop("mask_token")
+    (bare / "tokenizer_config.json").write_text(json.dumps(conf))
+    assert mask_token(bare) == AutoTokenizer.from_pretrained(str(bare)).mask_token
