@@ -189,6 +189,15 @@ def _node_capacities(resources: dict) -> tuple[list[tuple[str, dict]], list[tupl
     return [("cluster", dict(resources))], []
 
 
+def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
+    """What each Tune trial holds: a token CPU share while Ray Train's workers hold the training
+    resources, or, in local mode (``train.num_workers: 0``), the one worker's share itself."""
+    t = cfg.train
+    if t.num_workers > 0:
+        return {"CPU": cfg.search.trial_cpus}
+    return {"CPU": cfg.search.trial_cpus + t.cpus_per_worker, **({"GPU": 1.0} if t.use_gpu else {})}
+
+
 def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
                  nodes: list[tuple[str, dict]] | None = None,
                  node_types: list[tuple[str, dict, int]] | None = None) -> None:
@@ -208,20 +217,21 @@ def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
                                                        for name, res, _ in types]
     cpus = potential.get("CPU", 0.0)
     s, t, p = cfg.search, cfg.train, cfg.pool
-    workers, actors = t.num_workers * t.cpus_per_worker, p.num_actors * p.cpus_per_actor
+    # local mode (num_workers 0): the trial trains in its own process, with one worker's share
+    workers, actors = max(t.num_workers, 1) * t.cpus_per_worker, p.num_actors * p.cpus_per_actor
+    trains = (f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU" if t.num_workers else
+              f"training in the trial {t.cpus_per_worker:g} CPU")
     if one_teacher(cfg):
         # one teacher pool for the whole search, beside the concurrent trials' workers
         need = actors + s.max_concurrent * (s.trial_cpus + workers)
         shape = (f"{p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU + "
-                 f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
-                 f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU)")
+                 f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + {trains})")
     else:
         # a pool per trial (one per teacher, in turn), gone before the workers start (labels
         # on demand need one teacher: config validation refuses them here)
         need = s.max_concurrent * (s.trial_cpus + max(workers, actors))
         shape = (f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
-                 f"max({t.num_workers} workers x {t.cpus_per_worker:g} CPU, {p.num_actors} "
-                 f"teacher actors x {p.cpus_per_actor:g} CPU))")
+                 f"max({trains}, {p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU))")
     if need > cpus + 1e-9:
         raise ResourceError(
             f"the search needs {need:g} CPUs ({shape}) but the cluster has {cpus:g}: lower "

@@ -29,7 +29,8 @@ from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
-                                      env_storage_path, init_ray)
+                                      env_storage_path, init_ray, trial_resources)
+from orchestrator.trial_checkpoints import TrialCheckpoints
 from search_spaces.loader import SearchSpace, apply_sample
 from tasks.loaders import TaskData
 from tasks.metrics import trivial_score
@@ -150,16 +151,20 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             "transfer_size": sum(bundle.transfer_sizes.values()),
             "bundle_reused": float(bundle.reused), **bundle.label_stats})
         client.set_tag(run_id, "distillray.bundle", bundle.key)
+        name, local = f"{search_name}-{trial_id}", cfg.train.num_workers == 0
         # the teacher pool the workers label from: None unless soft_labels=on_demand
         with on_demand_labeler(cfg, teachers, labeler) as on_demand:
-            trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path,
-                                   name=f"{search_name}-{trial_id}",
-                                   callbacks=[TuneReportCallback()], labeler=on_demand,
-                                   started_at=started)
+            # local mode reports to Tune itself; Train's workers report through the callback
+            trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path, name=name,
+                                   callbacks=[] if local else [TuneReportCallback()],
+                                   labeler=on_demand, started_at=started)
             result = trainer.fit()
         if result.error:
             raise result.error
-        _log_trial_outcome(client, run_id, result)
+        if local:
+            _log_local_outcome(client, run_id, TrialCheckpoints(storage_path, name))
+        else:
+            _log_trial_outcome(client, run_id, result)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
         if _stopped_by_scheduler(e):  # ASHA stopped it: KILLED, as _settle_child_runs marks it
@@ -173,11 +178,13 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
 
 
 def _stopped_by_scheduler(e: BaseException) -> bool:
-    """Tune stopping a trial kills its Train controller on purpose; on a multi-node cluster the
-    trial often sees that as an ActorDiedError (exit type INTENDED_USER_EXIT) before it dies."""
+    """Tune stopping (or pausing) a trial kills its Train controller on purpose; on a multi-node
+    cluster the trial often sees that as an ActorDiedError (exit type INTENDED_USER_EXIT) before
+    it dies. A student training in the trial's own process (local mode) is ended by Tune's report
+    call raising SystemExit in it."""
     from ray.exceptions import ActorDiedError
 
-    return isinstance(e, ActorDiedError) and "INTENDED" in str(e)
+    return isinstance(e, SystemExit) or (isinstance(e, ActorDiedError) and "INTENDED" in str(e))
 
 
 def _replay_finished(run) -> None:
@@ -198,11 +205,24 @@ def _log_final_metrics(client, run_id: str, last: dict) -> None:
 
 
 def _log_trial_outcome(client, run_id: str, result) -> None:
+    """What a Ray Train run ended with: final metrics, learning curve, its best student."""
     _log_final_metrics(client, run_id, result.metrics or {})
     _log_learning_curve(client, run_id)
     ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
     if ckpt is not None:
-        _log_student(client, run_id, ckpt)
+        with ckpt.as_directory() as d:
+            _log_student(client, run_id, Path(d))
+
+
+def _log_local_outcome(client, run_id: str, checkpoints: TrialCheckpoints) -> None:
+    """The same for a student trained in the trial's process (local mode), from the checkpoints
+    its lives kept: the last report's metrics and the best report's student."""
+    latest, best = checkpoints.latest(), checkpoints.best()
+    _log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
+                       if latest else {})
+    _log_learning_curve(client, run_id)
+    if best is not None:
+        _log_student(client, run_id, best)
 
 
 def _is_dev_metric(key: str) -> bool:
@@ -214,15 +234,14 @@ def _is_dev_metric(key: str) -> bool:
         tuple(f"_{m}" for m in (*KNOWN_METRICS, "score")))
 
 
-def _log_student(client, run_id: str, ckpt) -> None:
-    """The student of a Train checkpoint as artifacts: weights, config, vocabulary/tokenizer."""
-    with ckpt.as_directory() as d:
-        per_task = [p.name for p in sorted(Path(d).glob("model-*.safetensors"))]  # MKD stage 2
-        for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
-            if (Path(d) / f).is_file():
-                client.log_artifact(run_id, str(Path(d) / f), "student")
-        if (Path(d) / "tokenizer").is_dir():
-            client.log_artifacts(run_id, str(Path(d) / "tokenizer"), "student/tokenizer")
+def _log_student(client, run_id: str, d: Path) -> None:
+    """The student of a checkpoint directory as artifacts: weights, config, vocabulary/tokenizer."""
+    per_task = [p.name for p in sorted(d.glob("model-*.safetensors"))]  # MKD stage 2
+    for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
+        if (d / f).is_file():
+            client.log_artifact(run_id, str(d / f), "student")
+    if (d / "tokenizer").is_dir():
+        client.log_artifacts(run_id, str(d / "tokenizer"), "student/tokenizer")
 
 
 def _log_learning_curve(client, run_id: str) -> None:
@@ -320,7 +339,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             _trial, space=space, overrides=overrides, data=data, teachers=teachers,
             parent_run_id=parent, experiment_id=exp_id, uri=uri, storage_path=storage,
             search_name=s.name, labeler=labeler)
-        trainable = tune.with_resources(trainable, {"CPU": s.trial_cpus})
+        trainable = tune.with_resources(trainable, trial_resources(cfg))
         path = f"{storage.rstrip('/')}/{s.name}"
         _snapshot_often()
         if resume and tune.Tuner.can_restore(path):
@@ -554,7 +573,8 @@ def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> N
             if row["status"] == "DONE" and row.get("checkpoint_path"):
                 # ASHA stopped it at a rung that was also its last epoch: it did finish
                 _log_final_metrics(client, run.info.run_id, run.data.metrics)
-                _log_student(client, run.info.run_id, Checkpoint(row["checkpoint_path"]))
+                with Checkpoint(row["checkpoint_path"]).as_directory() as d:
+                    _log_student(client, run.info.run_id, Path(d))
                 _log_learning_curve(client, run.info.run_id)
                 client.set_terminated(run.info.run_id, "FINISHED")
             else:

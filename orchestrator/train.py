@@ -24,6 +24,7 @@ from orchestrator.bundle import TaskTensors, load_embeddings, read_meta, read_sp
 from orchestrator.config import ExperimentConfig, build_config
 from orchestrator.mixture import TaskSampler, mixture_weights
 from orchestrator.on_demand_labels import merge_stats
+from orchestrator.trial_checkpoints import TrialCheckpoints
 from students.factory import build_student, count_parameters
 from students.losses import distillation_loss
 from tasks.metrics import compute_metrics
@@ -271,11 +272,12 @@ def _unwrap(model):
 
 def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: ExperimentConfig,
             meta: dict, bundle: Path, rank: int, client, run_id: str | None,
-            per_task: dict | None = None) -> None:
+            per_task: dict | None = None, checkpoints: TrialCheckpoints | None = None) -> None:
     """Log report number ``report`` (0-based; the epoch when there is one report per epoch) to
     MLflow (rank 0, as step ``report + 1``), checkpoint (rank 0) and report to Ray Train, with
     ``report`` (1-based: the clock of Tune's early stopping, which a resumed run carries on where
-    Tune's own iteration count would start again)."""
+    Tune's own iteration count would start again). ``checkpoints``: in a trial's own process
+    (local mode), where the checkpoint goes; the metrics then go to Tune directly."""
     import ray.train
 
     if client is not None:
@@ -298,7 +300,13 @@ def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: Expe
             torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
         (Path(d) / "train_state.json").write_text(json.dumps({"report": report, **state}))
         (Path(d) / "metrics.json").write_text(json.dumps(metrics))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        if checkpoints is None:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            return
+        metrics["checkpoint_path"] = checkpoints.save(d, report, metrics.get("dev_score", math.nan))
+    import ray.tune  # in a Tune trial, ray.train's report and context are Tune's to give
+
+    ray.tune.report(metrics)
 
 
 def on_demand_labels(meta: dict, bundle: Path, train: dict[str, TaskTensors], labeler,
@@ -332,8 +340,14 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     cfg = build_config(loop_cfg["experiment"])
     tc = cfg.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    # in a trial's own process (local mode), checkpoints are kept here and reports go to Tune
+    checkpoints = (TrialCheckpoints(**loop_cfg["checkpoints"]) if loop_cfg.get("checkpoints")
+                   else None)
+    if checkpoints is None:
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    else:
+        rank, world = 0, 1
     torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
     torch.manual_seed(tc.seed)
     bundle = Path(loop_cfg["bundle"])
@@ -357,7 +371,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                                  weight_decay=tc.weight_decay)
     start, best, bad_epochs = 0, -math.inf, 0  # start: the first report index to run
     resumed_per_task: dict[str, dict] = {}
-    ckpt = ray.train.get_checkpoint()
+    if checkpoints is None:
+        ckpt = ray.train.get_checkpoint()
+    else:
+        latest = checkpoints.latest()
+        ckpt = ray.train.Checkpoint.from_directory(str(latest)) if latest else None
     if ckpt:  # resume after a worker failure or a restored search
         from safetensors.torch import load_file
         with ckpt.as_directory() as d:
@@ -417,7 +435,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         bad_epochs = 0 if improved else bad_epochs + 1
         metrics["best_dev_score"] = best
         _report(r, metrics, {"best": best, "bad_epochs": bad_epochs}, model, optimizer, cfg,
-                meta, bundle, rank, client, run_id)
+                meta, bundle, rank, client, run_id, checkpoints=checkpoints)
         if tc.patience is not None and bad_epochs >= tc.patience * evals:
             break
 
@@ -443,7 +461,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         best = max(best, metrics["dev_score"])
         metrics["best_dev_score"] = best
         _report(r, metrics, {"best": best, "bad_epochs": 0}, model, None, cfg, meta, bundle,
-                rank, client, run_id, per_task={t: m for t, (m, _) in per_task.items()})
+                rank, client, run_id, per_task={t: m for t, (m, _) in per_task.items()},
+                checkpoints=checkpoints)
 
 
 def finetune_copies(joint, specs: dict[str, TaskSpec], tc, world: int,
@@ -487,14 +506,27 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
     """A TorchTrainer for one student: workers and resources from ``cfg.train``. ``labeler``:
     the teacher pool's client for an on-demand bundle (:func:`pipeline.on_demand_labeler`).
     ``started_at``: when the caller's run began (``time.time()``); the first report of each
-    start of the workers then holds ``startup_seconds``, the time until training began."""
+    start of the workers then holds ``startup_seconds``, the time until training began.
+
+    ``train.num_workers: 0`` trains in this process (Ray Train's local mode), which must be a
+    Tune trial holding the worker's resources (:func:`ray_runtime.trial_resources`): no
+    controller or worker actors to start, each report goes to Tune directly, and the
+    checkpoints to :class:`TrialCheckpoints` under ``storage_path/name``."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
+    local = tc.num_workers == 0
+    if local:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+        if not _in_tune_session():
+            raise ValueError("train.num_workers=0 trains inside a Tune trial's own process, so "
+                             "it is for searches; here set train.num_workers to 1 or more")
     scaling = ray.train.ScalingConfig(
-        num_workers=tc.num_workers, use_gpu=tc.use_gpu,
-        resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})})
+        num_workers=tc.num_workers, use_gpu=tc.use_gpu and not local,
+        resources_per_worker=None if local else
+        {"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})})
     run_config = ray.train.RunConfig(
         name=name, storage_path=storage_path, callbacks=callbacks or [],
         checkpoint_config=ray.train.CheckpointConfig(
@@ -504,5 +536,6 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
         train_loop_per_worker,
         train_loop_config={"experiment": cfg.to_dict(), "bundle": str(bundle), "run_id": run_id,
                            "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler,
-                           "started_at": started_at},
+                           "started_at": started_at,
+                           "checkpoints": {"storage": storage_path, "name": name} if local else None},
         scaling_config=scaling, run_config=run_config)

@@ -12,7 +12,8 @@ import yaml
 from orchestrator.cli import _extra, build_parser, resolve_run
 from orchestrator.config import ConfigError
 from orchestrator.ray_runtime import (ResourceError, StorageError, autoscaler_node_types,
-                                      check_budget, check_storage, env_storage_path)
+                                      check_budget, check_storage, env_storage_path,
+                                      trial_resources)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,14 +93,19 @@ def test_budget_counts_one_search_wide_pool_or_a_pool_per_trial():
     with pytest.raises(ResourceError, match=r"needs 2.01 CPUs \(1 teacher actors x 0.5 CPU \+ "
                                             r"1 concurrent trial\(s\) x \(0.01 trial \+ 1 workers"
                                             r" x 1.5 CPU\)\)"):
-        check_budget(_cfg(["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5"]),
-                     {"CPU": 2.0}, nodes=NODE, node_types=[])
+        check_budget(_cfg(["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5",
+                           "train.num_workers=1"]), {"CPU": 2.0}, nodes=NODE, node_types=[])
+    # a student trained in its trial's process (local mode) counts as one worker's share
+    with pytest.raises(ResourceError, match=r"needs 2.01 CPUs \(.* x \(0.01 trial \+ training "
+                                            r"in the trial 1.5 CPU\)\)"):
+        check_budget(_cfg(["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5",
+                           "train.num_workers=0"]), {"CPU": 2.0}, nodes=NODE, node_types=[])
     two = ["tasks=[sst2, mrpc]", "teacher.multitask=false", *small]
     check_budget(_cfg(two), {"CPU": 2.0}, nodes=NODE, node_types=[])  # 3 x (0.01 + max)
     with pytest.raises(ResourceError, match=r"3 concurrent trial\(s\) x \(0.01 trial \+ max\(1 "
                                             r"workers x 0.7 CPU, 1 teacher actors x 0.5 CPU\)\)"):
-        check_budget(_cfg([*two, "train.cpus_per_worker=0.7"]), {"CPU": 2.0}, nodes=NODE,
-                     node_types=[])
+        check_budget(_cfg([*two, "train.cpus_per_worker=0.7", "train.num_workers=1"]),
+                     {"CPU": 2.0}, nodes=NODE, node_types=[])
     with pytest.raises(ConfigError, match="train.soft_labels=on_demand keeps one teacher pool"):
         _cfg([*two, "train.soft_labels=on_demand"])
 
@@ -203,3 +209,13 @@ def test_ray_train_settings_reach_every_worker_and_the_users_win(monkeypatch):
     env = seen[-1]["runtime_env"]["env_vars"]
     assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
     assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
+
+
+def test_trial_resources_hold_the_training_share_in_local_mode():
+    """Train's workers hold the training CPUs themselves, so a trial holds a token share; a
+    student trained in the trial's own process (train.num_workers=0) is the trial's to hold."""
+    assert trial_resources(_cfg(["train.num_workers=1"])) == {"CPU": 0.01}
+    assert trial_resources(_cfg(["train.num_workers=0", "train.cpus_per_worker=1.5"])) == {
+        "CPU": pytest.approx(1.51)}
+    with pytest.raises(ConfigError, match="train.num_workers=-1 must be >= 0"):
+        _cfg(["train.num_workers=-1"])

@@ -129,16 +129,19 @@ def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
     assert parent[0].info.status == "FAILED"
 
 
-def test_startup_draws_meet_the_first_rung_together(ray_session, workdir):
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-trial", "train-workers"])
+def test_startup_draws_meet_the_first_rung_together(ray_session, workdir, workers):
     """search.startup_rung=synchronous through Tune and Ray Train: each draw pauses at the first
     rung until all have reached it; the kept ones resume their Train run from the checkpoint of
-    that report (not from scratch), the others stop; one child run per trial, none left running."""
+    that report (not from scratch), the others stop; one child run per trial, none left running.
+    Both where the students train: in the trial's process (local mode) and on Train workers."""
     from orchestrator.search import run_search
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     space, cfg, overrides = resolve_run("smoke", ["search.num_samples=4", "search.name=together",
                                                   "search.startup_rung=synchronous",
-                                                  "train.epochs=4"], extra={"tracking.uri": uri})
+                                                  "train.epochs=4", f"train.num_workers={workers}"],
+                                        extra={"tracking.uri": uri})
     out = run_search(cfg, space, overrides)
     ids = set(out.table["trial_id"])
     assert len(ids) == 4 and not out.table["error"].notna().any(), out.table

@@ -1,0 +1,81 @@
+"""Checkpoints of students trained in their Tune trial's process (train.num_workers=0): the latest
+and the best by dev score survive, nothing else does, and a save cut short never becomes either."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from orchestrator.trial_checkpoints import STATE_FILE, TrialCheckpoints
+
+
+def _dir(tmp_path, name: str, score: float):
+    d = tmp_path / "local" / name
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(name.encode())
+    (d / "metrics.json").write_text(json.dumps({"dev_score": score}))
+    return d
+
+
+def _kept(ck: TrialCheckpoints) -> set[str]:
+    return {p.name for p in Path(ck.path).iterdir() if p.name.startswith("checkpoint_")}
+
+
+@pytest.fixture()
+def ck(tmp_path):
+    return TrialCheckpoints(str(tmp_path / "storage"), "search-trial1")
+
+
+def test_nothing_saved_means_no_checkpoint(ck):
+    assert ck.state() == {} and ck.latest() is None and ck.best() is None
+
+
+def test_keeps_the_latest_and_the_best_by_dev_score(ck, tmp_path):
+    for report, score in enumerate([0.6, 0.8, 0.7, 0.75]):
+        where = ck.save(_dir(tmp_path, f"r{report}", score), report, score)
+        assert where.endswith(f"checkpoint_{report:06d}")
+    assert ck.state() == {"latest": "checkpoint_000003", "report": 3,
+                          "best": "checkpoint_000001", "best_score": 0.8}
+    assert (ck.latest() / "model.safetensors").read_bytes() == b"r3"
+    assert (ck.best() / "model.safetensors").read_bytes() == b"r1"
+    assert _kept(ck) == {"checkpoint_000001", "checkpoint_000003"}
+    ck.save(_dir(tmp_path, "r4", 0.9), 4, 0.9)  # a new best is also the latest
+    assert ck.latest() == ck.best() and _kept(ck) == {"checkpoint_000004"}
+
+
+def test_a_nan_score_is_never_best_but_is_the_latest(ck, tmp_path):
+    ck.save(_dir(tmp_path, "r0", math.nan), 0, math.nan)
+    assert ck.state()["best"] == "checkpoint_000000" and ck.state()["best_score"] is None
+    ck.save(_dir(tmp_path, "r1", 0.5), 1, 0.5)
+    ck.save(_dir(tmp_path, "r2", math.nan), 2, math.nan)
+    assert ck.state()["best"] == "checkpoint_000001" and ck.state()["latest"] == "checkpoint_000002"
+
+
+def test_a_save_cut_short_is_replaced_and_never_named(ck, tmp_path):
+    ck.save(_dir(tmp_path, "r0", 0.5), 0, 0.5)
+    # a life killed while copying report 1: its directory exists, state.json does not name it
+    partial = Path(ck.path) / "checkpoint_000001"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert ck.state()["latest"] == "checkpoint_000000"
+    assert (ck.latest() / "model.safetensors").read_bytes() == b"r0"
+    ck.save(_dir(tmp_path, "r1", 0.6), 1, 0.6)  # the resumed life writes report 1 again
+    assert (ck.latest() / "model.safetensors").read_bytes() == b"r1"
+
+
+def test_an_unreadable_state_starts_afresh(ck, tmp_path):
+    ck.save(_dir(tmp_path, "r0", 0.5), 0, 0.5)
+    (Path(ck.path) / STATE_FILE).write_text("{not json")
+    assert ck.state() == {} and ck.latest() is None
+
+
+def test_local_mode_outside_a_tune_trial_is_a_clear_error(tmp_path):
+    """The student would train in this process and report to a Tune session there is not."""
+    from orchestrator.cli import resolve_run
+    from orchestrator.train import make_trainer
+
+    _, cfg, _ = resolve_run("smoke", ["train.num_workers=0"])
+    with pytest.raises(ValueError, match="train.num_workers=0 trains inside a Tune trial"):
+        make_trainer(cfg, tmp_path, None, None, str(tmp_path), name="x")
