@@ -195,7 +195,7 @@ def trial_resources(cfg: ExperimentConfig) -> dict[str, float]:
     t = cfg.train
     if t.num_workers > 0:
         return {"CPU": cfg.search.trial_cpus}
-    return {"CPU": cfg.search.trial_cpus + t.cpus_per_worker, **({"GPU": 1.0} if t.use_gpu else {})}
+    return {"CPU": t.cpus_per_worker, **({"GPU": 1.0} if t.use_gpu else {})}
 
 
 def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
@@ -217,29 +217,33 @@ def check_budget(cfg: ExperimentConfig, resources: dict, log=None,
                                                        for name, res, _ in types]
     cpus = potential.get("CPU", 0.0)
     s, t, p = cfg.search, cfg.train, cfg.pool
-    # local mode (num_workers 0): the trial trains in its own process, with one worker's share
-    workers, actors = max(t.num_workers, 1) * t.cpus_per_worker, p.num_actors * p.cpus_per_actor
-    trains = (f"{t.num_workers} workers x {t.cpus_per_worker:g} CPU" if t.num_workers else
-              f"training in the trial {t.cpus_per_worker:g} CPU")
+    held = trial_resources(cfg)["CPU"]  # the trial's process (the training share in local mode)
+    workers, actors = t.num_workers * t.cpus_per_worker, p.num_actors * p.cpus_per_actor
+    trial = (f"{held:g} trial + {t.num_workers} workers x {t.cpus_per_worker:g} CPU"
+             if t.num_workers else f"{held:g} CPU, training in the trial")
     if one_teacher(cfg):
         # one teacher pool for the whole search, beside the concurrent trials' workers
-        need = actors + s.max_concurrent * (s.trial_cpus + workers)
+        need = actors + s.max_concurrent * (held + workers)
         shape = (f"{p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU + "
-                 f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + {trains})")
+                 f"{s.max_concurrent} concurrent trial(s) x ({trial})")
     else:
         # a pool per trial (one per teacher, in turn), gone before the workers start (labels
         # on demand need one teacher: config validation refuses them here)
-        need = s.max_concurrent * (s.trial_cpus + max(workers, actors))
-        shape = (f"{s.max_concurrent} concurrent trial(s) x ({s.trial_cpus:g} trial + "
-                 f"max({trains}, {p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU))")
+        need = s.max_concurrent * (held + max(workers, actors))
+        pools = f"{p.num_actors} teacher actors x {p.cpus_per_actor:g} CPU"
+        shape = (f"{s.max_concurrent} concurrent trial(s) x ("
+                 + (f"{held:g} trial + max({t.num_workers} workers x {t.cpus_per_worker:g} CPU, "
+                    f"{pools}))" if t.num_workers else
+                    f"{held:g} CPU, training in the trial, + {pools})"))
     if need > cpus + 1e-9:
         raise ResourceError(
             f"the search needs {need:g} CPUs ({shape}) but the cluster has {cpus:g}: lower "
             "search.max_concurrent, train.cpus_per_worker or pool.cpus_per_actor")
     largest_cpu = max((res.get("CPU", 0.0) for _, res in shapes), default=0.0)
     if t.cpus_per_worker > largest_cpu + 1e-9:
+        who = "each Train worker" if t.num_workers else "each trial, training in its process,"
         raise ResourceError(
-            f"each Train worker asks for {t.cpus_per_worker:g} CPU (train.cpus_per_worker) but the "
+            f"{who} asks for {t.cpus_per_worker:g} CPU (train.cpus_per_worker) but the "
             f"largest node has {largest_cpu:g}: the trials would wait forever; lower "
             "train.cpus_per_worker or add bigger nodes")
     if t.use_gpu and potential.get("GPU", 0) < 1:

@@ -217,12 +217,13 @@ def _log_trial_outcome(client, run_id: str, result) -> None:
 def _log_local_outcome(client, run_id: str, checkpoints: TrialCheckpoints) -> None:
     """The same for a student trained in the trial's process (local mode), from the checkpoints
     its lives kept: the last report's metrics and the best report's student."""
-    latest, best = checkpoints.latest(), checkpoints.best()
-    _log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
-                       if latest else {})
+    with checkpoints.local("latest") as latest:
+        _log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
+                           if latest else {})
     _log_learning_curve(client, run_id)
-    if best is not None:
-        _log_student(client, run_id, best)
+    with checkpoints.local("best") as best:
+        if best is not None:
+            _log_student(client, run_id, best)
 
 
 def _is_dev_metric(key: str) -> bool:
@@ -359,8 +360,12 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             log(f"[tune] early stopping: {describe_scheduler(s, floor)}")
             tuner = tune.Tuner(
                 trainable,
+                # a student trained in the trial's process leaves nothing running when its
+                # trial pauses or stops, so the next trial can take over the process (no new
+                # actor, modules already imported); Train's runs would keep theirs busy
                 tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                            num_samples=s.num_samples),
+                                            num_samples=s.num_samples,
+                                            reuse_actors=cfg.train.num_workers == 0),
                 run_config=tune.RunConfig(
                     name=s.name, storage_path=storage, verbose=1,
                     failure_config=tune.FailureConfig(max_failures=s.max_failures)))

@@ -9,6 +9,7 @@ fetches them from the teacher pool as batches need them (:mod:`orchestrator.on_d
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
@@ -371,24 +372,24 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                                  weight_decay=tc.weight_decay)
     start, best, bad_epochs = 0, -math.inf, 0  # start: the first report index to run
     resumed_per_task: dict[str, dict] = {}
-    if checkpoints is None:
-        ckpt = ray.train.get_checkpoint()
-    else:
-        latest = checkpoints.latest()
-        ckpt = ray.train.Checkpoint.from_directory(str(latest)) if latest else None
-    if ckpt:  # resume after a worker failure or a restored search
-        from safetensors.torch import load_file
-        with ckpt.as_directory() as d:
-            model.load_state_dict(load_file(str(Path(d) / MODEL_FILE)))
-            state = json.loads((Path(d) / "train_state.json").read_text())
-            opt_path = Path(d) / "optimizer.pt"
-            if opt_path.is_file():
-                optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
-            resumed_per_task = {t: load_file(str(Path(d) / f"model-{t}.safetensors"))
-                                for t in specs if (Path(d) / f"model-{t}.safetensors").is_file()}
-        # the last report done ("epoch" in checkpoints written before several reports per epoch)
-        start = state.get("report", state.get("epoch")) + 1
-        best, bad_epochs = state["best"], state["bad_epochs"]
+    with checkpoints.local("latest") if checkpoints else contextlib.nullcontext() as kept:
+        ckpt = (ray.train.get_checkpoint() if checkpoints is None else
+                ray.train.Checkpoint.from_directory(str(kept)) if kept else None)
+        if ckpt:  # resume after a worker failure, a pause at a rung or a restored search
+            from safetensors.torch import load_file
+            with ckpt.as_directory() as d:
+                model.load_state_dict(load_file(str(Path(d) / MODEL_FILE)))
+                state = json.loads((Path(d) / "train_state.json").read_text())
+                opt_path = Path(d) / "optimizer.pt"
+                if opt_path.is_file():
+                    optimizer.load_state_dict(torch.load(opt_path, weights_only=True))
+                resumed_per_task = {t: load_file(str(Path(d) / f"model-{t}.safetensors"))
+                                    for t in specs
+                                    if (Path(d) / f"model-{t}.safetensors").is_file()}
+            # the last report done ("epoch" in checkpoints written before several reports per
+            # epoch)
+            start = state.get("report", state.get("epoch")) + 1
+            best, bad_epochs = state["best"], state["bad_epochs"]
     if world > 1:
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": len(specs) > 1})

@@ -11,11 +11,13 @@ student at its end whichever life reached it. ``storage`` is a path or an fsspec
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import fsspec
 
@@ -64,23 +66,21 @@ class TrialCheckpoints:
                 self.fs.rm(d, recursive=True)
         return f"{self.root}/{name}"
 
-    def latest(self) -> Path | None:
-        """A local directory holding the latest checkpoint, or None before the first save."""
-        return self._local(self.state().get("latest"))
-
-    def best(self) -> Path | None:
-        """A local directory holding the best checkpoint by dev score, or None."""
-        return self._local(self.state().get("best"))
-
-    def _local(self, name: str | None) -> Path | None:
+    @contextlib.contextmanager
+    def local(self, which: str = "latest") -> Iterator[Path | None]:
+        """A local directory holding the ``"latest"`` or ``"best"`` (by dev score) checkpoint,
+        None before the first save. Remote storage: a temporary copy, removed on exit."""
+        name = self.state().get(which)
         if not name:
-            return None
+            yield None
+            return
         src = f"{self.path}/{name}"
         if _is_local(self.fs):
-            return Path(src)
-        dest = Path(tempfile.mkdtemp(prefix="distillray-ckpt-")) / name
-        self.fs.get(src, str(dest), recursive=True)
-        return dest
+            yield Path(src)
+            return
+        with tempfile.TemporaryDirectory(prefix="distillray-ckpt-") as tmp:
+            self.fs.get(src, f"{tmp}/{name}", recursive=True)
+            yield Path(tmp) / name
 
 
 def _better(score: float, best: float | None) -> bool:

@@ -96,16 +96,22 @@ def test_budget_counts_one_search_wide_pool_or_a_pool_per_trial():
         check_budget(_cfg(["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5",
                            "train.num_workers=1"]), {"CPU": 2.0}, nodes=NODE, node_types=[])
     # a student trained in its trial's process (local mode) counts as one worker's share
-    with pytest.raises(ResourceError, match=r"needs 2.01 CPUs \(.* x \(0.01 trial \+ training "
-                                            r"in the trial 1.5 CPU\)\)"):
-        check_budget(_cfg(["train.cpus_per_worker=1.5", "pool.cpus_per_actor=0.5",
+    with pytest.raises(ResourceError, match=r"needs 2.1 CPUs \(1 teacher actors x 0.5 CPU \+ 1 "
+                                            r"concurrent trial\(s\) x \(1.6 CPU, training in "
+                                            r"the trial\)\)"):
+        check_budget(_cfg(["train.cpus_per_worker=1.6", "pool.cpus_per_actor=0.5",
                            "train.num_workers=0"]), {"CPU": 2.0}, nodes=NODE, node_types=[])
-    two = ["tasks=[sst2, mrpc]", "teacher.multitask=false", *small]
+    two = ["tasks=[sst2, mrpc]", "teacher.multitask=false", *small, "train.num_workers=1"]
     check_budget(_cfg(two), {"CPU": 2.0}, nodes=NODE, node_types=[])  # 3 x (0.01 + max)
+    # in local mode a trial holds its share while its own pools label: 3 x (0.45 + 0.5)
+    with pytest.raises(ResourceError, match=r"needs 2.85 CPUs \(3 concurrent trial\(s\) x "
+                                            r"\(0.45 CPU, training in the trial, \+ 1 teacher actors"):
+        check_budget(_cfg([*two, "train.num_workers=0"]), {"CPU": 2.0}, nodes=NODE,
+                     node_types=[])
     with pytest.raises(ResourceError, match=r"3 concurrent trial\(s\) x \(0.01 trial \+ max\(1 "
                                             r"workers x 0.7 CPU, 1 teacher actors x 0.5 CPU\)\)"):
-        check_budget(_cfg([*two, "train.cpus_per_worker=0.7", "train.num_workers=1"]),
-                     {"CPU": 2.0}, nodes=NODE, node_types=[])
+        check_budget(_cfg([*two, "train.cpus_per_worker=0.7"]), {"CPU": 2.0}, nodes=NODE,
+                     node_types=[])
     with pytest.raises(ConfigError, match="train.soft_labels=on_demand keeps one teacher pool"):
         _cfg([*two, "train.soft_labels=on_demand"])
 
@@ -216,6 +222,6 @@ def test_trial_resources_hold_the_training_share_in_local_mode():
     student trained in the trial's own process (train.num_workers=0) is the trial's to hold."""
     assert trial_resources(_cfg(["train.num_workers=1"])) == {"CPU": 0.01}
     assert trial_resources(_cfg(["train.num_workers=0", "train.cpus_per_worker=1.5"])) == {
-        "CPU": pytest.approx(1.51)}
+        "CPU": 1.5}
     with pytest.raises(ConfigError, match="train.num_workers=-1 must be >= 0"):
         _cfg(["train.num_workers=-1"])

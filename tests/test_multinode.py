@@ -82,8 +82,11 @@ def _search(work: Path, name: str, sets: list[str] = (), log=print):
     from orchestrator.search import run_search
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
+    # students on Ray Train workers (the smoke preset trains them in the trial's process), so
+    # the workers are what these tests place on, and kill with, a node
     space, cfg, overrides = resolve_run(
-        "smoke", [f"search.name={name}", f"work_root={work / 'root'}", *sets],
+        "smoke", [f"search.name={name}", f"work_root={work / 'root'}", "train.num_workers=1",
+                  *sets],
         extra={"tracking.uri": uri})
     return uri, run_search(cfg, space, overrides, log=log)
 

@@ -28,6 +28,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
+from orchestrator.trial_checkpoints import STATE_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -142,13 +143,16 @@ def _tail(path: Path, n: int = 4000) -> str:
 
 def _mid_training(finished: int, tune_dir: Path, ignore: set[str] = frozenset()):
     """At least ``finished`` trials done, and another (not in ``ignore``) with 2 epochs, not all,
-    logged, whose Ray Train run has recorded a checkpoint in storage (its checkpoint manager
-    snapshot, what a restarted run resumes from: MLflow hears of an epoch before Train does)."""
+    logged, whose run has recorded a checkpoint in storage (what a restarted run resumes from:
+    MLflow hears of an epoch before the checkpoint is named): the state file of the trial's own
+    checkpoints (the smoke preset trains in the trial's process), or Ray Train's checkpoint
+    manager snapshot."""
     def check(runs):
         return (sum(r["status"] == "FINISHED" for r in runs) >= finished
                 and any(r["status"] == "RUNNING" and 2 <= r["epochs"] < EPOCHS
                         and r["run_id"] not in ignore
-                        and (tune_dir / r["name"] / "checkpoint_manager_snapshot.json").is_file()
+                        and any((tune_dir / r["name"] / f).is_file()
+                                for f in (STATE_FILE, "checkpoint_manager_snapshot.json"))
                         for r in runs))
     return check
 
@@ -274,12 +278,16 @@ def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_pat
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name("distillray").experiment_id
     children = _children(client, exp_id)
-    assert len(children) == 4 and all(len(rs) == 1 for rs in children.values())
+    assert all(len(rs) == 1 for rs in children.values())
     parent = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: "smoke",
                                                  tracking.TAG_KIND: "search"})[0]
     summary = json.loads(Path(client.download_artifacts(
         parent.info.run_id, "search_summary.json", str(tmp_path))).read_text())
     status = {t["trial_id"]: t["status"] for t in summary["trials"]}
-    assert set(status) == set(children) and "ERROR" not in status.values()
+    assert len(status) == 4 and set(status) <= set(children) and "ERROR" not in status.values()
     for t, (r,) in children.items():
-        assert r.info.status == ("FINISHED" if status[t] == "DONE" else "KILLED"), (t, status[t])
+        if t in status:
+            assert r.info.status == ("FINISHED" if status[t] == "DONE" else "KILLED"), \
+                (t, status[t])
+        else:  # started after Tune's last snapshot before the kill (it snapshots every 2 s)
+            assert r.info.status == "FAILED" and r.data.tags.get("distillray.interrupted")

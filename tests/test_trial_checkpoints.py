@@ -19,6 +19,11 @@ def _dir(tmp_path, name: str, score: float):
     return d
 
 
+def _read(ck: TrialCheckpoints, which: str) -> bytes | None:
+    with ck.local(which) as d:
+        return None if d is None else (d / "model.safetensors").read_bytes()
+
+
 def _kept(ck: TrialCheckpoints) -> set[str]:
     return {p.name for p in Path(ck.path).iterdir() if p.name.startswith("checkpoint_")}
 
@@ -29,7 +34,7 @@ def ck(tmp_path):
 
 
 def test_nothing_saved_means_no_checkpoint(ck):
-    assert ck.state() == {} and ck.latest() is None and ck.best() is None
+    assert ck.state() == {} and _read(ck, "latest") is None and _read(ck, "best") is None
 
 
 def test_keeps_the_latest_and_the_best_by_dev_score(ck, tmp_path):
@@ -38,11 +43,11 @@ def test_keeps_the_latest_and_the_best_by_dev_score(ck, tmp_path):
         assert where.endswith(f"checkpoint_{report:06d}")
     assert ck.state() == {"latest": "checkpoint_000003", "report": 3,
                           "best": "checkpoint_000001", "best_score": 0.8}
-    assert (ck.latest() / "model.safetensors").read_bytes() == b"r3"
-    assert (ck.best() / "model.safetensors").read_bytes() == b"r1"
+    assert _read(ck, "latest") == b"r3" and _read(ck, "best") == b"r1"
     assert _kept(ck) == {"checkpoint_000001", "checkpoint_000003"}
     ck.save(_dir(tmp_path, "r4", 0.9), 4, 0.9)  # a new best is also the latest
-    assert ck.latest() == ck.best() and _kept(ck) == {"checkpoint_000004"}
+    assert _read(ck, "latest") == _read(ck, "best") == b"r4"
+    assert _kept(ck) == {"checkpoint_000004"}
 
 
 def test_a_nan_score_is_never_best_but_is_the_latest(ck, tmp_path):
@@ -60,15 +65,15 @@ def test_a_save_cut_short_is_replaced_and_never_named(ck, tmp_path):
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
     assert ck.state()["latest"] == "checkpoint_000000"
-    assert (ck.latest() / "model.safetensors").read_bytes() == b"r0"
+    assert _read(ck, "latest") == b"r0"
     ck.save(_dir(tmp_path, "r1", 0.6), 1, 0.6)  # the resumed life writes report 1 again
-    assert (ck.latest() / "model.safetensors").read_bytes() == b"r1"
+    assert _read(ck, "latest") == b"r1"
 
 
 def test_an_unreadable_state_starts_afresh(ck, tmp_path):
     ck.save(_dir(tmp_path, "r0", 0.5), 0, 0.5)
     (Path(ck.path) / STATE_FILE).write_text("{not json")
-    assert ck.state() == {} and ck.latest() is None
+    assert ck.state() == {} and _read(ck, "latest") is None
 
 
 def test_local_mode_outside_a_tune_trial_is_a_clear_error(tmp_path):
@@ -79,3 +84,15 @@ def test_local_mode_outside_a_tune_trial_is_a_clear_error(tmp_path):
     _, cfg, _ = resolve_run("smoke", ["train.num_workers=0"])
     with pytest.raises(ValueError, match="train.num_workers=0 trains inside a Tune trial"):
         make_trainer(cfg, tmp_path, None, None, str(tmp_path), name="x")
+
+
+def test_remote_storage_is_read_through_a_temporary_copy(tmp_path):
+    """An fsspec URI (here memory://, as s3:// or gs:// would be): saved there, read back
+    through a local copy that is gone after use."""
+    ck = TrialCheckpoints("memory://bucket/tune", f"search-{tmp_path.name}")
+    ck.save(_dir(tmp_path, "r0", 0.5), 0, 0.5)
+    ck.save(_dir(tmp_path, "r1", 0.4), 1, 0.4)
+    with ck.local("best") as d:
+        assert (d / "model.safetensors").read_bytes() == b"r0" and not str(d).startswith("memory")
+    assert not d.exists()
+    assert _read(ck, "latest") == b"r1"
