@@ -104,7 +104,7 @@ def logits_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return values.reshape(n, c)
 
 
-def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return protocol in ("file", "local")
 
@@ -114,7 +114,7 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
 
     Local: :func:`orchestrator.keys.atomic_file`. Remote (fsspec): write a temp object, then
     move it (object stores publish an object only once it is complete)."""
-    if _is_local(fs):
+    if is_local_fs(fs):
         with atomic_file(path) as f:
             f.write(data)
         return

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import fsspec
 
-from orchestrator.cache import _is_local, write_bytes_atomic
+from orchestrator.cache import is_local_fs, write_bytes_atomic
 
 STATE_FILE = "state.json"
 
@@ -47,7 +47,7 @@ class TrialCheckpoints:
         dest = f"{self.path}/{name}"
         if self.fs.exists(dest):  # left by a life that died before naming it
             self.fs.rm(dest, recursive=True)
-        if _is_local(self.fs):
+        if is_local_fs(self.fs):
             Path(self.path).mkdir(parents=True, exist_ok=True)
             shutil.copytree(local_dir, dest)
         else:
@@ -75,7 +75,7 @@ class TrialCheckpoints:
             yield None
             return
         src = f"{self.path}/{name}"
-        if _is_local(self.fs):
+        if is_local_fs(self.fs):
             yield Path(src)
             return
         with tempfile.TemporaryDirectory(prefix="distillray-ckpt-") as tmp:
