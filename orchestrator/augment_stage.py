@@ -187,10 +187,9 @@ def _remote(name: str):
 
 
 def _ensure_ray() -> None:
-    import ray
+    from orchestrator.ray_runtime import init_ray
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    init_ray(log=lambda m: None)  # a no-op when Ray is up; else the same rule as every stage
 
 
 def _run_bounded(submit, n_tasks: int, limit: int, sizes: list[int], bar) -> list:

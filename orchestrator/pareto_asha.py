@@ -27,10 +27,24 @@ its Ray Train run from the checkpoint of its last report: one restart each) whil
 The rungs above, and every later trial, are judged asynchronously against every point recorded
 (pausing there too would cost a restart per kept trial per rung for a smaller gain: the first
 rung's survivors are already the top third and the front).
+
+A restored search and the trials Tune lost. Tune snapshots its trials every few seconds, the
+rungs here are written at every decision, so a driver killed between the two leaves rungs that
+name a trial Tune never recorded. The restored Tune does not know it, and its searcher (restored
+from the same snapshot) draws that slot again: left in the rungs it would be a ghost, judged
+against in every later decision, and the search would count num_samples + 1 trials. Such a trial
+is removed from every rung and waiting list, not adopted: adopting it would need a Tune trial
+the restored searcher never suggested (its result could not reach the searcher's model, and the
+slot would be drawn a second time), whereas removal keeps Tune, the searcher, the rungs and
+MLflow agreeing on the same num_samples trials; what is lost is the work the trial did since
+the snapshot. Every trial added is saved (``added``): on restore, Tune first adds back every
+trial of its snapshot, in one batch before anything else; the saved ones that did not come back
+by the first call of any other kind are the lost ones (``lost`` in the saved state).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 
@@ -41,6 +55,8 @@ from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator.cache import write_bytes_atomic
+
+logger = logging.getLogger(__name__)
 
 Point = tuple[float, float]  # (score, cost), both oriented: higher score, lower cost is better
 PARKED = "waiting_at_rung"  # put in a result the scheduler pauses its trial on: the rung
@@ -114,25 +130,38 @@ class ParetoASHA(FIFOScheduler):
         self.waiting: dict[str, int] = {}
         self.promoted: list[str] = []
         self._trials: dict[str, Trial] = {}
+        # every trial added (saved); on restore, the saved ones Tune has added back so far, and
+        # the ones it lost (see the module doc)
+        self.added: list[str] = []
+        self.lost: list[str] = []
+        self._restored: set[str] | None = None  # None: nothing to reconcile
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True  # the objectives are the scheduler's own; TuneConfig's metric/mode stay None
 
     def on_trial_add(self, tune_controller, trial) -> None:
         self._load()
+        new = self._restored is None or trial.trial_id not in self.added
+        if new:
+            self._reconcile()  # a new draw: Tune has added back every trial it restored
+            self.added.append(trial.trial_id)
+        else:
+            self._restored.add(trial.trial_id)  # Tune adds back a trial of its snapshot
         self._trials[trial.trial_id] = trial
         if trial.trial_id in self.waiting or trial.trial_id in self.promoted:
             # a restored search: Tune re-queues every unfinished trial as PENDING (all would
             # start at once); the ones that were paused at a rung go back to waiting
             if trial.status == Trial.PENDING:
                 trial.set_status(Trial.PAUSED)
-        elif len(self.cohort) < self.cohort_size:
+        elif trial.trial_id not in self.cohort and len(self.cohort) < self.cohort_size:
             self.cohort.append(trial.trial_id)
+        if new:
             self._save()
 
     def on_trial_result(self, tune_controller, trial, result: dict, final: bool = False) -> str:
         """``final``: the trial's last result (it has ended): recorded, never paused."""
         self._load()
+        self._reconcile()
         self._resumed(trial)
         if self.time_attr not in result or self.score not in result:
             return TrialScheduler.CONTINUE
@@ -163,6 +192,7 @@ class ParetoASHA(FIFOScheduler):
         return TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        self._reconcile()
         if result:
             # its last rung counts for later ones
             self.on_trial_result(tune_controller, trial, result, final=True)
@@ -170,10 +200,12 @@ class ParetoASHA(FIFOScheduler):
         self._close_ready(tune_controller)
 
     def on_trial_error(self, tune_controller, trial) -> None:
+        self._reconcile()
         self._resumed(trial)
         self._close_ready(tune_controller)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
+        self._reconcile()
         self._resumed(trial)
         self._close_ready(tune_controller)
 
@@ -186,6 +218,8 @@ class ParetoASHA(FIFOScheduler):
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         """A pending trial (a new draw; Tune starts those anyway), else a trial kept at a closed
         rung while fewer than ``max_concurrent`` run; never a trial waiting at an open rung."""
+        self._load()
+        self._reconcile()
         trials = tune_controller.get_trials()
         for trial in trials:
             if trial.status == Trial.PENDING:
@@ -249,6 +283,28 @@ class ParetoASHA(FIFOScheduler):
                 tune_controller.stop_trial(self._trials[tid])
         return verdict
 
+    def _reconcile(self) -> None:
+        """Once, after a restore: forget the saved trials Tune did not add back (module doc)."""
+        if self._restored is None:
+            return
+        gone = [t for t in self.added if t not in self._restored]
+        self._restored = None
+        if not gone:
+            return
+        for recorded in self.rungs.values():
+            for tid in gone:
+                recorded.pop(tid, None)
+        for tid in gone:
+            self.waiting.pop(tid, None)
+        self.promoted = [t for t in self.promoted if t not in gone]
+        self.cohort = [t for t in self.cohort if t not in gone]
+        self.added = [t for t in self.added if t not in gone]
+        self.lost += [t for t in gone if t not in self.lost]
+        logger.warning("restored search: trial(s) %s started after Tune's last snapshot and were "
+                       "lost with the driver; removed from the rungs (their slots are drawn "
+                       "again)", ", ".join(gone))
+        self._save()
+
     def _decide(self, tid: str, m: int, point: Point, others: list[Point], kept: bool) -> None:
         by_front = kept and bool(others) and not keeps(point, others, self.rf, math.inf)
         self.decisions.append(RungDecision(tid, m, point, kept, by_front))
@@ -271,6 +327,10 @@ class ParetoASHA(FIFOScheduler):
         self.cohort = state.get("cohort", [])[:self.cohort_size] or self.cohort
         self.waiting.update({tid: int(m) for tid, m in state.get("waiting", {}).items()})
         self.promoted += [tid for tid in state.get("promoted", []) if tid not in self.promoted]
+        self.lost += [tid for tid in state.get("lost", []) if tid not in self.lost]
+        if "added" in state:  # a restore: reconcile with what Tune adds back
+            self.added = list(state["added"]) + [t for t in self.added if t not in state["added"]]
+            self._restored = set()
 
     def _save(self) -> None:
         if self.state_path:
@@ -278,7 +338,8 @@ class ParetoASHA(FIFOScheduler):
             write_bytes_atomic(fs, path, json.dumps(
                 {"score": self.score, "cost": self.cost,
                  "rungs": {str(m): {t: list(p) for t, p in r.items()} for m, r in self.rungs.items()},
-                 "cohort": self.cohort, "waiting": self.waiting, "promoted": self.promoted}
+                 "cohort": self.cohort, "waiting": self.waiting, "promoted": self.promoted,
+                 "added": self.added, "lost": self.lost}
             ).encode())
 
     def __getstate__(self) -> dict:

@@ -371,7 +371,12 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                     failure_config=tune.FailureConfig(max_failures=s.max_failures)))
         results = tuner.fit()
     table = results_table(results, s.metric, cfg.train.epochs)
-    _settle_child_runs(client, exp_id, s.name, table)
+    lost = _settle_child_runs(client, exp_id, s.name, table)
+    if lost:
+        client.set_tag(parent, "distillray.lost_trials", ",".join(lost))
+        log(f"[mlflow] {len(lost)} trial run(s) from before the interruption were lost with the "
+            f"driver and drawn again: closed as failed and deleted from the experiment's view "
+            f"(trials {', '.join(lost)}; `mlflow runs restore --run-id ID` brings one back)")
     best, pareto = summarize(client, parent, table, s.metric, s.mode, floor)
     if best and s.register_model:
         _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
@@ -559,15 +564,18 @@ def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> None:
+def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> list[str]:
     """Trials ASHA stopped were killed mid-run or while paused at a rung: close their child runs
     as stopped, not 'running', and tag them early-stopped (or close them as finished, with their
     student, when the stop came at their last epoch). A running run whose trial this search does
-    not know was started by a driver that died before Tune recorded the trial (a resumed search
-    never continues it): close it as failed."""
+    not know was started by a driver that died before Tune recorded the trial: the restored
+    searcher drew its slot again (see ``orchestrator.pareto_asha``), so it is closed as failed and
+    interrupted and soft-deleted, leaving one visible child run per trial of the search (MLflow
+    keeps its data; ``mlflow runs restore`` brings it back). Returns those trials' ids."""
     from ray.train import Checkpoint
 
     known = set(table["trial_id"].dropna().astype(str)) if "trial_id" in table else set()
+    lost: list[str] = []
     for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial"},
                                   statuses=["RUNNING", "SCHEDULED", "KILLED"]):
         trial = run.data.tags.get(tracking.TAG_TRIAL)
@@ -591,7 +599,11 @@ def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> N
             client.set_tag(run.info.run_id, "distillray.interrupted", "true")
             tracking.end_run(client, run.info.run_id, False,
                              "interrupted: the search driver stopped before Tune recorded this "
-                             "trial, so the resumed search could not continue it")
+                             "trial, so the resumed search could not continue it; its slot "
+                             "was drawn again")
+            client.delete_run(run.info.run_id)
+            lost.append(trial)
+    return lost
 
 
 def pareto_front(df: pd.DataFrame, score: str, cost: str, floor: float | None = None,

@@ -561,7 +561,8 @@ class TeacherPool(_ActorLabeler):
         self._actors: list = []
         self.server = None
         if not ray.is_initialized():
-            ray.init()
+            from orchestrator.ray_runtime import init_ray
+            init_ray(log=lambda m: None)
         check_pool_resources(self.cfg)
         try:
             self._actors = [self._new_actor() for _ in range(self.cfg.num_actors)]

@@ -1,11 +1,18 @@
-"""Shared fixtures: the local assets (skipped with a reason when absent)."""
+"""Shared fixtures: the local assets (skipped with a reason when absent), and a private Ray."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from orchestrator.config import find_assets
+
+# Every Ray a test starts, in this process or in a search it runs as a subprocess, is its own
+# local instance: never a cluster `ray start` recorded on this machine, nor one RAY_ADDRESS
+# names (another user's, or a search running beside the tests). Tests of joining a cluster pass
+# its address explicitly.
+os.environ["RAY_ADDRESS"] = "local"
 
 
 @pytest.fixture(scope="session")

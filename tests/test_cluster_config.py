@@ -225,3 +225,74 @@ def test_trial_resources_hold_the_training_share_in_local_mode():
         "CPU": 1.5}
     with pytest.raises(ConfigError, match="train.num_workers=-1 must be >= 0"):
         _cfg(["train.num_workers=-1"])
+
+
+def test_ray_address_local_never_joins_a_cluster_recorded_on_this_machine(monkeypatch):
+    """A live cluster that `ray start` recorded here is joined by default (what `ray submit`
+    runs next to); RAY_ADDRESS=local (what the tests set) or --address local starts a private
+    Ray beside it instead."""
+    import ray
+
+    import orchestrator.ray_runtime as rr
+
+    seen = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.append(kw) or
+                        type("Ctx", (), {"dashboard_url": None})())
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True}])
+    monkeypatch.setattr(rr, "_recorded_cluster", lambda: "127.0.0.1:6379")
+    monkeypatch.setattr(rr, "_gcs_address", lambda a: a)
+    monkeypatch.setattr(rr, "_JOINED", False)
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    rr.init_ray(log=lambda m: None)
+    assert seen[-1]["address"] == "127.0.0.1:6379"
+    monkeypatch.setenv("RAY_ADDRESS", "local")
+    rr.init_ray(log=lambda m: None)
+    assert seen[-1]["address"] == "local" and seen[-1]["include_dashboard"]
+    monkeypatch.delenv("RAY_ADDRESS")
+    rr.init_ray(address="local", log=lambda m: None)
+    assert seen[-1]["address"] == "local"
+    # the private Ray's workers are pointed at its own GCS, not at the recorded one
+    assert seen[-1]["runtime_env"]["env_vars"]["RAY_ADDRESS"] != "127.0.0.1:6379"
+
+
+@pytest.mark.slow
+def test_two_local_rays_on_one_machine_keep_apart(tmp_path):
+    """Another search's Ray runs on this machine: a second one started by init_ray is its own
+    instance (own GCS, own dashboard port, its own CPUs), and a task runs on it."""
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    from orchestrator.ray_runtime import init_ray
+
+    other = subprocess.Popen(
+        [sys.executable, "-c",
+         "import ray, time, sys; c = ray.init(address='local', num_cpus=1, "
+         "include_dashboard=True, dashboard_host='127.0.0.1'); "
+         "print(ray.get_runtime_context().gcs_address, c.dashboard_url, flush=True); "
+         "time.sleep(120)"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        line = other.stdout.readline().split()
+        assert len(line) == 2, "the other Ray did not start"
+        other_gcs, other_dashboard = line
+        logs = []
+        init_ray(num_cpus=1, log=logs.append)
+        try:
+            assert ray.get_runtime_context().gcs_address != other_gcs
+            ours = next(m for m in logs if m.startswith("[ray] dashboard:"))
+            assert other_dashboard not in ours
+            assert ray.cluster_resources()["CPU"] == 1.0 and len(ray.nodes()) == 1
+            assert ray.get(ray.remote(lambda: 41).remote()) + 1 == 42
+        finally:
+            ray.shutdown()
+        assert other.poll() is None, "our shutdown must not touch the other Ray"
+    finally:
+        other.kill()
+        other.wait(timeout=30)
+        time.sleep(1)

@@ -167,6 +167,8 @@ def test_rungs_survive_a_restored_search(tmp_path):
 
     restored = pickle.loads(pickled)
     assert restored.state_path == state and not any(restored.rungs.values())
+    for tid in before:  # Tune adds back every trial of its snapshot first (finished ones too)
+        restored.on_trial_add(None, SimpleNamespace(trial_id=tid, status="TERMINATED"))
     # 21c57f03 (0.655 at 2.03 ms) is dominated by 083bd09d (0.663 at 1.54 ms), a trial from
     # before the cut: stopped at the first rung. With the rungs lost it would have been the first
     # trial at every rung and run to its end.

@@ -148,7 +148,7 @@ def _get(base: str, path: str, params: dict) -> dict:
 
 def test_smoke_search_recorded_in_postgres_through_the_server(mlflow_server, tmp_path):
     base, artifacts = mlflow_server
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     res = subprocess.run([sys.executable, str(REPO / "tune_mkd.py"), "--preset", "smoke",
                           "--tracking-uri", base, "--work-root", str(tmp_path / ".distillray")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800,

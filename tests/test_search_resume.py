@@ -50,7 +50,7 @@ def _command(tmp: Path, samples: int) -> list[str]:
 
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "TUNE_GLOBAL_CHECKPOINT_S")}
+           if k not in ("MLFLOW_TRACKING_URI", "TUNE_GLOBAL_CHECKPOINT_S")}
     return env | extra
 
 
@@ -209,7 +209,7 @@ def test_killed_search_resumes_without_rerunning_or_losing_trials(tmp_path, stal
     children = _children(client, exp_id)
     assert all(len(rs) == 1 for rs in children.values()), "no duplicate child runs"
     runs = {t: rs[0] for t, rs in children.items()}
-    assert set(tune_trials) <= set(runs), "every trial has its child run"
+    assert set(tune_trials) == set(runs), "one visible child run per trial of the search"
     for t, r in runs.items():
         assert r.info.status != "RUNNING", (t, r.info.status)
         assert r.data.tags[tracking.TAG_PARENT] == parents[0].info.run_id
@@ -228,13 +228,15 @@ def test_killed_search_resumes_without_rerunning_or_losing_trials(tmp_path, stal
         assert (f"Trial _trial_{t} started" in out) == stale_snapshot
 
     (t_cut,) = cut
-    r = runs[t_cut]
-    if stale_snapshot:  # never recorded by Tune: no driver can continue it
+    if stale_snapshot:  # never recorded by Tune: no driver can continue it; its slot is drawn again
         assert t_cut not in tune_trials
-        assert r.info.status == "FAILED"
+        r = client.get_run(before[t_cut].info.run_id)
+        assert r.info.status == "FAILED" and r.info.lifecycle_stage == "deleted"
         assert r.data.tags.get("distillray.interrupted") == "true"
         assert "interrupted" in r.data.tags[tracking.TAG_ERROR]
+        assert parents[0].data.tags["distillray.lost_trials"] == t_cut
     else:  # resumed in the same run from its last Ray Train checkpoint
+        r = runs[t_cut]
         assert t_cut in tune_trials
         assert r.data.tags.get("distillray.resumed") == "true"
         assert r.data.tags["distillray.attempts"] == "2"
@@ -274,7 +276,7 @@ def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_pat
 
     state = rungs()
     assert state["waiting"] == {} and len(state["rungs"]["1"]) == 4
-    assert waited <= set(state["rungs"]["1"])
+    assert waited - set(state["lost"]) <= set(state["rungs"]["1"])
     client = MlflowClient(uri)
     exp_id = client.get_experiment_by_name("distillray").experiment_id
     children = _children(client, exp_id)
@@ -284,10 +286,13 @@ def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_pat
     summary = json.loads(Path(client.download_artifacts(
         parent.info.run_id, "search_summary.json", str(tmp_path))).read_text())
     status = {t["trial_id"]: t["status"] for t in summary["trials"]}
-    assert len(status) == 4 and set(status) <= set(children) and "ERROR" not in status.values()
+    # exactly num_samples trials in Tune, in MLflow and at the first rung: a draw that started
+    # after Tune's last snapshot (every 2 s) is lost with the driver, removed from the rungs and
+    # drawn again
+    assert len(status) == 4 and set(status) == set(children) and "ERROR" not in status.values()
+    assert set(state["rungs"]["1"]) == set(status)
+    assert state["cohort"] == [t for t in state["added"] if t in state["cohort"]]
+    assert not set(state["lost"]) & set(status)
+    assert parent.data.tags.get("distillray.lost_trials", "") == ",".join(state["lost"])
     for t, (r,) in children.items():
-        if t in status:
-            assert r.info.status == ("FINISHED" if status[t] == "DONE" else "KILLED"), \
-                (t, status[t])
-        else:  # started after Tune's last snapshot before the kill (it snapshots every 2 s)
-            assert r.info.status == "FAILED" and r.data.tags.get("distillray.interrupted")
+        assert r.info.status == ("FINISHED" if status[t] == "DONE" else "KILLED"), (t, status[t])

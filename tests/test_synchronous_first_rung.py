@@ -3,6 +3,7 @@ pauses there until every draw has reached it, then the kept ones resume and the 
 through a small stand-in for Tune's loop (one trial at a time, as max_concurrent=1 runs them)."""
 from __future__ import annotations
 
+import json
 import pickle
 from types import SimpleNamespace
 
@@ -263,3 +264,61 @@ def test_synchronous_first_rung_is_a_pareto_asha_setting():
         build_config({}, {"search.scheduler": "asha", "search.startup_rung": "synchronous"})
     with pytest.raises(ConfigError, match="choose asynchronous, synchronous"):
         build_config({}, {"search.startup_rung": "together"})
+
+
+def test_a_trial_tune_lost_with_the_driver_leaves_no_ghost_in_the_rungs(tmp_path):
+    """The driver dies after a third draw reached the rung but before Tune's next snapshot: the
+    restored Tune knows two trials, and its searcher (restored from the same snapshot) draws the
+    third slot again under a new trial id. The lost trial leaves every rung and waiting list, the
+    new draw takes its place in the cohort, and the search ends with 8 trials at the first rung,
+    deciding as an uninterrupted search does."""
+    import copy
+
+    state = str(tmp_path / "pareto_asha-1.json")
+    tune, _ = tang(cohort=8, state_path=state)
+    pickled = pickle.dumps(tune.scheduler)  # as Tuner wrote it before any trial ran
+    snapshot = None
+    for k in range(3):
+        if k == 2:  # Tune's last snapshot: two trials, the searcher after two draws
+            snapshot = copy.deepcopy(tune.limiter)
+        assert tune.limiter.suggest(CHEAPEST_FIRST[k]) == {"k": k}
+        trial = FakeTrial(trial_id=CHEAPEST_FIRST[k], status=Trial.PENDING)
+        tune.trials.append(trial)
+        tune.scheduler.on_trial_add(tune, trial)
+        tune._train(trial)
+    ghost = CHEAPEST_FIRST[2]
+    assert ghost in tune.scheduler.rungs[1] and ghost in tune.scheduler.waiting
+
+    restored = pickle.loads(pickled)
+    curves = {(t if t != ghost else "drawn-again"): tune.curves[t] for t in CHEAPEST_FIRST}
+    again = FakeTune(restored, snapshot, curves)
+    again.made = {t: tune.made[t] for t in CHEAPEST_FIRST[:2]}
+    again.trials = [FakeTrial(trial_id=t, status=Trial.PENDING) for t in CHEAPEST_FIRST[:2]]
+    for t in again.trials:
+        restored.on_trial_add(again, t)
+    again.run()
+
+    assert "drawn-again" in restored.cohort and ghost not in restored.cohort
+    assert sorted(restored.rungs[1]) == sorted(curves)  # 8 trials, the ghost not among them
+    assert all(ghost not in r for r in restored.rungs.values())
+    assert restored.lost == [ghost] and restored.waiting == {} and restored.promoted == []
+    assert len(again.trials) == 8
+    saved = json.loads(open(state).read())
+    assert saved["lost"] == [ghost] and ghost not in saved["added"] and len(saved["added"]) == 8
+    uninterrupted, _ = tang(cohort=8)
+    uninterrupted.run()
+    assert {t.replace("drawn-again", ghost): n for t, n in again.made.items()} \
+        == uninterrupted.made
+
+
+def test_a_restored_search_that_lost_no_trial_keeps_its_rungs(tmp_path):
+    state = str(tmp_path / "pareto_asha-1.json")
+    tune, _ = tang(cohort=0, state_path=state)
+    pickled = pickle.dumps(tune.scheduler)
+    tune.run()
+    restored = pickle.loads(pickled)
+    again = FakeTune(restored, tune.limiter, tune.curves)
+    for t in tune.trials:
+        restored.on_trial_add(again, FakeTrial(trial_id=t.trial_id, status=Trial.TERMINATED))
+    assert restored.choose_trial_to_run(again) is None
+    assert restored.lost == [] and restored.rungs == tune.scheduler.rungs

@@ -76,8 +76,8 @@ def test_over_budget_item_gets_its_own_batch_and_order_is_restored():
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE,
+             log_to_driver=False, configure_logging=False)
     yield
     ray.shutdown()
 

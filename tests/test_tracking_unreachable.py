@@ -20,7 +20,7 @@ def _closed_port() -> int:
 
 def test_tune_fails_fast_when_the_tracking_server_is_unreachable(tmp_path):
     uri = f"http://127.0.0.1:{_closed_port()}"
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     t0 = time.time()
     res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "tune", "--preset", "smoke",
                           "--tracking-uri", uri, "--work-root", str(tmp_path / ".distillray")],
