@@ -54,6 +54,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
+from orchestrator import faults
 from orchestrator.cache import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ class ParetoASHA(FIFOScheduler):
                     self.waiting[trial.trial_id] = m
                     result[PARKED] = m
                     self._save()
+                    if len(self.waiting) >= 2:
+                        faults.point("rung_waiting")
                     return TrialScheduler.PAUSE
                 kept = self._close(tune_controller, m, arriving=trial.trial_id)
                 return TrialScheduler.CONTINUE if kept else TrialScheduler.STOP

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
+from orchestrator import faults, tracking
 
 
 class NotFoundError(LookupError):
@@ -67,16 +67,33 @@ def download_student(client: MlflowClient, run_id: str, dst: str | Path) -> Path
     return p
 
 
+def registered_version(client: MlflowClient, model_name: str, run_id: str) -> str | None:
+    """The version of ``model_name`` already registered from ``run_id``, if any (the newest)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
 def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_id: str,
-                  model_name: str, sample_texts: list[tuple[str, str | None]]) -> str:
+                  model_name: str, sample_texts: list[tuple[str, str | None]]) -> tuple[str, bool]:
     """Log the best student as an MLflow pyfunc model (signature + input example) in its trial run
-    and register it under ``model_name``; returns the model version."""
+    and register it under ``model_name``; returns the model version and whether it is new. A
+    search run again (resumed after a kill during registration, or finished and run again) finds
+    the version registered from the same run and completes its tags instead of adding one."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
     from orchestrator.serving import StudentPredictor, StudentPyfunc
 
+    version = registered_version(client, model_name, best_run_id)
+    if version is not None:
+        _tag_version(client, model_name, version, best_run_id, parent_run_id)
+        return version, False
     mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as d:
         student = download_student(client, best_run_id, d)
@@ -93,9 +110,15 @@ def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_i
                 signature=signature, input_example=example, registered_model_name=model_name,
                 pip_requirements=["torch", "safetensors", "numpy", "pandas", "distillray"])
     version = str(info.registered_model_version)
+    faults.point("register_model")  # registered, not yet tagged
+    _tag_version(client, model_name, version, best_run_id, parent_run_id)
+    return version, True
+
+
+def _tag_version(client: MlflowClient, model_name: str, version: str, best_run_id: str,
+                 parent_run_id: str) -> None:
     m = client.get_run(best_run_id).data.metrics
     for k in ("final_best_dev_score", "latency_ms", "non_embedding_params"):
         if k in m:
             client.set_model_version_tag(model_name, version, k, str(m[k]))
     client.set_tag(parent_run_id, "distillray.registered_model", f"{model_name}/{version}")
-    return version

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator import tracking
+from orchestrator import faults, tracking
 from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_teacher
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import preflight
@@ -511,9 +511,10 @@ def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name:
         log(f"[registry] best trial {best['trial_id']} has no MLflow run; nothing registered")
         return
     dev = next(iter(next(iter(data.values())).dev.values()))[:5]
-    version = register_best(client, uri, parent, runs[0].info.run_id, model_name,
-                            [(e.text_a, e.text_b) for e in dev])
-    log(f"[registry] best student registered as {model_name} version {version}")
+    version, new = register_best(client, uri, parent, runs[0].info.run_id, model_name,
+                                 [(e.text_a, e.text_b) for e in dev])
+    log(f"[registry] best student {'registered' if new else 'already registered'} as "
+        f"{model_name} version {version}")
 
 
 def _snapshot_often(seconds: float = 2.0) -> None:
@@ -638,6 +639,7 @@ def summarize(client, parent: str, table: pd.DataFrame, metric: str, mode: str,
                                           "trials_failed": float((table["status"] == "ERROR").sum()),
                                           **({} if floor is None else {"min_score": floor})})
     pareto = pareto_front(ok, col, OBJECTIVE_LATENCY, floor, mode)
+    faults.point("search_summary")
     tracking.log_dict_artifact(client, parent, {
         "best": {k: v for k, v in best.items()}, "min_score": floor,
         "pareto": pareto.drop(columns=["config"]).to_dict(orient="records"),

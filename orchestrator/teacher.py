@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator import faults
 from orchestrator.config import TeacherConfig
 from orchestrator.keys import atomic_dir, content_key
 from orchestrator.teacher_model import (HEADS_FILE, TeacherError, create_random_teacher,
@@ -196,6 +197,7 @@ def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) 
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
+            faults.point("teacher_finetune")
             bar.update(1)
             bar.set_postfix(loss=f"{out.loss.item():.4f}")
     bar.close()

@@ -45,6 +45,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from orchestrator import faults
 from orchestrator.batching import restore_order, token_budget_batches
 from orchestrator.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
 from orchestrator.config import PoolConfig
@@ -162,6 +163,7 @@ class TeacherWorker:
         position limit) are truncated and counted."""
         import torch
 
+        faults.point("teacher_actor")
         self.calls += 1
         head = self.teacher.resolve_head(head)
         n_out = self.teacher.heads[head]
@@ -518,6 +520,7 @@ class _ActorLabeler:
                         labels[k] = row
                         unsaved[k] = row
                     bar.update(len(out))
+                    faults.point("labeling")
                     if cache is not None and len(unsaved) >= self.cache_flush_rows:
                         cache.put(unsaved)
                         unsaved = {}

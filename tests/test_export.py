@@ -354,3 +354,29 @@ def test_saved_student_with_pretrained_vectors_loads_back(tmp_path, arch):
     ids = torch.tensor([vocab.encode("a good film", 8)])
     with torch.no_grad():
         assert torch.equal(model(ids, task="sst2"), loaded(ids, task="sst2"))
+
+
+def test_registering_the_same_run_again_adds_no_version(tmp_path):
+    """A search run again after it registered its best student (or killed during registration,
+    after the version was created) finds that version instead of adding another."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+    from orchestrator.registry import register_best
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={tracking.TAG_KIND: "search", tracking.TAG_SEARCH: "s1"})
+    run = client.create_run(exp, tags={tracking.TAG_KIND: "trial", tracking.TAG_SEARCH: "s1"})
+    client.log_metric(run.info.run_id, "final_best_dev_score", 0.8)
+    st = make_student(tmp_path / "trial", "bilstm", ["sst2"], ["a good film", "a bad film"])
+    client.log_artifacts(run.info.run_id, str(st), "student")
+    texts = [("a good film", None), ("a bad film", None)]
+    first = register_best(client, uri, parent.info.run_id, run.info.run_id, "m", texts)
+    client.delete_tag(parent.info.run_id, "distillray.registered_model")  # as a cut-short run
+    again = register_best(client, uri, parent.info.run_id, run.info.run_id, "m", texts)
+    assert first == ("1", True) and again == ("1", False)
+    assert len(client.search_model_versions("name='m'")) == 1
+    assert client.get_run(parent.info.run_id).data.tags["distillray.registered_model"] == "m/1"
+    assert client.get_model_version("m", "1").tags["final_best_dev_score"] == "0.8"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import tracking
+from orchestrator.faults import kill_tree as _kill_tree
 from orchestrator.trial_checkpoints import STATE_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
@@ -71,50 +71,6 @@ def _trial_runs(db: Path) -> list[dict]:
     except sqlite3.Error:  # tables not created yet, or a writer holds the lock
         return []
     return [{"run_id": r[0], "status": r[1], "name": r[2], "epochs": r[3]} for r in rows]
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(d.name))
-    out, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            if c not in out:
-                out.add(c)
-                todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver's process group and every process it started: Ray workers run in
-    their own sessions, so the group alone would leave them to notice the raylet is gone."""
-    pids = _descendants(proc.pid)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=60)
-    deadline = time.time() + 60
-    while any(_alive(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.5)
 
 
 def _run_until(cmd: list[str], tmp: Path, log: str, kill_when, env: dict[str, str],
