@@ -36,9 +36,7 @@ that does not is marked in the table and listed, never hidden.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -592,22 +590,6 @@ def _failed(ctx: _Report, row: Row, task: str, key: str, e: Exception, log: bool
 # ---------------------------------------------------------------------------------------------
 # size and latency, all rows in one interleaved measurement
 
-def _bench_module():
-    """``benchmarks/student_vs_teacher.py`` (measure, the BERT-base line-up), loaded by path:
-    benchmarks/ is a folder of scripts, not an installed package."""
-    name = "distillray_bench_student_vs_teacher"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "student_vs_teacher.py"
-    if not path.is_file():
-        raise ReportError(f"{path} is missing: the report measures latency with its measure()")
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
-
-
 class _StudentCall(nn.Module):
     """A saved student behind ``measure()``'s ``model(**inputs)`` call, for one task."""
 
@@ -666,7 +648,7 @@ def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[s
     from orchestrator.teacher_model import load_teacher
     from orchestrator.train import load_student
 
-    bench = _bench_module()
+    from orchestrator import probe
     ref = tasks[0]
     teacher = load_teacher(single_refs[ref].path)
     words_a, words_b, pieces = _reference_lengths(data, ref, teacher.tokenizer,
@@ -681,14 +663,14 @@ def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[s
                     "token_type_ids": torch.zeros_like(ids)}
         return make
 
-    benches["teacher"] = bench.Bench(_TeacherCall(teacher, ref), hf_inputs(tvocab),
+    benches["teacher"] = probe.Bench(_TeacherCall(teacher, ref), hf_inputs(tvocab),
                                      "fine-tuned teacher", pieces)
     with tempfile.TemporaryDirectory(prefix="distillray-report-") as tmp:
         for r in selected:
             if r.kind == "teacher":
                 if r.id == "teacher_mkd" and multi_refs is not None:
                     mt = load_teacher(multi_refs[ref].path)
-                    benches[r.id] = bench.Bench(_TeacherCall(mt, ref), hf_inputs(len(mt.tokenizer)),
+                    benches[r.id] = probe.Bench(_TeacherCall(mt, ref), hf_inputs(len(mt.tokenizer)),
                                                 "multi-task teacher", pieces)
                 continue
             cell = next((c for c in cells if c.row == r.id and c.task == ref), None)
@@ -716,14 +698,14 @@ def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[s
                     "ids_a": _ids(b, words_a, v, 3),
                     **({"ids_b": _ids(b, words_b, v, 4)} if pair else {})})(vocab, pair)
                 seq = words_a
-            benches[r.id] = bench.Bench(_StudentCall(model, ref, wordpiece), make,
+            benches[r.id] = probe.Bench(_StudentCall(model, ref, wordpiece), make,
                                         info["student"]["arch"], seq)
-        base = bench.default_models(words_a, pieces, include=[bench.BASE])[bench.BASE]
+        base = probe.default_models(words_a, pieces, include=[probe.BASE])[probe.BASE]
         benches[BERT_BASE] = base
         ctx.note(f"measuring {len(benches)} models on {ref} inputs "
                 f"({words_a} words{f' + {words_b}' if words_b is not None else ''} / {pieces} "
                 f"wordpieces), b=1 x{repeats[0]}, b=64 x{repeats[1]}, {threads} thread(s)")
-        df = bench.measure(benches, (1, 64), {1: repeats[0], 64: repeats[1]}, warmup, threads)
+        df = probe.measure(benches, (1, 64), {1: repeats[0], 64: repeats[1]}, warmup, threads)
     for ref_row, tag in (("teacher", "teacher"), (BERT_BASE, "bert_base")):
         df[f"x_fewer_params_vs_{tag}"] = df.loc[ref_row, "non_embedding"] / df["non_embedding"]
         for bs in (1, 64):
