@@ -40,8 +40,8 @@ def section(cls: type, help: str) -> Any:
 @dataclass
 class DataConfig:
     """Where the task's examples come from and how many are used."""
-    task: str = knob("sst2", "GLUE task name (sst2, mrpc, rte, cola, stsb, ...) when `tasks` is "
-                     "empty.")
+    task: str = knob("sst2", "The task when `tasks` is empty: a GLUE task (sst2, mrpc, rte, "
+                     "cola, stsb, ...), or a name of your own for source=custom.")
     source: str = knob("auto", "auto | glue_dir | hub | custom | generated. auto: a GLUE TSV "
                        "dir when `glue_dir` is set (or found in the local assets), else the hub "
                        "dataset `hub_name`.")
@@ -255,7 +255,8 @@ class TrackingConfig:
 @dataclass
 class ExperimentConfig:
     """One run: the sections below, filled from a preset and `--set` overrides."""
-    name: str = knob("experiment", "The preset's name.")
+    name: str = knob("experiment", "A label for the config, logged with it; a search is named "
+                     "by search.name.")
     tasks: list[str] = knob([], "MKD: several tasks; empty: [data.task].")
     data: DataConfig = section(DataConfig, "Data.")
     teacher: TeacherConfig = section(TeacherConfig, "Teacher.")
