@@ -32,7 +32,7 @@ weak ones. Both are timed here, one after the other, with the same teacher, data
 
 Each side runs in its own Python process (a fresh local Ray each, so no actor or cache state
 leaks from one to the other); its wall time covers the whole ``run_search`` call, Ray start-up
-included. Prints the times and ``search / (N x full trial)`` (issue 7's target: <= 0.4), the trials
+included. Prints the times and ``search / (N x full trial)`` (the target: <= 0.4), the trials
 ASHA stopped, the labels paid for, and the search's Pareto front.
 """
 from __future__ import annotations

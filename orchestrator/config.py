@@ -5,6 +5,7 @@ flags override it; each run logs the resolved config. Unknown keys are errors th
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import types
@@ -22,89 +23,134 @@ class ConfigError(ValueError):
     """A configuration value is unknown, of the wrong type or out of range."""
 
 
+def knob(default: Any, help: str) -> Any:
+    """A config field with its help text (``field.metadata["help"]``), which
+    ``scripts/gen_config_docs.py`` turns into docs/configuration.md. Lists and dicts get a
+    ``default_factory``, so no two configs share one."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def section(cls: type, help: str) -> Any:
+    """A nested config section (a dataclass), built fresh for each config."""
+    return field(default_factory=cls, metadata={"help": help})
+
+
 @dataclass
 class DataConfig:
-    task: str = "sst2"
-    source: str = "auto"  # auto | glue_dir | hub | custom | generated
-    glue_dir: str | None = None  # GLUE TSV root (holds SST-2/, MRPC/, ...)
-    hub_name: str = "nyu-mll/glue"
-    train_file: str | None = None  # custom CSV/JSONL
-    dev_file: str | None = None
-    text_columns: list[str] = field(default_factory=lambda: ["text"])
-    label_column: str = "label"
-    label_names: list[str] | None = None  # custom classification labels; None + regression=False -> inferred
-    regression: bool = False
-    max_train_examples: int | None = None
-    max_dev_examples: int | None = None
-    seed: int = 0
+    """Where the task's examples come from and how many are used."""
+    task: str = knob("sst2", "The task when `tasks` is empty: a GLUE task (sst2, mrpc, rte, "
+                     "cola, stsb, ...), or a name of your own for source=custom.")
+    source: str = knob("auto", "auto | glue_dir | hub | custom | generated. auto: a GLUE TSV "
+                       "dir when `glue_dir` is set (or found in the local assets), else the hub "
+                       "dataset `hub_name`.")
+    glue_dir: str | None = knob(None, "GLUE TSV root (holds SST-2/, MRPC/, ...).")
+    hub_name: str = knob("nyu-mll/glue", "Hugging Face hub dataset for source=hub.")
+    train_file: str | None = knob(None, "Own training file (CSV, TSV or JSONL) for "
+                                  "source=custom.")
+    dev_file: str | None = knob(None, "Own dev file for source=custom.")
+    text_columns: list[str] = knob(["text"], "Text column(s) of a custom file: one, or two for "
+                                   "sentence pairs.")
+    label_column: str = knob("label", "Label column of a custom file.")
+    label_names: list[str] | None = knob(None, "Class names of a custom classification task; "
+                                         "null (and regression=false): inferred from the data.")
+    regression: bool = knob(False, "A custom task with a real-valued target instead of classes.")
+    max_train_examples: int | None = knob(None, "Cap on training examples (a seeded subset); "
+                                          "null: all.")
+    max_dev_examples: int | None = knob(None, "Cap on dev examples per dev split; null: all.")
+    seed: int = knob(0, "Seed of the subsets (and of generated data).")
 
 
 @dataclass
 class TeacherConfig:
-    model: str = "bert-base-uncased"  # hub name, local HF dir, or "random:tiny" (tests/smoke)
-    epochs: float = 3.0
-    lr: float = 2e-5
-    batch_size: int = 32
-    max_length: int = 128
-    max_train_examples: int | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    seed: int = 0
-    multitask: bool = False  # MKD: one teacher, a head per task, refined on all tasks at once
+    """The teacher's base model and its fine-tuning."""
+    model: str = knob("bert-base-uncased", "Hub name, local Hugging Face model dir, or "
+                      "\"random:tiny\" (a tiny random-weight BERT for tests and smoke runs). "
+                      "With local assets, the default becomes the local MiniLM-L6.")
+    epochs: float = knob(3.0, "Fine-tuning epochs (fractions allowed).")
+    lr: float = knob(2e-5, "Fine-tuning learning rate (AdamW, linear warmup and decay).")
+    batch_size: int = knob(32, "Fine-tuning batch size.")
+    max_length: int = knob(128, "Truncation length in wordpieces, for fine-tuning and labeling.")
+    max_train_examples: int | None = knob(None, "Fine-tune on a seeded subset of this many "
+                                          "training examples; null: all.")
+    weight_decay: float = knob(0.01, "AdamW weight decay.")
+    warmup_ratio: float = knob(0.1, "Share of the steps with a linear learning-rate warmup.")
+    seed: int = knob(0, "Seed of the head's initialization, the subset and the batch order.")
+    multitask: bool = knob(False, "MKD: one teacher with a head per task, refined on all tasks "
+                           "at once.")
 
 
 @dataclass
 class PoolConfig:
-    num_actors: int = 1
-    cpus_per_actor: float = 0.5
-    gpus_per_actor: float = 0.0  # >0 places actors on GPU nodes
-    resources_per_actor: dict[str, float] = field(default_factory=dict)  # e.g. {"teacher_gpu": 1}
-    torch_threads: int | None = None  # None: match the CPU share (at least 1)
-    # padded tokens per inference batch; None: 2048 on CPU (cache-sized batches: ~13% faster
-    # than 8192 for MiniLM-L6 on 2 cores), 16384 on GPU
-    token_budget: int | None = None
-    max_batch_size: int = 256
-    half_precision_on_gpu: bool = True
+    """The teacher actors that label transfer sets."""
+    num_actors: int = knob(1, "Teacher actors in the pool.")
+    cpus_per_actor: float = knob(0.5, "CPUs each actor holds (fractions allowed).")
+    gpus_per_actor: float = knob(0.0, "GPUs each actor holds; > 0 places actors on GPU nodes.")
+    resources_per_actor: dict[str, float] = knob({}, "Custom Ray resources per actor, e.g. "
+                                                 "{teacher_gpu: 1}.")
+    torch_threads: int | None = knob(None, "Torch threads per actor; null: match the CPU share "
+                                     "(at least 1).")
+    token_budget: int | None = knob(None, "Padded tokens per inference batch (batches are "
+                                    "grouped by length); null: 2048 on CPU (cache-sized "
+                                    "batches), 16384 on GPU.")
+    max_batch_size: int = knob(256, "Most texts in one inference batch.")
+    half_precision_on_gpu: bool = knob(True, "Run the teacher in float16 on a GPU.")
 
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = False
-    p_mask: float = 0.1
-    p_pos: float = 0.1
-    p_ng: float = 0.25
-    n_iter: int | None = None  # None: 20 for single sentences, 10 for pairs (Tang et al.)
-    pair_mode: str = "cycle"  # pairs: cycle first/second/both sentences (paper) | both
-    max_ngram: int = 5
-    max_words: int = 256  # longer texts are skipped and counted
-    seed: int = 0
-    nltk_data: str | None = None
-    num_workers: int = 1
-    chunk_size: int = 2000
-    max_examples: int | None = None  # cap the transfer set (after dedup), deterministic
+    """Tang et al. (2019) augmentation of the transfer set."""
+    enabled: bool = knob(False, "Augment the training set; the teacher labels the result and the "
+                         "student learns from it.")
+    p_mask: float = knob(0.1, "Per word: probability of the teacher's mask token.")
+    p_pos: float = knob(0.1, "Per word: probability of another training-set word with the same "
+                        "POS tag. p_mask + p_pos <= 1.")
+    p_ng: float = knob(0.25, "Per sample: probability of keeping only a random n-gram.")
+    n_iter: int | None = knob(None, "Samples per example; null: 20 for single sentences, 10 for "
+                              "pairs (Tang et al.).")
+    pair_mode: str = knob("cycle", "Pairs: cycle (first / second / both sentences in turn, as in "
+                          "the paper) | both (both every time).")
+    max_ngram: int = knob(5, "Longest n-gram for p_ng (n in 1..max_ngram).")
+    max_words: int = knob(256, "Longer texts are skipped and counted.")
+    seed: int = knob(0, "Seed; with the example's id it fixes every sample.")
+    nltk_data: str | None = knob(None, "NLTK data dir for the POS tagger; null: $NLTK_DATA or "
+                                 "the local assets.")
+    num_workers: int = knob(1, "Ray workers that augment in parallel; 1: inline (the output is "
+                            "the same either way).")
+    chunk_size: int = knob(2000, "Examples per worker task (does not change the output).")
+    max_examples: int | None = knob(None, "Cap on the transfer set after deduplication (a "
+                                    "seeded, deterministic subset); null: no cap.")
 
 
 @dataclass
 class StudentConfig:
-    arch: str = "bilstm"  # bilstm | bcn | transformer
-    embeddings: str | None = None  # GloVe/word2vec text file; None: random init
-    embed_dim: int = 300  # used when embeddings is None
-    trainable_embeddings: bool = True
-    channels: str = "single"  # single | multi (static + trainable copy)
-    hidden_size: int = 150
-    num_layers: int = 1
-    relu_size: int = 200
-    dropout: float = 0.1
-    max_length: int = 64
-    vocab_min_freq: int = 1
-    vocab_max_size: int | None = None
-    # transformer student
-    tf_layers: int = 3
-    tf_hidden: int = 384
-    tf_heads: int = 12
-    tf_ffn: int = 1536
-    init_from_teacher: str = "none"  # none | first | even | "0,2,4"
-    pooling: list[str] = field(default_factory=lambda: ["max", "mean", "min", "self"])  # BCN
+    """The student's architecture and input encoding."""
+    arch: str = knob("bilstm", "bilstm (Tang) | bcn (bi-attentive LSTM, MKD) | transformer.")
+    embeddings: str | None = knob(None, "Word vectors: a GloVe/word2vec text file, or \"glove\" "
+                                  "for the local GloVe 50d; null: random initialization.")
+    embed_dim: int = knob(300, "Embedding size when `embeddings` is null.")
+    trainable_embeddings: bool = knob(True, "Fine-tune the word embeddings.")
+    channels: str = knob("single", "single | multi (a static and a trainable copy of the "
+                         "embeddings).")
+    hidden_size: int = knob(150, "LSTM hidden size per direction (bilstm, bcn).")
+    num_layers: int = knob(1, "LSTM layers (bilstm).")
+    relu_size: int = knob(200, "Size of the ReLU layer before the output (bilstm).")
+    dropout: float = knob(0.1, "Dropout, in [0, 1).")
+    max_length: int = knob(64, "Truncation length in tokens.")
+    vocab_min_freq: int = knob(1, "Least count of a training-set word to enter the vocabulary.")
+    vocab_max_size: int | None = knob(None, "Largest vocabulary (most frequent words first); "
+                                      "null: no cap.")
+    tf_layers: int = knob(3, "Transformer student: layers.")
+    tf_hidden: int = knob(384, "Transformer student: hidden size (the teacher's, to copy its "
+                          "layers).")
+    tf_heads: int = knob(12, "Transformer student: attention heads.")
+    tf_ffn: int = knob(1536, "Transformer student: feed-forward size.")
+    init_from_teacher: str = knob("none", "Transformer student: start from teacher layers: none "
+                                  "| first | even | indices like \"0,2,4\"; tf_hidden, tf_heads "
+                                  "and tf_ffn must then match the teacher.")
+    pooling: list[str] = knob(["max", "mean", "min", "self"], "BCN: poolings of its outputs "
+                              "(max, mean, min, self-attentive).")
 
 
 SOFT_LABEL_MODES = ("precomputed", "on_demand")
@@ -112,88 +158,116 @@ SOFT_LABEL_MODES = ("precomputed", "on_demand")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    loss: str = "mse"  # mse | kl | ce (gold labels only)
-    alpha: float = 0.0  # weight of gold-label CE mixed into the distillation loss
-    temperature: float = 1.0
-    grad_clip: float = 5.0
-    # Ray Train workers per student; 0: Ray Train's local mode, the student trains in the Tune
-    # trial's own process (no controller or worker actors to start: seconds less per trial)
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    torch_threads: int | None = None
-    patience: int | None = None  # early stopping on the dev score, in epochs
-    seed: int = 0
-    # evaluations (dev metrics, a report to Tune, a checkpoint) per epoch: with more than one,
-    # ASHA can judge -- and stop -- a trial before its first epoch ends
-    evals_per_epoch: int = 1
-    # where the teacher logits come from: "precomputed" (the whole transfer set is labeled
-    # before training) or "on_demand" (the Train workers ask the teacher pool the first time
-    # a row is used, through the soft-label cache: an early-stopped trial pays only for the
-    # labels it trained on)
-    soft_labels: str = "precomputed"
-    # MKD
-    mixture: str = "proportional"  # proportional | temperature | uniform | weights
-    mixture_tau: float = 1.0
-    mixture_weights: dict[str, float] | None = None
-    steps_per_epoch: int | None = None
-    finetune_epochs: int = 0  # MKD stage 2: per-task fine-tuning
+    """Student training (Ray Train) and the distillation loss."""
+    epochs: int = knob(3, "Training epochs.")
+    batch_size: int = knob(64, "Batch size (per worker).")
+    lr: float = knob(1e-3, "Learning rate.")
+    weight_decay: float = knob(0.0, "Weight decay.")
+    loss: str = knob("mse", "mse (on teacher logits) | kl (on softened distributions) | ce "
+                     "(gold labels only, no teacher).")
+    alpha: float = knob(0.0, "Weight of gold-label cross-entropy mixed into the distillation "
+                        "loss, in [0, 1].")
+    temperature: float = knob(1.0, "Softmax temperature of loss=kl.")
+    grad_clip: float = knob(5.0, "Gradient norm clip.")
+    num_workers: int = knob(1, "Ray Train workers per student; 0: Ray Train's local mode, the "
+                            "student trains in the Tune trial's own process (no controller or "
+                            "worker actors to start for each trial; no DDP).")
+    cpus_per_worker: float = knob(1.0, "CPUs per worker (with num_workers=0: the trial's "
+                                  "training share).")
+    use_gpu: bool = knob(False, "Train students on a GPU.")
+    torch_threads: int | None = knob(None, "Torch threads per worker; null: cpus_per_worker "
+                                     "(at least 1).")
+    patience: int | None = knob(None, "Stop a run whose dev score has not improved for this "
+                                "many epochs; null: never.")
+    seed: int = knob(0, "Seed of the initialization and the batch order.")
+    evals_per_epoch: int = knob(1, "Evaluations (dev metrics, a report to Tune, a checkpoint) "
+                                "per epoch; with more than one, early stopping can judge and "
+                                "stop a trial before its first epoch ends.")
+    soft_labels: str = knob("precomputed", "Where the teacher logits come from: precomputed "
+                            "(the whole transfer set is labeled before training) | on_demand "
+                            "(the trial asks the teacher pool for each row the first time it "
+                            "is used, through the soft-label cache: a stopped trial pays only "
+                            "for the labels it trained on; needs one teacher for every task).")
+    mixture: str = knob("proportional", "MKD task mixture per step: proportional (to task size) "
+                        "| temperature (size^mixture_tau) | uniform | weights "
+                        "(mixture_weights).")
+    mixture_tau: float = knob(1.0, "Exponent of mixture=temperature.")
+    mixture_weights: dict[str, float] | None = knob(None, "Per-task weights of mixture=weights, "
+                                                    "e.g. {sst2: 2, mrpc: 1}.")
+    steps_per_epoch: int | None = knob(None, "Steps per epoch; null: one pass over the "
+                                       "training data (summed over tasks).")
+    finetune_epochs: int = knob(0, "MKD stage 2: epochs of per-task fine-tuning of a copy of "
+                                "the joint student.")
 
 
 @dataclass
 class SearchConfig:
-    name: str = "search"
-    num_samples: int = 4
-    max_concurrent: int = 1
-    metric: str = "dev_score"
-    mode: str = "max"
-    objectives: list[str] = field(default_factory=list)  # e.g. ["dev_score:max", "latency_ms:min"]
-    scheduler: str = "asha"  # asha | pareto_asha (keeps each rung's objectives front) | none
-    grace_period: int = 1  # ASHA's first rung, in reports (train.evals_per_epoch per epoch)
-    reduction_factor: int = 2
-    # the score a trial must beat to be kept for its place on a rung's front (pareto_asha) and to
-    # be listed on the search's Pareto front; None: the dev_score of a model that always predicts
-    # the majority class (when the score objective is dev_score)
-    min_score: float | None = None
-    # the sampler's random draws before TPE models the results (Optuna's default, 10), and the
-    # order they run in: cheapest_first (estimated training work; ASHA's first trial at a rung
-    # always goes on, so let that be a cheap one) or drawn
-    startup_trials: int = 10
-    startup_order: str = "cheapest_first"
-    # how those draws meet the first early-stopping rung (pareto_asha): asynchronous (each judged
-    # against the draws that reached it before; the first always goes on) or synchronous (each
-    # pauses there until every draw has reached it; then the kept ones resume, the rest stop)
-    startup_rung: str = "asynchronous"
-    max_failures: int = 1
-    trial_cpus: float = 0.01
-    storage_path: str | None = None  # Tune results; default <work_root>/tune
-    register_model: str | None = None  # MLflow Model Registry name for the best student
+    """The Ray Tune search: searcher, early stopping and resources."""
+    name: str = knob("search", "Search name: the MLflow parent run and the Tune experiment; "
+                     "running a name again resumes it.")
+    num_samples: int = knob(4, "Trials.")
+    max_concurrent: int = knob(1, "Trials at once.")
+    metric: str = knob("dev_score", "The score the search ranks by.")
+    mode: str = knob("max", "max | min, for `metric`.")
+    objectives: list[str] = knob([], "Several objectives as metric:mode, the first being "
+                                 "metric:mode, e.g. [dev_score:max, latency_ms:min]: the "
+                                 "search reports a Pareto front.")
+    scheduler: str = knob("asha", "Early stopping: asha (by the score) | pareto_asha (also keeps "
+                          "each rung's objectives front; needs two objectives) | none.")
+    grace_period: int = knob(1, "The first early-stopping rung, in reports "
+                             "(train.evals_per_epoch per epoch).")
+    reduction_factor: int = knob(2, "ASHA keeps the top 1/reduction_factor at each rung.")
+    min_score: float | None = knob(None, "The score a trial must beat to be kept for its place "
+                                   "on a rung's front (pareto_asha) and to be listed on the "
+                                   "search's Pareto front; null: the dev_score of always "
+                                   "predicting the majority class (when the score is "
+                                   "dev_score).")
+    startup_trials: int = knob(10, "The sampler's random draws before TPE models the results "
+                               "(Optuna's default).")
+    startup_order: str = knob("cheapest_first", "Order of those draws: cheapest_first "
+                              "(estimated training work: the first trial at a rung always goes "
+                              "on, so let that be a cheap one) | drawn.")
+    startup_rung: str = knob("asynchronous", "How those draws meet the first rung "
+                             "(pareto_asha): asynchronous (each judged against the draws that "
+                             "reached it before; the first always goes on) | synchronous (each "
+                             "pauses there until every draw has reached it; then the kept ones "
+                             "resume and the rest stop).")
+    max_failures: int = knob(1, "Tune retries of a failed trial (from its last checkpoint).")
+    trial_cpus: float = knob(0.01, "CPUs of the Tune trial itself, beside its Train workers "
+                             "(with train.num_workers=0 the trial holds "
+                             "train.cpus_per_worker instead).")
+    storage_path: str | None = knob(None, "Tune results and checkpoints (a path or s3://...); "
+                                    "null: <work_root>/tune.")
+    register_model: str | None = knob(None, "MLflow Model Registry name for the best student; "
+                                      "null: not registered.")
 
 
 @dataclass
 class TrackingConfig:
-    uri: str | None = None  # default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
-    experiment: str = "distillray"
-    artifact_location: str | None = None  # default: http server's own, else <work_root>/mlartifacts
+    """MLflow."""
+    uri: str | None = knob(None, "Tracking URI; null: $MLFLOW_TRACKING_URI or "
+                           "sqlite:///mlflow.db.")
+    experiment: str = knob("distillray", "MLflow experiment name.")
+    artifact_location: str | None = knob(None, "Artifact store of a new experiment; null: an "
+                                         "http server's own, else <work_root>/mlartifacts.")
 
 
 @dataclass
 class ExperimentConfig:
-    name: str = "experiment"
-    tasks: list[str] = field(default_factory=list)  # MKD: several tasks; empty -> [data.task]
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    student: StudentConfig = field(default_factory=StudentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    work_root: str = ".distillray"
+    """One run: the sections below, filled from a preset and `--set` overrides."""
+    name: str = knob("experiment", "A label for the config, logged with it; a search is named "
+                     "by search.name.")
+    tasks: list[str] = knob([], "MKD: several tasks; empty: [data.task].")
+    data: DataConfig = section(DataConfig, "Data.")
+    teacher: TeacherConfig = section(TeacherConfig, "Teacher.")
+    pool: PoolConfig = section(PoolConfig, "Teacher pool.")
+    augment: AugmentConfig = section(AugmentConfig, "Augmentation.")
+    student: StudentConfig = section(StudentConfig, "Student.")
+    train: TrainConfig = section(TrainConfig, "Student training.")
+    search: SearchConfig = section(SearchConfig, "Search.")
+    tracking: TrackingConfig = section(TrackingConfig, "Tracking.")
+    work_root: str = knob(".distillray", "Where cached results live (teachers, transfer sets, "
+                          "soft labels, bundles): a path every node sees on a cluster.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

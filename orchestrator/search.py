@@ -1,6 +1,6 @@
 """The search: Ray Tune (Optuna + ASHA) over student trials, each a Ray Train run, recorded in MLflow.
 
-Shape (see RAY_NOTES): a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
+Shape: a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
 workers report each epoch (or ``train.evals_per_epoch`` times per epoch); ``TuneReportCallback``
 forwards those reports to Tune, so ASHA can stop bad trials early (``pareto_asha``: keeping each
 rung's (score, latency) front, :mod:`orchestrator.pareto_asha`). When one teacher labels every

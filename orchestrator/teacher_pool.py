@@ -17,7 +17,7 @@ Online: with ``name=...`` the pool also starts :data:`TeacherServer`, a named de
 every trial) into one teacher call, waiting at most a few milliseconds for company. Callers find
 it with :func:`get_teacher_server`.
 
-Sizing (see /work/shared/RAY_NOTES.md): Ray does not fail when resources run short, it waits
+Sizing: Ray does not fail when resources run short, it waits
 forever. The pool therefore checks, before starting anything, that the cluster has every resource
 its actors ask for (naming the missing one), and waits for its actors with a timeout. The actors
 hold their CPUs for the pool's whole life, so size the pool to leave room for the rest:

@@ -6,7 +6,7 @@ a head and two workers, one worker carrying a ``teacher_gpu`` resource that stan
 - a worker node killed mid-search: the search still finishes, one MLflow child run per trial,
   none left RUNNING.
 
-CPU budget (RAY_NOTES: a shortfall hangs silently): a 1-CPU head and two 2-CPU workers. The
+CPU budget (a Ray resource shortfall hangs silently): a 1-CPU head and two 2-CPU workers. The
 search's one teacher actor holds 0.5 CPU for the whole search; a trial takes 0.01 CPU plus one
 1-CPU Train worker. Whichever worker node is lost, the nodes left still hold the teacher actor
 (restarted elsewhere if it was on the lost node), the trial and its Train worker.
