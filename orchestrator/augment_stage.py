@@ -420,8 +420,3 @@ def augment_dataset(
         _write(tmp, columns, manifest)
     return AugmentResult(folder / TRANSFER_FILE, key, len(examples), stats["rows_out"], stats,
                          time.perf_counter() - t0, False)
-
-
-def read_transfer_set(path: str | os.PathLike) -> pa.Table:
-    """The transfer set as an Arrow table (columns as in :data:`SCHEMA`)."""
-    return pq.read_table(path, schema=SCHEMA)

@@ -19,8 +19,7 @@ import torch
 from orchestrator import faults
 from orchestrator.config import TeacherConfig
 from orchestrator.keys import atomic_dir, content_key
-from orchestrator.teacher_model import (HEADS_FILE, TeacherError, create_random_teacher,
-                                        load_teacher)
+from orchestrator.teacher_model import HEADS_FILE, TeacherError, create_random_teacher
 from tasks.data import Example
 from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec
@@ -226,9 +225,3 @@ def evaluate_teacher(model, tokenizer, dev: list[Example], task: TaskSpec,
     logits = predict_logits(model, tokenizer, dev, max_length, head=head)
     labels = np.array([e.label for e in dev], dtype=np.float64)
     return compute_metrics(task, logits, labels)
-
-
-def evaluate_saved_teacher(path: str | Path, dev: list[Example], task: TaskSpec,
-                           max_length: int) -> dict[str, float]:
-    t = load_teacher(path)
-    return evaluate_teacher(t.model, t.tokenizer, dev, task, max_length)

@@ -8,7 +8,7 @@ finishes. Two cases:
 - Tune's snapshot is stale (``TUNE_GLOBAL_CHECKPOINT_S`` huge: only the snapshot at its start).
   Tune still has trial 1 live and has never heard of trial 2. Trial 1 is handed its recorded
   outcome from MLflow instead of training again; trial 2 can never be continued, and its child
-  run is closed as failed (interrupted).
+  run is closed as failed (interrupted) and soft-deleted: its slot is drawn again.
 
 Both: one parent run throughout; exactly one child run per Tune trial; no child run left RUNNING;
 a trial that finished before the kill keeps its run untouched (attempts, start and end time).
