@@ -629,7 +629,13 @@ def summarize(client, parent: str, table: pd.DataFrame, metric: str, mode: str,
     ok = table.dropna(subset=[col])
     if ok.empty:
         return {}, ok
-    best_row = ok.loc[ok[col].idxmax() if mode == "max" else ok[col].idxmin()]
+    # ties on the score (common on easy data) go to the faster student, then the trial id, so
+    # the best trial does not depend on the order Tune lists the trials in (a resumed search
+    # lists them differently, and would register another run's student)
+    order = ok.assign(_lat=ok[OBJECTIVE_LATENCY].astype(float).fillna(np.inf),
+                      _id=ok["trial_id"].astype(str))
+    best_row = ok.loc[order.sort_values([col, "_lat", "_id"],
+                                        ascending=[mode != "max", True, True]).index[0]]
     best = best_row.to_dict()
     best[metric] = best_row[col]
     client.set_tag(parent, "distillray.best_trial", str(best["trial_id"]))

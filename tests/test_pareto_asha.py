@@ -178,3 +178,23 @@ def test_rungs_survive_a_restored_search(tmp_path):
     forgetful = ParetoASHA("dev_score", "latency_ms", max_t=13, grace_period=1,
                            reduction_factor=3, floor=MAJORITY)
     assert replay(forgetful, {"21c57f03": TANG["21c57f03"]}) == {"21c57f03": 2}
+
+
+def test_the_best_trial_does_not_depend_on_the_order_trials_are_listed(tmp_path):
+    """Tied scores go to the faster student, then the trial id: a resumed search, which lists
+    its trials in another order, names (and registers) the same best trial."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import tracking
+    from orchestrator.search import summarize
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "artifacts"))
+    table = pd.DataFrame({"trial_id": ["b", "a", "c", "d"], "status": ["DONE"] * 4,
+                          "best_dev_score": [1.0, 1.0, 1.0, 0.9],
+                          "latency_ms": [0.5, 0.5, 0.8, 0.1],
+                          "non_embedding_params": [1.0] * 4, "config": [{}] * 4})
+    for rows in (table, table.iloc[::-1], table.iloc[[2, 0, 3, 1]]):
+        parent = client.create_run(exp).info.run_id
+        best, _ = summarize(client, parent, rows.reset_index(drop=True), "dev_score", "max")
+        assert best["trial_id"] == "a" and best["dev_score"] == 1.0
