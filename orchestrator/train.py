@@ -425,7 +425,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         seg = steps * (k + 1) // evals - steps * k // evals  # this report's share of the epoch
         loss = train_steps(model, optimizer, streams, sampler.draw(max(1, seg)), specs, tc)
         seconds = time.time() - t0
-        faults.point("trial_epoch")  # mid-epoch: trained, not yet reported
+        # mid-epoch: trained, not yet reported (a report may pause the trial at a rung)
+        faults.point("trial_epoch")
+        faults.point("resumed_trial" if start > 0 else "trial")
         for lab in labels.values():  # before the report: a stopped trial keeps what it paid for
             lab.flush()
         metrics = {"epoch": r + 1 if evals == 1 else round((r + 1) / evals, 6), "train_loss": loss,
@@ -439,7 +441,6 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         metrics["best_dev_score"] = best
         _report(r, metrics, {"best": best, "bad_epochs": bad_epochs}, model, optimizer, cfg,
                 meta, bundle, rank, client, run_id, checkpoints=checkpoints)
-        faults.point("resumed_trial" if start > 0 else "trial")
         if tc.patience is not None and bad_epochs >= tc.patience * evals:
             break
 
