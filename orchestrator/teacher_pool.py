@@ -489,6 +489,7 @@ class _ActorLabeler:
                 stored = json.loads(fs.cat_file(path))
                 float(stored["agreement"])
                 self._verdicts[p] = stored
+                self._on_precision(self.precision)
         if p not in self._verdicts:
             if not texts_a:
                 return p  # nothing to sample yet: decided on the first texts
