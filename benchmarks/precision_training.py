@@ -1,6 +1,6 @@
 """Training in bf16 autocast vs fp32 on this CPU: the teacher's fine-tuning and the students.
 
-Three parts, each in one run (``--parts`` picks):
+Two parts, each in one run (``--parts`` picks):
 
 - ``steps``: seconds per training step, fp32 vs ``torch.autocast("cpu", torch.bfloat16)``, for
   the teacher (MiniLM-L6 from the shared assets, batch 32 of SST-2 sentences) and the BiLSTM,
@@ -8,7 +8,7 @@ Three parts, each in one run (``--parts`` picks):
   step by step on the same batches; medians and ratios.
 - ``teacher``: fine-tunes the teacher twice, fp32 and bf16, with the same seed and data
   (``search_spaces/demo.yaml``'s teacher settings unless overridden) and reports SST-2 dev
-  accuracy (each evaluated in its own precision) and seconds per step.
+  accuracy (each evaluated in its own precision) and wall seconds (the log gives s/step).
 
     .venv/bin/python benchmarks/precision_training.py --parts steps
     .venv/bin/python benchmarks/precision_training.py --parts teacher --work-root /tmp/prec
