@@ -1,21 +1,28 @@
-"""Teacher throughput: a naive ``transformers.pipeline`` loop vs the teacher pool, cold and warm.
+"""Teacher throughput: a naive ``transformers.pipeline`` loop vs the teacher pool in fp32 and in
+reduced precision, against the machine's own matmul peak.
 
-Same teacher, same texts, one run, ``--repeats`` interleaved rounds (naive, pool cold, pool
-warm), medians reported. The naive loop runs in its own process with Ray stopped; each round
-starts Ray and the pool after it (start-up not timed) and stops them again::
+Same teacher, same texts, one run, ``--repeats`` interleaved rounds, medians reported. Each
+round: the naive loop (its own process, Ray stopped), the matmul peak in fp32 and bf16 (square
+``--peak-size`` matmuls at the pool's thread count, best of a few), then Ray and one pool per
+precision (fp32 and ``--precision``, in alternating order; start-up and the fidelity gate not
+timed), each labeling every text cold (a fresh cache directory) and warm (a new cache instance on
+the same directory, as another trial would), then Ray stopped again::
 
-    .venv/bin/python benchmarks/teacher_throughput.py --n 4000 --repeats 5
+    .venv/bin/python benchmarks/teacher_throughput.py --teacher demo --n 3000 --repeats 3
     .venv/bin/python benchmarks/teacher_throughput.py --teacher path/to/finetuned --num-actors 2
 
-The default teacher (minilm-l6-uncased from the shared assets) has an untrained classification
-head: fine for throughput, meaningless as labels. "cold" labels every text with a fresh cache
-directory; "warm" repeats the run with a new cache instance on the same directory (as another
-trial would: shards are read and verified from disk, nothing is recomputed).
+``--teacher demo`` fine-tunes (or reuses, by its key, under ``--work-root``) the teacher of
+``search_spaces/demo.yaml``; the default teacher (minilm-l6-uncased from the shared assets) has
+an untrained head: fine for throughput, meaningless for agreement. Achieved GFLOP/s counts the
+teacher's linear layers (2 x in x out FLOPs per real, unpadded token), the work a matmul peak
+bounds. The last line printed is one JSON object with every ratio (``pool_fp32_vs_naive``,
+``pool_bf16_vs_fp32``, ``bf16_agreement``, ``bf16_peak_fraction``, ...).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import statistics
 import sys
@@ -108,25 +115,84 @@ class NaiveProcess:
         self.proc.join(timeout=30)
 
 
+def matmul_peak(dtype: str, size: int, threads: int, tries: int = 3) -> float:
+    """GFLOP/s of the best of ``tries`` ``size``-square matmuls in ``dtype`` on ``threads``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=g).to(getattr(torch, dtype))
+        b = torch.randn(size, size, generator=g).to(getattr(torch, dtype))
+        torch.mm(a, b)  # warm-up
+        best = float("inf")
+        for _ in range(tries):
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+        return 2 * size ** 3 / best / 1e9
+    finally:
+        torch.set_num_threads(old)
+
+
+def linear_flops(teacher: str, texts: list[str], max_length: int) -> float:
+    """FLOPs of the teacher's linear layers over the texts' real (unpadded) tokens."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from orchestrator.teacher_model import load_teacher
+
+    t = load_teacher(teacher)
+    per_token = sum(2 * m.in_features * m.out_features for name, m in t.model.named_modules()
+                    if isinstance(m, torch.nn.Linear) and "encoder" in name)
+    tok = AutoTokenizer.from_pretrained(teacher)
+    tokens = sum(len(x) for x in tok(texts, truncation=True, max_length=max_length)["input_ids"])
+    return float(per_token) * tokens
+
+
+def demo_teacher(work_root: str) -> str:
+    """The teacher of search_spaces/demo.yaml (fine-tuned now, or reused by its key)."""
+    import yaml
+
+    from orchestrator.config import build_config, find_assets, use_local_assets
+    from orchestrator.pipeline import load_data
+    from orchestrator.teacher import finetune_teacher
+    from tasks.loaders import data_fingerprint
+
+    preset = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())["config"]
+    cfg = use_local_assets(build_config(preset, {"work_root": work_root}), find_assets())
+    d = load_data(cfg)["sst2"]
+    res = finetune_teacher(cfg.teacher, d.task, d.train, next(iter(d.dev.values())), work_root,
+                           data_fingerprint(d.train), log=print)
+    return str(res.path)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--teacher", default=str(ASSETS / "models" / "minilm-l6-uncased"))
+    ap.add_argument("--teacher", default=str(ASSETS / "models" / "minilm-l6-uncased"),
+                    help="a teacher dir, or 'demo' (search_spaces/demo.yaml's, under --work-root)")
+    ap.add_argument("--work-root", default=".distillray",
+                    help="where --teacher demo is fine-tuned or found")
     ap.add_argument("--data", default=str(ASSETS / "glue" / "SST-2" / "train.tsv"))
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3,
-                    help="interleaved rounds of naive / pool cold / pool warm; medians reported")
+                    help="interleaved rounds of naive / peaks / pools; medians reported")
     ap.add_argument("--num-cpus", type=float, default=os.cpu_count(),
                     help="CPUs Ray may use (default: all cores)")
     ap.add_argument("--num-actors", type=int, default=1)
     ap.add_argument("--cpus-per-actor", type=float, default=None,
                     help="default: num-cpus / num-actors")
     ap.add_argument("--gpus-per-actor", type=float, default=0.0,
-                    help="> 0: actors on GPU (half precision), e.g. 1")
+                    help="> 0: actors on GPU, e.g. 1 (then --precision fp16 or bf16)")
+    ap.add_argument("--precision", default="bf16", choices=("bf16", "fp16"),
+                    help="the reduced precision measured against fp32")
     ap.add_argument("--token-budget", type=int, default=None,
                     help="padded tokens per batch (default: the pool's, 2048 CPU / 16384 GPU)")
     ap.add_argument("--max-batch-size", type=int, default=256)
     ap.add_argument("--chunk-size", type=int, default=512)
+    ap.add_argument("--peak-size", type=int, default=2048)
     ap.add_argument("--cache-root", default=None,
                     help="parent of the fresh per-round cache dirs (default: the temp dir)")
     ap.add_argument("--skip-naive", action="store_true")
@@ -140,66 +206,111 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from orchestrator.config import PoolConfig
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.precision import cpu_bf16_support
+    from orchestrator.teacher_pool import TeacherPool, fidelity
 
+    if args.teacher == "demo":
+        args.teacher = demo_teacher(args.work_root)
     texts = read_sst2(Path(args.data), args.n)
     if args.augment:
         texts = augmented(texts, args.n)
+    low = args.precision
     print(f"{len(texts)} {'augmented ' if args.augment else ''}texts from {args.data}; teacher "
-          f"{args.teacher}; {os.cpu_count()} cores; {args.repeats} interleaved rounds", flush=True)
+          f"{args.teacher}; {os.cpu_count()} cores; CPU bf16: {cpu_bf16_support()[1]}; "
+          f"{args.repeats} interleaved rounds", flush=True)
+    flops = linear_flops(args.teacher, texts, args.max_length)
     naive = None if args.skip_naive else NaiveProcess(args.teacher, args.max_length, texts)
 
     cpus = args.cpus_per_actor or args.num_cpus / args.num_actors
-    cfg = PoolConfig(num_actors=args.num_actors, cpus_per_actor=cpus,
-                     gpus_per_actor=args.gpus_per_actor,
-                     token_budget=args.token_budget, max_batch_size=args.max_batch_size)
-    times: dict[str, list[float]] = {"naive": [], "cold": [], "warm": []}
+    cfgs = {p: PoolConfig(num_actors=args.num_actors, cpus_per_actor=cpus,
+                          gpus_per_actor=args.gpus_per_actor, token_budget=args.token_budget,
+                          max_batch_size=args.max_batch_size, precision=p,
+                          fidelity_threshold=0.0)  # measured here, never falls back
+            for p in ("fp32", low)}
+    threads = max(1, round(cpus))
+    times: dict[str, list[float]] = {k: [] for k in (
+        "naive", "cold_fp32", "warm_fp32", f"cold_{low}", f"warm_{low}")}
+    peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    logits: dict[str, np.ndarray] = {}
+    gate = {}
     for r in range(args.repeats):
         if naive is not None:  # Ray is down here: the naive loop has the machine to itself
             times["naive"].append(naive())
+        if args.gpus_per_actor <= 0:
+            for dt in peaks:
+                peaks[dt].append(matmul_peak(dt, args.peak_size, threads))
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-        t0 = time.perf_counter()
-        pool = TeacherPool(args.teacher, cfg, chunk_size=args.chunk_size)
-        start_s = time.perf_counter() - t0
-        if r == 0:
-            print(f"pool: {cfg.num_actors} actor(s) x {cfg.cpus_per_actor:g} CPU "
-                  f"({pool.info['threads']} torch threads and token budget "
-                  f"{pool.info['token_budget']} each; naive pipeline: "
-                  f"{torch.get_num_threads()} threads), started in {start_s:.1f}s (not timed; "
-                  "Ray is started before and stopped after the pool's runs in every round)",
-                  flush=True)
         try:
-            # a fresh directory per round keeps every cold run cold
-            root = tempfile.mkdtemp(prefix=f"distillray-bench-cache-{r}-", dir=args.cache_root)
-            cold = pool.label_texts(texts, max_length=args.max_length,
-                                    cache=pool.cache(root, max_length=args.max_length),
-                                    progress=False)
-            # warm: a new cache instance on the same directory, as another trial would
-            warm = pool.label_texts(texts, max_length=args.max_length,
-                                    cache=pool.cache(root, max_length=args.max_length),
-                                    progress=False)
+            for p in (("fp32", low) if r % 2 == 0 else (low, "fp32")):
+                t0 = time.perf_counter()
+                pool = TeacherPool(args.teacher, cfgs[p], chunk_size=args.chunk_size)
+                try:
+                    start_s = time.perf_counter() - t0
+                    if r == 0:
+                        print(f"pool {p}: {cfgs[p].num_actors} actor(s) x {cpus:g} CPU "
+                              f"({pool.info['threads']} torch threads, token budget "
+                              f"{pool.info['token_budget']}, {pool.info['precision']}; naive "
+                              f"pipeline: {torch.get_num_threads()} threads), started in "
+                              f"{start_s:.1f}s (not timed)", flush=True)
+                    # the fidelity gate, once per pool (not timed: once per teacher in use)
+                    pool.settle_precision(texts, None, max_length=args.max_length)
+                    gate = pool.fidelity_metrics() or gate
+                    root = tempfile.mkdtemp(prefix=f"distillray-bench-cache-{r}-{p}-",
+                                            dir=args.cache_root)
+                    cold = pool.label_texts(texts, max_length=args.max_length,
+                                            cache=pool.cache(root, max_length=args.max_length),
+                                            progress=False)
+                    warm = pool.label_texts(texts, max_length=args.max_length,
+                                            cache=pool.cache(root, max_length=args.max_length),
+                                            progress=False)
+                finally:
+                    pool.shutdown()
+                assert cold.precision == p, (cold.precision, p)
+                assert cold.misses == len(texts) and warm.hits == len(texts)
+                assert np.array_equal(cold.logits, warm.logits), "warm labels differ from cold"
+                times[f"cold_{p}"].append(cold.seconds)
+                times[f"warm_{p}"].append(warm.seconds)
+                logits[p] = cold.logits
         finally:
-            pool.shutdown()
             ray.shutdown()
-        assert cold.misses == len(texts) and warm.hits == len(texts), (cold.misses, warm.hits)
-        assert np.array_equal(cold.logits, warm.logits), "warm labels differ from cold labels"
-        times["cold"].append(cold.seconds)
-        times["warm"].append(warm.seconds)
         line = "  ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items() if v)
-        print(f"round {r + 1}: {line} ({cold.truncated} truncated)", flush=True)
+        peak_line = "  ".join(f"{k} peak {v[-1]:.0f} GFLOP/s" for k, v in peaks.items() if v)
+        print(f"round {r + 1}: {line}  {peak_line}", flush=True)
     if naive is not None:
         naive.close()
     med = {k: statistics.median(v) for k, v in times.items() if v}
+    peak = {k: statistics.median(v) for k, v in peaks.items() if v}
     n = len(texts)
+    agree = fidelity(logits["fp32"], logits[low])
+    out: dict[str, float] = {"n": n, "rounds": args.repeats}
     print(f"\nmedians over {args.repeats} rounds:")
-    for k, label in (("naive", "naive pipeline"), ("cold", "pool cold"), ("warm", "pool warm")):
-        if k in med:
-            print(f"  {label:<15} {med[k]:8.3f} s  {n / med[k]:10.1f} texts/s")
+    for k in med:
+        rate = n / med[k]
+        out[f"{k}_texts_per_s"] = rate
+        extra = ""
+        if k.startswith("cold_"):
+            gflops = flops / med[k] / 1e9
+            out[f"{k}_linear_gflops"] = gflops
+            extra = f"  {gflops:7.1f} linear-layer GFLOP/s"
+        print(f"  {k:<12} {med[k]:8.3f} s  {rate:10.1f} texts/s{extra}")
+    for k, v in peak.items():
+        out[f"matmul_peak_{k}_gflops"] = v
+        print(f"  matmul peak {k}: {v:.1f} GFLOP/s ({args.peak_size}-square, {threads} threads)")
     if "naive" in med:
-        per_round = [a / b for a, b in zip(times["naive"], times["cold"])]
-        print(f"ratio pool cold / naive throughput: {med['naive'] / med['cold']:.2f}x "
-              f"(per round: {', '.join(f'{x:.2f}' for x in per_round)}; target >= 3)")
-    print(f"ratio warm / cold time: {med['warm'] / med['cold']:.4f} (target <= 0.02)")
+        out["pool_fp32_vs_naive"] = med["naive"] / med["cold_fp32"]
+        out[f"pool_{low}_vs_naive"] = med["naive"] / med[f"cold_{low}"]
+    out[f"pool_{low}_vs_fp32"] = med["cold_fp32"] / med[f"cold_{low}"]
+    out[f"{low}_agreement"] = agree["agreement"]
+    out[f"{low}_logit_rmse"] = agree["rmse"]
+    out.update({f"gate_{k}": v for k, v in gate.items()})
+    if peak:
+        out["fp32_peak_fraction"] = out["cold_fp32_linear_gflops"] / peak["float32"]
+        if low == "bf16":
+            out["bf16_peak_fraction"] = out["cold_bf16_linear_gflops"] / peak["bfloat16"]
+    out["warm_vs_cold_fp32"] = med["warm_fp32"] / med["cold_fp32"]
+    print(f"{low} vs fp32 labels over all {n} texts: argmax agreement {agree['agreement']:.4%}, "
+          f"logit RMSE {agree['rmse']:.4g}")
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Layout under a root (a local path or any fsspec URI)::
     <root>/<namespace>/<sha256 of the shard bytes>.parquet
 
 ``namespace`` is :func:`orchestrator.keys.content_key` of (teacher identity, tokenizer, max
-length, head), so a different teacher, tokenizer, truncation length or head never sees another's
-labels. Each row of a shard holds ``text_key`` (sha256 of the text pair, see :func:`text_key`) and
+length, head, and the labeling precision unless fp32), so a different teacher, tokenizer,
+truncation length, head or precision never sees another's labels: bf16 labels are never served
+as fp32 ones. fp32 namespaces are keyed as before precisions existed, so fp32 labels cached then
+are still found. Each row of a shard holds ``text_key`` (sha256 of the text pair, see :func:`text_key`) and
 ``logits`` (``list<float32>``).
 
 Rules
@@ -143,19 +145,26 @@ class SoftLabelCache:
     ``root``: local path or fsspec URI; ``teacher_key``: :func:`~orchestrator.teacher_model.
     teacher_identity` of the teacher; ``tokenizer_name``: the tokenizer identity (for a teacher
     dir that bundles its tokenizer, its files are already in ``teacher_key``); ``max_length``:
-    the truncation length; ``head``: the resolved head name.
+    the truncation length; ``head``: the resolved head name; ``precision``: the precision the
+    labels were computed in (``fp32 | bf16 | fp16``).
     """
 
     def __init__(self, root: str, teacher_key: str, tokenizer_name: str, max_length: int,
-                 head: str):
+                 head: str, precision: str = "fp32"):
         self.root = str(root)
         self.teacher_key = teacher_key
         self.tokenizer_name = tokenizer_name
         self.max_length = int(max_length)
         self.head = head
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"soft-label cache precision {precision!r}: a resolved precision "
+                             "(fp32, bf16 or fp16), not auto")
+        self.precision = precision
         self.namespace = content_key({"format": CACHE_FORMAT, "teacher": teacher_key,
                                       "tokenizer": tokenizer_name, "max_length": self.max_length,
-                                      "head": head})
+                                      "head": head,
+                                      # absent for fp32: keys from before precisions stay valid
+                                      **({"precision": precision} if precision != "fp32" else {})})
         self.fs, root_path = fsspec.core.url_to_fs(self.root)
         root_path = root_path.rstrip("/") or "/"
         self.dir = f"{root_path}/{self.namespace}" if root_path != "/" else f"/{self.namespace}"
@@ -170,13 +179,20 @@ class SoftLabelCache:
 
     @classmethod
     def for_teacher(cls, root: str, teacher_path: str | os.PathLike, max_length: int = 128,
-                    head: str | None = None) -> "SoftLabelCache":
+                    head: str | None = None, precision: str = "fp32") -> "SoftLabelCache":
         """A cache for a teacher directory: identity from its files, head resolved like the
         teacher resolves it (single-task teachers have one head whatever the task is called)."""
         from orchestrator.teacher_model import teacher_identity
 
         return cls(root, teacher_identity(teacher_path), "bundled", max_length,
-                   resolve_head_name(teacher_path, head))
+                   resolve_head_name(teacher_path, head), precision)
+
+    def with_precision(self, precision: str) -> "SoftLabelCache":
+        """The cache of the same teacher setup and root for labels in another precision."""
+        if precision == self.precision:
+            return self
+        return SoftLabelCache(self.root, self.teacher_key, self.tokenizer_name, self.max_length,
+                              self.head, precision)
 
     def _check_writable(self) -> None:
         probe = f"{self.dir}/.probe-{uuid.uuid4().hex[:8]}"
@@ -327,7 +343,8 @@ class SoftLabelCache:
 
     def __repr__(self) -> str:
         return (f"SoftLabelCache(root={self.root!r}, namespace={self.namespace}, "
-                f"head={self.head!r}, max_length={self.max_length})")
+                f"head={self.head!r}, max_length={self.max_length}, "
+                f"precision={self.precision})")
 
 
 def resolve_head_name(teacher_path: str | os.PathLike, head: str | None) -> str:

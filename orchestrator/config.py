@@ -79,6 +79,9 @@ class TeacherConfig:
     seed: int = knob(0, "Seed of the head's initialization, the subset and the batch order.")
     multitask: bool = knob(False, "MKD: one teacher with a head per task, refined on all tasks "
                            "at once.")
+    precision: str = knob("fp32", "Fine-tuning and dev evaluation under autocast: auto | fp32 | "
+                          "bf16. auto: bf16 on a CPU with native bf16 (avx512_bf16 / amx_bf16), "
+                          "else fp32. Part of the teacher's cache key unless it resolves to fp32.")
 
 
 @dataclass
@@ -95,7 +98,17 @@ class PoolConfig:
                                     "grouped by length); null: 2048 on CPU (cache-sized "
                                     "batches), 16384 on GPU.")
     max_batch_size: int = knob(256, "Most texts in one inference batch.")
-    half_precision_on_gpu: bool = knob(True, "Run the teacher in float16 on a GPU.")
+    precision: str = knob("auto", "Labeling (bulk and on demand) and teacher evaluation: auto | "
+                          "fp32 | bf16 | fp16. auto: bf16 on a CPU with native bf16 (avx512_bf16 "
+                          "/ amx_bf16), bf16 or else fp16 on a GPU, fp32 otherwise; fp16 is "
+                          "refused on CPUs. Replaces half_precision_on_gpu (true: auto, false: "
+                          "fp32).")
+    fidelity_threshold: float = knob(0.995, "Reduced-precision labels must agree with fp32 labels "
+                                     "(argmax) on at least this share of a fixed sample, else "
+                                     "the pool labels in fp32; checked once per teacher and "
+                                     "precision, the verdict kept beside the cache.")
+    fidelity_sample: int = knob(512, "Texts in the fidelity gate's sample (the first ones the "
+                                "teacher labels).")
 
 
 @dataclass
@@ -364,8 +377,42 @@ def set_path(cfg_dict: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+DEPRECATED_HALF = "half_precision_on_gpu"
+
+
+def _map_deprecated(values: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict, dict]:
+    """``pool.half_precision_on_gpu`` (before ``pool.precision``): true -> auto (half precision
+    on GPUs, bf16 also on CPUs with native bf16, behind the fidelity gate), false -> fp32; a
+    ``pool.precision`` given beside it wins. Logs a deprecation warning."""
+    import logging
+
+    pool = values.get("pool") if isinstance(values.get("pool"), dict) else None
+    old = None
+    if pool is not None and DEPRECATED_HALF in pool:
+        pool = dict(pool)
+        old = pool.pop(DEPRECATED_HALF)
+        values = {**values, "pool": pool}
+    key = f"pool.{DEPRECATED_HALF}"
+    if key in overrides:
+        overrides = dict(overrides)
+        old = overrides.pop(key)
+    if old is None:
+        return values, overrides
+    half = _coerce(old, bool, key)
+    mapped = "auto" if half else "fp32"
+    given = overrides.get("pool.precision", (pool or {}).get("precision"))
+    logging.getLogger(__name__).warning(
+        "%s is deprecated: use pool.precision (auto | fp32 | bf16 | fp16); %s", key,
+        f"ignored beside pool.precision={given}" if given is not None
+        else f"read as pool.precision={mapped}")
+    if given is None:
+        overrides = {**overrides, "pool.precision": mapped}
+    return values, overrides
+
+
 def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Defaults <- ``values`` <- ``overrides`` (dotted keys), validated."""
+    values, overrides = _map_deprecated(values, dict(overrides or {}))
     base = ExperimentConfig().to_dict()
     merged = _deep_merge(base, values, "")
     for k, v in (overrides or {}).items():
@@ -479,6 +526,28 @@ def validate(cfg: ExperimentConfig) -> None:
                           "(or null for the device's default)")
     if cfg.pool.num_actors < 1 or cfg.pool.cpus_per_actor < 0:
         raise ConfigError("pool.num_actors must be >= 1 and pool.cpus_per_actor >= 0")
+    _validate_precision(cfg)
+
+
+def _validate_precision(cfg: ExperimentConfig) -> None:
+    """Names, the gate's range, and fp16 without a GPU: refused here, before any work."""
+    from orchestrator.precision import PRECISIONS
+
+    p = cfg.pool
+    for where, value in (("pool.precision", p.precision), ("teacher.precision",
+                                                           cfg.teacher.precision)):
+        if value not in PRECISIONS:
+            raise ConfigError(f"{where}={value!r}: choose {', '.join(PRECISIONS)}")
+    if p.precision == "fp16" and p.gpus_per_actor <= 0:
+        raise ConfigError("pool.precision=fp16 needs GPU teacher actors (pool.gpus_per_actor > 0):"
+                          " fp16 cannot run on a CPU; use pool.precision=bf16 or auto")
+    if cfg.teacher.precision == "fp16":
+        raise ConfigError("teacher.precision=fp16: teacher fine-tuning runs on the CPU, where "
+                          "fp16 cannot run; use teacher.precision=bf16 or auto")
+    if not 0.0 <= p.fidelity_threshold <= 1.0:
+        raise ConfigError(f"pool.fidelity_threshold={p.fidelity_threshold} is outside [0, 1]")
+    if p.fidelity_sample < 1:
+        raise ConfigError(f"pool.fidelity_sample={p.fidelity_sample} must be at least 1")
 
 
 SCHEDULERS = ("asha", "pareto_asha", "none")

@@ -25,10 +25,11 @@ import torch.nn.functional as F
 from orchestrator.config import TeacherConfig
 from orchestrator.keys import atomic_dir, content_key
 from orchestrator.mixture import TaskSampler, mixture_weights
+from orchestrator.precision import autocast
 from orchestrator.teacher import (TeacherResult, _check_base_model, _encode,
                                   _length_grouped_batches, _subset, base_model_identity,
                                   evaluate_teacher, optimizer_and_schedule, random_base,
-                                  training_settings)
+                                  training_precision, training_settings)
 from orchestrator.teacher_model import MultiTaskTeacher, TeacherError, save_multitask_teacher
 from tasks.loaders import TaskData, data_fingerprint
 
@@ -68,8 +69,9 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
         train = {t: _subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
         log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
-        _train_mixture(model, tokenizer, train, data, cfg)
-        metrics = evaluate_multitask(model, tokenizer, data, cfg.max_length)
+        precision = training_precision(cfg)
+        _train_mixture(model, tokenizer, train, data, cfg, precision)
+        metrics = evaluate_multitask(model, tokenizer, data, cfg.max_length, precision)
         log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                            if k.endswith("_score") or k == "score"))
         save_multitask_teacher(model, tokenizer, tmp)
@@ -105,7 +107,7 @@ def _init_encoder(cfg: TeacherConfig, data: dict[str, TaskData], tmp: Path):
 
 
 def _train_mixture(model: MultiTaskTeacher, tokenizer, train: dict, data: dict[str, TaskData],
-                   cfg: TeacherConfig) -> None:
+                   cfg: TeacherConfig, precision: str = "fp32") -> None:
     """Each step: draw a task (proportional mixture), take one of its length-grouped batches."""
     from tqdm.auto import tqdm
 
@@ -131,7 +133,9 @@ def _train_mixture(model: MultiTaskTeacher, tokenizer, train: dict, data: dict[s
     for task in sampler.draw(total):
         batch = next_batch(task)
         enc = _encode(tokenizer, batch, cfg.max_length)
-        out = model(**enc, head=task)
+        with autocast(precision, "cpu"):
+            out = model(**enc, head=task)
+        out = out.float()
         if data[task].task.is_regression:
             loss = F.mse_loss(out.squeeze(-1), torch.tensor([float(e.label) for e in batch]))
         else:
@@ -148,13 +152,14 @@ def _train_mixture(model: MultiTaskTeacher, tokenizer, train: dict, data: dict[s
 
 
 def evaluate_multitask(model: MultiTaskTeacher, tokenizer, data: dict[str, TaskData],
-                       max_length: int) -> dict[str, float]:
+                       max_length: int, precision: str = "fp32") -> dict[str, float]:
     """Each task's metrics on its first dev split, through its own head; ``score`` = their mean."""
     out: dict[str, float] = {}
     scores = []
     for t, d in data.items():
         dev = next(iter(d.dev.values()))
-        m = evaluate_teacher(model, tokenizer, dev, d.task, max_length, head=t)
+        m = evaluate_teacher(model, tokenizer, dev, d.task, max_length, head=t,
+                             precision=precision)
         out.update({f"{t}_{k}": float(v) for k, v in m.items()})
         scores.append(float(m["score"]))
     out["score"] = float(sum(scores) / len(scores))

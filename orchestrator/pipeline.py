@@ -111,11 +111,19 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
             return label_examples(examples, teacher, cfg, work_root, log, own)
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
-    cache = pool.cache(str(work_root / "soft_labels"), teacher.head, teacher.max_length)
+    root = str(work_root / "soft_labels")
+    # the fidelity gate first (reduced precision only): it decides which cache the labels use
+    pool.settle_precision(texts_a, texts_b, teacher.head, teacher.max_length, root)
+    cache = pool.cache(root, teacher.head, teacher.max_length)
     res = pool.label_texts(texts_a, texts_b, head=teacher.head,
                            max_length=teacher.max_length, cache=cache)
+    gate = pool.fidelity_metrics()
+    gate_note = (f"; {pool.actor_precision} vs fp32 argmax agreement "
+                 f"{gate['label_fidelity_agreement']:.2%}, logit RMSE "
+                 f"{gate['label_fidelity_rmse']:.3g}" if gate else "")
     log(f"[label] {teacher.head}: {len(examples)} texts, {res.hits} cache hits, "
-        f"{res.misses} labeled in {res.seconds:.1f}s ({res.truncated} truncated)")
+        f"{res.misses} labeled in {res.seconds:.1f}s in {res.precision} ({res.truncated} "
+        f"truncated{gate_note})")
     return res
 
 
@@ -139,7 +147,20 @@ def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[
         "embed_dim": s.embed_dim if not s.embeddings else None,
         # on-demand bundles hold texts instead of logits (absent key: precomputed, as before)
         **({"soft_labels": cfg.train.soft_labels} if cfg.train.soft_labels != "precomputed" else {}),
+        # the labeling precision the pool runs in (absent for fp32: keys from before stay valid)
+        **({"label_precision": p} if (p := _label_precision(cfg)) != "fp32" else {}),
     })
+
+
+def _label_precision(cfg: ExperimentConfig) -> str:
+    """``pool.precision`` resolved as the teacher actors will (fp32 for on-demand bundles,
+    which hold no logits). For GPU actors, ``auto`` is resolved with this process's GPU."""
+    if cfg.train.soft_labels == "on_demand":
+        return "fp32"
+    from orchestrator.precision import resolve
+
+    return resolve(cfg.pool.precision, "cuda" if cfg.pool.gpus_per_actor > 0 else "cpu",
+                   "pool.precision")
 
 
 def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
@@ -170,6 +191,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         transfer[t], aug_stats[t], _ = transfer_examples(cfg, d, work_root, mask_token, log)
     hits = misses = 0
     label_seconds = 0.0
+    gate: dict[str, float] = {}
     logits: dict[str, np.ndarray | None] = {t: None for t in transfer}
     on_demand = cfg.train.soft_labels == "on_demand"
     from orchestrator.teacher_pool import TeacherPool
@@ -188,6 +210,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
                 hits += res.hits
                 misses += res.misses
                 label_seconds += res.seconds
+            gate.update(running.fidelity_metrics())
 
     with atomic_dir(final) as tmp:
         encoding = "wordpiece" if cfg.student.arch == "transformer" else "words"
@@ -235,7 +258,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
                 "teachers": {t: asdict(r) for t, r in teachers.items()}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # written last
     label_stats = {} if on_demand else {"label_cache_hits": hits, "label_cache_misses": misses,
-                                        "label_seconds": label_seconds}
+                                        "label_seconds": label_seconds, **gate}
     return BundleResult(final, key, False, meta["transfer_sizes"], label_stats, aug_stats,
                         time.time() - t0)
 

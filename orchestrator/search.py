@@ -496,7 +496,8 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
         return
     with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
         log(f"[pool] {cfg.pool.num_actors} teacher actor(s) serve every trial of the search "
-            f"({pool.info['device']}, {cfg.pool.cpus_per_actor:g} CPU each)")
+            f"({pool.info['device']}, {pool.actor_precision}, {cfg.pool.cpus_per_actor:g} CPU "
+            "each)")
         yield pool.client()
 
 

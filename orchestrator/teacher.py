@@ -19,6 +19,7 @@ import torch
 from orchestrator import faults
 from orchestrator.config import TeacherConfig
 from orchestrator.keys import atomic_dir, content_key
+from orchestrator.precision import autocast, resolve
 from orchestrator.teacher_model import HEADS_FILE, TeacherError, create_random_teacher
 from tasks.data import Example
 from tasks.metrics import compute_metrics
@@ -45,10 +46,19 @@ def base_model_identity(name: str) -> str:
     return name
 
 
+def training_precision(cfg: TeacherConfig) -> str:
+    """``teacher.precision`` resolved for this machine's CPU (where teachers fine-tune)."""
+    return resolve(cfg.precision, "cpu", "teacher.precision")
+
+
 def training_settings(cfg: TeacherConfig) -> dict:
     """The settings that shape a teacher's weights (the base model is keyed separately)."""
     d = asdict(cfg)
     d.pop("multitask", None)  # says which stage runs, not how it trains: keeps old keys valid
+    d.pop("precision", None)
+    precision = training_precision(cfg)
+    if precision != "fp32":  # absent for fp32: teachers fine-tuned before stay valid
+        d["precision"] = precision
     return {**d, "model": None}
 
 
@@ -70,13 +80,17 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
         log(f"[teacher] reusing {final} (dev {task.main_metric}={metrics.get(task.main_metric, float('nan')):.4f})")
         return TeacherResult(final, key, metrics, True, time.time() - t0)
     _check_base_model(cfg.model)
+    precision = training_precision(cfg)
     with atomic_dir(final) as tmp:
         model, tokenizer = _init_model(cfg, task, train, tmp)
         examples = _subset(train, cfg.max_train_examples, cfg.seed)
         log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
-        _train(model, tokenizer, examples, task, cfg, log)
-        metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length)
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
+            f"{precision}")
+        speed = _train(model, tokenizer, examples, task, cfg, log, precision)
+        log(f"[teacher] {speed['steps']} steps, {speed['seconds_per_step']:.3f} s/step")
+        metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length,
+                                   precision=precision)
         log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -168,7 +182,10 @@ def optimizer_and_schedule(model, cfg: TeacherConfig, total: int):
     return opt, sched
 
 
-def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) -> None:
+def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log,
+           precision: str = "fp32") -> dict:
+    """Fine-tune in place; forward passes (and the loss) under ``precision`` autocast, the
+    backward pass and the optimizer in fp32. Returns ``{"steps", "seconds_per_step"}``."""
     from tqdm.auto import tqdm
 
     rng = random.Random(cfg.seed)
@@ -178,6 +195,7 @@ def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) 
     opt, sched = optimizer_and_schedule(model, cfg, total)
     model.train()
     step = 0
+    t0 = time.perf_counter()
     bar = tqdm(total=total, desc=f"teacher {task.name}", unit="step")
     while step < total:
         for batch_idx in _length_grouped_batches(lengths, cfg.batch_size, rng):
@@ -189,8 +207,9 @@ def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) 
                 labels = torch.tensor([float(e.label) for e in batch])
             else:
                 labels = torch.tensor([int(e.label) for e in batch])
-            out = model(**enc, labels=labels)
-            out.loss.backward()
+            with autocast(precision, "cpu"):
+                out = model(**enc, labels=labels)
+            out.loss.float().backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
@@ -201,19 +220,23 @@ def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log) 
             bar.set_postfix(loss=f"{out.loss.item():.4f}")
     bar.close()
     model.eval()
+    return {"steps": step, "seconds_per_step": (time.perf_counter() - t0) / max(1, step)}
 
 
 @torch.inference_mode()
 def predict_logits(model, tokenizer, examples: list[Example], max_length: int,
-                   batch_size: int = 128, head: str | None = None) -> np.ndarray:
-    """Logits in input order; ``head`` names the task head of a multi-task teacher."""
+                   batch_size: int = 128, head: str | None = None,
+                   precision: str = "fp32") -> np.ndarray:
+    """Logits in input order; ``head`` names the task head of a multi-task teacher;
+    ``precision``: a resolved one (the model runs on the CPU under its autocast)."""
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
     out = [None] * len(examples)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         enc = _encode(tokenizer, [examples[i] for i in idx], max_length)
-        raw = model(**enc, head=head) if head is not None else model(**enc).logits
+        with autocast(precision, "cpu"):
+            raw = model(**enc, head=head) if head is not None else model(**enc).logits
         logits = raw.float().numpy()
         for j, i in enumerate(idx):
             out[i] = logits[j]
@@ -221,7 +244,8 @@ def predict_logits(model, tokenizer, examples: list[Example], max_length: int,
 
 
 def evaluate_teacher(model, tokenizer, dev: list[Example], task: TaskSpec,
-                     max_length: int, head: str | None = None) -> dict[str, float]:
-    logits = predict_logits(model, tokenizer, dev, max_length, head=head)
+                     max_length: int, head: str | None = None,
+                     precision: str = "fp32") -> dict[str, float]:
+    logits = predict_logits(model, tokenizer, dev, max_length, head=head, precision=precision)
     labels = np.array([e.label for e in dev], dtype=np.float64)
     return compute_metrics(task, logits, labels)

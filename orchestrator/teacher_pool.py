@@ -27,6 +27,16 @@ logs a warning when it would leave less than 1 CPU free. Each actor sets
 ``torch.set_num_threads`` to its CPU share (``pool.torch_threads`` overrides). On 2 cores,
 actor parallelism buys little: batching by length is what makes the pool fast; more actors pay
 on many cores or with one GPU each.
+
+Precision (``pool.precision``, :mod:`orchestrator.precision`): each actor resolves ``auto``
+once, at start, for its device, and labels under ``torch.autocast`` in that precision; a
+precision the device cannot run (fp16 on a CPU) fails the pool's start, never a labeling call.
+Labels in reduced precision are cached under their own key. The first time a teacher labels in
+reduced precision, a fidelity gate labels a fixed sample (the first ``pool.fidelity_sample``
+distinct texts it is asked for) in both precisions; below ``pool.fidelity_threshold`` argmax
+agreement the pool labels in fp32 from then on, with a warning. The verdict (agreement and
+logit RMSE) is kept in ``<cache root>/fidelity/<teacher key>-<precision>.json``, so the gate
+runs once per teacher and precision, and is reported in :meth:`_ActorLabeler.fidelity_metrics`.
 """
 from __future__ import annotations
 
@@ -34,6 +44,7 @@ import asyncio
 import atexit
 import contextlib
 import io
+import json
 import logging
 import os
 import time
@@ -49,6 +60,7 @@ from orchestrator import faults
 from orchestrator.batching import restore_order, token_budget_batches
 from orchestrator.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
 from orchestrator.config import PoolConfig
+from orchestrator.precision import autocast, resolve
 from orchestrator.teacher_model import Teacher, TeacherError, check_teacher_path, load_teacher
 
 log = logging.getLogger(__name__)
@@ -87,9 +99,9 @@ class TeacherWorker:
         # Weights absent from the checkpoint (e.g. an untrained head) are initialised from the
         # global RNG: seed it so every actor, and every restart, computes the same function.
         torch.manual_seed(seed)
+        # resolved once, here: a precision the device cannot run fails the actor's start
+        self.precision = resolve(self.cfg.precision, self.device, "pool.precision")
         self.teacher: Teacher = load_teacher(teacher_path, device=self.device)
-        if self.device == "cuda" and self.cfg.half_precision_on_gpu:
-            self.teacher.model.half()
         model = self.teacher.model
         config = getattr(model, "config", None) or getattr(model.encoder, "config", None)
         self.max_positions = getattr(config, "max_position_embeddings", None)
@@ -103,6 +115,7 @@ class TeacherWorker:
 
         return {"heads": dict(self.teacher.heads), "multitask": self.teacher.multitask,
                 "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
+                "precision": self.precision,
                 "token_budget": self.token_budget,
                 "max_positions": self.max_positions, "calls": self.calls}
 
@@ -155,15 +168,21 @@ class TeacherWorker:
                 torch.from_numpy(tts).to(dev) if tts is not None else None)
 
     def label(self, texts_a: list[str], texts_b: list[str | None] | None = None,
-              head: str | None = None, max_length: int = 128) -> tuple[np.ndarray, int]:
+              head: str | None = None, max_length: int = 128,
+              precision: str | None = None) -> tuple[np.ndarray, int]:
         """``(logits float32 [N, C] in input order, number of truncated texts)``.
 
         ``texts_b`` (optional) pairs each ``texts_a[i]`` with a second text; ``None`` entries
         mean a single text. Texts longer than ``max_length`` tokens (capped at the model's
-        position limit) are truncated and counted."""
+        position limit) are truncated and counted. ``precision``: the actor's own (None) or
+        ``fp32``."""
         import torch
 
         faults.point("teacher_actor")
+        precision = precision or self.precision
+        if precision not in ("fp32", self.precision):
+            raise ValueError(f"this teacher actor labels in {self.precision} or fp32, not "
+                             f"{precision}")
         self.calls += 1
         head = self.teacher.resolve_head(head)
         n_out = self.teacher.heads[head]
@@ -184,7 +203,7 @@ class TeacherWorker:
         batches = token_budget_batches([len(r) for r in ids], self.token_budget,
                                        self.cfg.max_batch_size)
         outs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, self.device):
             for b in batches:
                 input_ids, mask, tts = self._pad([ids[i] for i in b],
                                                  [types[i] for i in b] if types else None)
@@ -219,6 +238,10 @@ class _TeacherServer:
         self._timers: dict[tuple, asyncio.TimerHandle] = {}
         self._tasks: set = set()
         self._stats = {"requests": 0, "texts": 0, "teacher_calls": 0, "retries": 0}
+        self.precision: str | None = None  # None: the actors' own; fp32 after a failed gate
+
+    def set_precision(self, precision: str | None) -> None:
+        self.precision = precision
 
     def set_actors(self, actors: list) -> int:
         self._actors = list(actors)
@@ -289,7 +312,8 @@ class _TeacherServer:
             self._rr += 1
             self._stats["teacher_calls"] += 1
             try:
-                out, _ = await actor.label.remote(texts_a, texts_b, head, max_length)
+                out, _ = await actor.label.remote(texts_a, texts_b, head, max_length,
+                                                  self.precision)
                 return out
             except RayActorError as e:
                 self._stats["retries"] += 1
@@ -374,6 +398,23 @@ def check_pool_resources(cfg: PoolConfig, wait_s: float = 10.0) -> None:
 # the pool
 
 
+def fidelity(ref: np.ndarray, low: np.ndarray) -> dict:
+    """How close reduced-precision logits ``low`` are to fp32 logits ``ref`` (same rows):
+    ``agreement`` (fraction of rows with the same argmax; for one output, the same sign),
+    ``rmse`` (root mean squared logit difference) and ``n`` (rows)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    low = np.asarray(low, dtype=np.float64)
+    if ref.shape != low.shape or ref.ndim != 2:
+        raise ValueError(f"logits of shapes {ref.shape} and {low.shape} cannot be compared")
+    if ref.shape[1] == 1:
+        same = np.sign(ref[:, 0]) == np.sign(low[:, 0])
+    else:
+        same = ref.argmax(1) == low.argmax(1)
+    return {"agreement": float(same.mean()) if len(same) else 1.0,
+            "rmse": float(np.sqrt(np.mean((ref - low) ** 2))) if ref.size else 0.0,
+            "n": int(ref.shape[0])}
+
+
 @dataclass
 class LabelResult:
     logits: np.ndarray  # float32 [N, C], input order
@@ -383,6 +424,7 @@ class LabelResult:
     seconds: float
     computed: int = 0  # distinct texts sent to the teacher
     retried_chunks: int = 0  # chunks resubmitted after an actor died
+    precision: str = "fp32"  # the precision the texts labeled now were labeled in
 
     @property
     def texts_per_second(self) -> float:
@@ -393,7 +435,8 @@ class _ActorLabeler:
     """Bulk labeling over teacher actors with a soft-label cache; shared by :class:`TeacherPool`
     (which owns the actors) and :class:`PoolClient` (which only holds handles to them). Needs
     ``_actors``, ``info``, ``teacher_key``, ``chunk_size``, ``inflight_per_actor``,
-    ``max_chunk_retries``, ``cache_flush_rows`` and ``_revive(slot)``."""
+    ``max_chunk_retries``, ``cache_flush_rows``, ``fidelity_threshold``, ``fidelity_sample``,
+    ``_verdicts`` and ``_revive(slot)``."""
 
     _actors: list
     info: dict
@@ -401,9 +444,110 @@ class _ActorLabeler:
     inflight_per_actor: int
     max_chunk_retries: int
     cache_flush_rows: int
+    fidelity_threshold: float
+    fidelity_sample: int
+    _verdicts: dict  # reduced precision -> {"agreement", "rmse", "n", ...} of the gate
 
     def _revive(self, slot: int) -> None:
         raise NotImplementedError
+
+    # -- precision and the fidelity gate ----------------------------------------------------
+
+    @property
+    def actor_precision(self) -> str:
+        """The precision the actors were started in (``pool.precision`` resolved)."""
+        return self.info.get("precision", "fp32")
+
+    @property
+    def precision(self) -> str:
+        """The precision labels are computed in: the actors' own, unless the fidelity gate has
+        failed it (then fp32); the actors' own while the gate has not run yet."""
+        p = self.actor_precision
+        verdict = self._verdicts.get(p)
+        return "fp32" if verdict is not None and not self._passes(verdict) else p
+
+    def _passes(self, verdict: dict) -> bool:
+        return float(verdict["agreement"]) >= self.fidelity_threshold
+
+    def _verdict_path(self, root: str) -> tuple:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(root))
+        return fs, f"{path.rstrip('/')}/fidelity/{self.teacher_key}-{self.actor_precision}.json"
+
+    def settle_precision(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None,
+                         head: str | None = None, max_length: int = 128,
+                         root: str | None = None) -> str:
+        """Run the fidelity gate once for this teacher in reduced precision (no-op in fp32):
+        label the first ``fidelity_sample`` distinct texts in fp32 and in the actors' precision,
+        compare, remember the verdict (in ``<root>/fidelity/`` when a cache root is given) and
+        return the precision labels will be computed in."""
+        p = self.actor_precision
+        if p == "fp32":
+            return p
+        if p not in self._verdicts and root is not None:
+            fs, path = self._verdict_path(root)
+            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
+                stored = json.loads(fs.cat_file(path))
+                float(stored["agreement"])
+                self._verdicts[p] = stored
+                self._on_precision(self.precision)
+        if p not in self._verdicts:
+            if not texts_a:
+                return p  # nothing to sample yet: decided on the first texts
+            self._verdicts[p] = self._run_gate(texts_a, texts_b, head, max_length)
+            if root is not None:
+                from orchestrator.cache import write_bytes_atomic
+
+                fs, path = self._verdict_path(root)
+                fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                write_bytes_atomic(fs, path, json.dumps(self._verdicts[p], indent=1).encode())
+            v = self._verdicts[p]
+            self._on_precision(self.precision)
+            if self._passes(v):
+                log.info("fidelity gate: %s labels agree with fp32 on %.2f%% of %d texts (logit "
+                         "RMSE %.4g): labeling in %s", p, 100 * v["agreement"], v["n"],
+                         v["rmse"], p)
+            else:
+                log.warning(
+                    "fidelity gate: %s labels of teacher %s agree with fp32 labels (argmax) on "
+                    "only %.2f%% of %d texts, below pool.fidelity_threshold=%.2f%% (logit RMSE "
+                    "%.4g): labeling in fp32 instead", p, self.teacher_key,
+                    100 * v["agreement"], v["n"], 100 * self.fidelity_threshold, v["rmse"])
+        return self.precision
+
+    def _on_precision(self, precision: str) -> None:
+        """Called when the gate has decided the labeling precision."""
+
+    def _run_gate(self, texts_a, texts_b, head, max_length) -> dict:
+        texts_a = list(texts_a)
+        texts_b = list(texts_b) if texts_b is not None else None
+        seen: dict[str, int] = {}
+        for i, k in enumerate(text_keys(texts_a, texts_b)):
+            if len(seen) >= self.fidelity_sample:
+                break
+            seen.setdefault(k, i)
+        idx = list(seen.values())
+        a = [texts_a[i] for i in idx]
+        b = [texts_b[i] for i in idx] if texts_b is not None else None
+        head = self.resolve_head(head)[0]
+        actor = self._actors[0]
+        ref, _ = ray.get(actor.label.remote(a, b, head, max_length, "fp32"))
+        low, _ = ray.get(actor.label.remote(a, b, head, max_length, self.actor_precision))
+        return fidelity(ref, low) | {"teacher_key": self.teacher_key,
+                                     "precision": self.actor_precision, "head": head,
+                                     "max_length": int(max_length)}
+
+    def fidelity_metrics(self) -> dict[str, float]:
+        """The gate's figures for MLflow: ``label_fidelity_agreement`` (argmax agreement with
+        fp32), ``label_fidelity_rmse`` (logit RMSE), ``label_reduced_precision`` (1: labels in
+        bf16/fp16, 0: fp32); ``{}`` while the gate has not run (or in fp32)."""
+        v = self._verdicts.get(self.actor_precision)
+        if v is None:
+            return {}
+        return {"label_fidelity_agreement": float(v["agreement"]),
+                "label_fidelity_rmse": float(v["rmse"]),
+                "label_reduced_precision": float(self.precision != "fp32")}
 
     def resolve_head(self, head: str | None) -> tuple[str, int]:
         """``(head name, number of outputs)``, as the teacher resolves it."""
@@ -413,9 +557,11 @@ class _ActorLabeler:
         return name, int(self.info["heads"][name])
 
     def cache(self, root: str, head: str | None = None, max_length: int = 128) -> SoftLabelCache:
-        """The soft-label cache for this pool's teacher under ``root``."""
+        """The soft-label cache for this pool's teacher under ``root``, in the precision labels
+        are computed in now (:attr:`precision`; :meth:`label_texts` moves to the fp32 cache
+        when the fidelity gate fails the actors' precision)."""
         return SoftLabelCache(root, self.teacher_key, "bundled", max_length,
-                              self.resolve_head(head)[0])
+                              self.resolve_head(head)[0], self.precision)
 
     def _check_cache(self, cache: SoftLabelCache, head: str, max_length: int) -> None:
         problems = []
@@ -425,6 +571,8 @@ class _ActorLabeler:
             problems.append(f"head {cache.head!r} != {head!r}")
         if cache.max_length != int(max_length):
             problems.append(f"max_length {cache.max_length} != {max_length}")
+        if cache.precision != self.precision:
+            problems.append(f"precision {cache.precision} != {self.precision}")
         if problems:
             raise ValueError(f"{cache!r} does not match this labeling request ("
                              + "; ".join(problems) + "): use pool.cache(root, head, max_length)")
@@ -447,6 +595,11 @@ class _ActorLabeler:
             if all(b is None for b in texts_b):
                 texts_b = None
         head_name, n_out = self.resolve_head(head)
+        before = self.precision
+        precision = self.settle_precision(texts_a, texts_b, head_name, max_length,
+                                          cache.root if cache is not None else None)
+        if cache is not None and cache.precision == before != precision:
+            cache = cache.with_precision(precision)  # the gate failed the reduced precision
         if cache is not None:
             self._check_cache(cache, head_name, max_length)
         keys = text_keys(texts_a, texts_b)
@@ -460,16 +613,18 @@ class _ActorLabeler:
         cached = set(labels)
         todo = [(k, texts_a[first[k]], texts_b[first[k]] if texts_b is not None else None)
                 for k in missing]
-        truncated, retried = self._compute(todo, head_name, max_length, labels, cache, progress)
+        truncated, retried = self._compute(todo, head_name, max_length, labels, cache, progress,
+                                           precision)
         logits = (np.stack([labels[k] for k in keys]).astype(np.float32, copy=False) if keys
                   else np.zeros((0, n_out), dtype=np.float32))
         hits = sum(1 for k in keys if k in cached)
         return LabelResult(logits=logits, hits=hits, misses=len(keys) - hits, truncated=truncated,
                            seconds=time.perf_counter() - t0, computed=len(todo),
-                           retried_chunks=retried)
+                           retried_chunks=retried, precision=precision)
 
     def _compute(self, todo: list[tuple[str, str, str | None]], head: str, max_length: int,
-                 labels: dict, cache: SoftLabelCache | None, progress: bool) -> tuple[int, int]:
+                 labels: dict, cache: SoftLabelCache | None, progress: bool,
+                 precision: str) -> tuple[int, int]:
         if not todo:
             return 0, 0
         from tqdm.auto import tqdm
@@ -495,7 +650,7 @@ class _ActorLabeler:
                         break
                     cid = queue.popleft()
                     a, b = payload[cid]
-                    ref = self._actors[slot].label.remote(a, b, head, max_length)
+                    ref = self._actors[slot].label.remote(a, b, head, max_length, precision)
                     inflight[ref] = (cid, slot)
                     load[slot] += 1
                 ready, _ = ray.wait(list(inflight), num_returns=1)
@@ -560,9 +715,14 @@ class TeacherPool(_ActorLabeler):
         self.start_timeout_s = start_timeout_s
         self.cache_flush_rows = cache_flush_rows
         self.seed = seed
+        self.fidelity_threshold = float(self.cfg.fidelity_threshold)
+        self.fidelity_sample = int(self.cfg.fidelity_sample)
+        self._verdicts: dict = {}
         self._teacher_key: str | None = None
         self._actors: list = []
         self.server = None
+        if self.cfg.gpus_per_actor <= 0:  # a CPU precision is checked here, before any actor
+            resolve(self.cfg.precision, "cpu", "pool.precision")
         if not ray.is_initialized():
             from orchestrator.ray_runtime import init_ray
             init_ray(log=lambda m: None)
@@ -578,6 +738,7 @@ class TeacherPool(_ActorLabeler):
                 ).remote(self._actors, max_length=server_max_length,
                          max_wait_s=server_max_wait_s, max_batch=self.cfg.max_batch_size)
                 ray.get(self.server.set_actors.remote(self._actors), timeout=start_timeout_s)
+                ray.get(self.server.set_precision.remote(None), timeout=start_timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -611,6 +772,11 @@ class TeacherPool(_ActorLabeler):
     @property
     def actors(self) -> list:
         return list(self._actors)
+
+    def _on_precision(self, precision: str) -> None:
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                ray.get(self.server.set_precision.remote(precision), timeout=30)
 
     def _revive(self, slot: int) -> None:
         """After a RayActorError: keep the actor if Ray restarted it, else replace it."""
@@ -646,7 +812,8 @@ class TeacherPool(_ActorLabeler):
             raise RuntimeError("teacher pool is shut down")
         return PoolClient(self.actors, dict(self.info), self.teacher_key, self.teacher_path,
                           self.chunk_size, self.inflight_per_actor, self.max_chunk_retries,
-                          self.cache_flush_rows)
+                          self.cache_flush_rows, fidelity_threshold=self.fidelity_threshold,
+                          fidelity_sample=self.fidelity_sample, verdicts=dict(self._verdicts))
 
     def label_parquet(self, in_path: str, out_path: str, head: str | None = None,
                       max_length: int = 128, cache: SoftLabelCache | None = None,
@@ -730,9 +897,13 @@ class PoolClient(_ActorLabeler):
     max_chunk_retries: int = 3
     cache_flush_rows: int = 50_000
     restart_timeout_s: float = 120.0
+    fidelity_threshold: float = 0.995
+    fidelity_sample: int = 512
+    verdicts: dict | None = None  # the pool's fidelity verdicts when the client was made
 
     def __post_init__(self) -> None:
         self._actors = list(self.actors)
+        self._verdicts = dict(self.verdicts or {})
 
     def _revive(self, slot: int) -> None:
         try:

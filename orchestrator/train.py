@@ -328,8 +328,11 @@ def on_demand_labels(meta: dict, bundle: Path, train: dict[str, TaskTensors], la
     for t, data in train.items():
         teacher = meta["teachers"][t]
         texts_a, texts_b = read_texts(bundle / f"texts-{t}.parquet")
-        cache = labeler.cache(str(Path(work_root) / "soft_labels"), teacher["head"],
-                              teacher["max_length"])
+        root = str(Path(work_root) / "soft_labels")
+        # the fidelity gate (reduced precision only; once per teacher: its verdict is kept
+        # under the root) decides the precision, hence the cache, the labels go to
+        labeler.settle_precision(texts_a, texts_b, teacher["head"], teacher["max_length"], root)
+        cache = labeler.cache(root, teacher["head"], teacher["max_length"])
         out[t] = OnDemandLogits(texts_a, texts_b, labeler.resolve_head(teacher["head"])[1],
                                 labeler, cache, teacher["head"], teacher["max_length"])
         data.logits = out[t].values
@@ -416,6 +419,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     # labels client): logged once per start, so a resumed trial shows what each resume cost
     startup = ({"startup_seconds": time.time() - loop_cfg["started_at"]}
                if loop_cfg.get("started_at") else {})
+    if labels:  # on demand: the fidelity gate's figures (reduced-precision labels only)
+        startup.update(loop_cfg["labeler"].fidelity_metrics())
 
     # stage 1: joint distillation, a task drawn by the mixture for each step; ``evals`` reports
     # per epoch (report r ends at epoch (r + 1) / evals), each with dev metrics and a checkpoint

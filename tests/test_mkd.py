@@ -172,7 +172,9 @@ def test_teacher_pool_serves_every_head(smoke, ray_session):
 
     path, data = smoke["teacher"].path, smoke["data"]
     teacher = load_teacher(path)
-    with TeacherPool(path, PoolConfig(num_actors=1, cpus_per_actor=0.5, torch_threads=1)) as pool:
+    # fp32: compared with direct fp32 model calls below
+    with TeacherPool(path, PoolConfig(num_actors=1, cpus_per_actor=0.5, torch_threads=1,
+                                      precision="fp32")) as pool:
         for t in TASKS:
             ex = data[t].dev["dev"][:24]
             a = [e.text_a for e in ex]

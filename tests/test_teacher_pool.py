@@ -95,7 +95,9 @@ def direct(teacher_dir):
 
 @pytest.fixture(scope="module")
 def pool(ray_cluster, teacher_dir):
-    cfg = PoolConfig(num_actors=2, cpus_per_actor=0.5, token_budget=256, max_batch_size=8)
+    # fp32: these tests compare the labels with direct fp32 model calls
+    cfg = PoolConfig(num_actors=2, cpus_per_actor=0.5, token_budget=256, max_batch_size=8,
+                     precision="fp32")
     p = TeacherPool(teacher_dir, cfg, name=f"teacher-{uuid.uuid4().hex[:6]}", namespace=NAMESPACE,
                     chunk_size=16, server_max_wait_s=0.02)
     yield p
