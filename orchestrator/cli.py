@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.config import (ConfigError, build_config, find_assets,
                                  parse_override, use_local_assets)
+from orchestrator.preflight import check_inputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ def cmd_finetune_teacher(args) -> int:
     from tasks.loaders import data_fingerprint
 
     _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
+    check_inputs(cfg)
     for name, d in load_data(cfg).items():
         res = finetune_teacher(cfg.teacher, d.task, d.train, next(iter(d.dev.values())),
                                cfg.work_root, data_fingerprint(d.train))
@@ -115,6 +117,7 @@ def cmd_augment(args) -> int:
     from tasks.loaders import data_fingerprint
 
     _, cfg, _ = resolve_run(args.preset, args.set + ["augment.enabled=true"], args.assets, _extra(args))
+    check_inputs(cfg)
     for name, d in load_data(cfg).items():
         res = augment_dataset(d.train, cfg.augment, Path(cfg.work_root) / "transfer",
                               data_key=f"{name}:{data_fingerprint(d.train)}",
@@ -133,6 +136,9 @@ def cmd_label(args) -> int:
     _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
     if not args.teacher:
         raise ConfigError("label needs --teacher DIR (a fine-tuned teacher)")
+    check_inputs(cfg, teacher=False)
+    from orchestrator.teacher_model import check_teacher_path
+    check_teacher_path(args.teacher)
     from orchestrator.ray_runtime import init_ray
     init_ray()
     for name, d in load_data(cfg).items():

@@ -27,7 +27,7 @@ import pandas as pd
 from orchestrator import tracking
 from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_teacher
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
-from orchestrator.preflight import preflight
+from orchestrator.preflight import check_inputs, preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                       env_storage_path, init_ray, trial_resources)
 from orchestrator.trial_checkpoints import TrialCheckpoints
@@ -303,10 +303,13 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     cfg.work_root = str(work_root)
     overrides["work_root"] = str(work_root)
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    tracking.check_reachable(uri)
+    # every input (tasks and data files, teacher, embeddings, NLTK data, space, work root,
+    # tracking store) checked before Ray starts or a teacher trains; then the data itself
+    check_inputs(cfg, space)
+    data = load_data(cfg)
+    preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     # unreachable storage, missing teacher resources, paths some node cannot see: fail here,
     # before any stage that would wait
-    check_storage(str(work_root), "work_root")
     storage = check_storage(s.storage_path or env_storage_path() or str(work_root / "tune"))
     resources = init_ray(address, log=log)
     check_budget(cfg, resources, log=log)
@@ -316,8 +319,6 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id_for(client, cfg)
-    data = load_data(cfg)
-    preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
     floor = score_floor(s, data)
