@@ -85,8 +85,9 @@ def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_i
         if sample_texts and sample_texts[0][1] is not None:
             cols["text_b"] = [b for _, b in sample_texts]
         example = pd.DataFrame(cols)
-        out = pred.logits(cols["text_a"], cols.get("text_b"))
-        signature = infer_signature(example, pd.DataFrame(out, columns=[f"logit_{i}" for i in range(out.shape[1])]))
+        # the output (label, probabilities, logits) holds nested values: only the input is typed
+        signature = infer_signature(example)
+        pred.predict(cols["text_a"], cols.get("text_b"))  # the model answers before it is logged
         with mlflow.start_run(run_id=best_run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=StudentPyfunc(), artifacts={"student": str(student)},

@@ -139,7 +139,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             client.set_tag(run_id, "distillray.resumed", "true")
     else:
         run_id = tracking.start_run(
-            client, experiment_id, f"{search_name}-{trial_id}",
+            client, experiment_id, tracking.trial_run_name(_trial_number(
+                client, experiment_id, search_name), cfg),
             {tracking.TAG_KIND: "trial", tracking.TAG_SEARCH: search_name,
              tracking.TAG_TRIAL: trial_id, "distillray.attempts": "1"}, parent_run_id)
         tracking.log_params(client, run_id, {**{f"sampled.{k.rstrip('#')}": v for k, v in sample.items()},
@@ -175,6 +176,13 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             tracking.end_run(client, run_id, False,
                              f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise
+
+
+def _trial_number(client, experiment_id: str, search_name: str) -> int:
+    """1 + the search's trial runs so far: the number in a trial's run name (two trials that
+    start at the same moment may share one; the trial id tag stays the key)."""
+    return 1 + len(tracking.find_runs(client, experiment_id, {tracking.TAG_SEARCH: search_name,
+                                                               tracking.TAG_KIND: "trial"}))
 
 
 def _stopped_by_scheduler(e: BaseException) -> bool:
@@ -329,6 +337,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
         parent = _parent_run(client, exp_id, s.name, resume)
         tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
+                                             # the trials' params to compare (sampled.<key>)
+                                             "searched": ",".join(p.key for p in space.params),
                                              "searcher": "optuna-tpe",
                                              "startup_order": s.startup_order,
                                              "startup_rung": s.startup_rung,
@@ -374,14 +384,20 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     table = results_table(results, s.metric, cfg.train.epochs)
     _settle_child_runs(client, exp_id, s.name, table)
     best, pareto = summarize(client, parent, table, s.metric, s.mode, floor)
+    if best:  # the winner's sampled values beside the parent's best_<metric>
+        tracking.log_params(client, parent, {f"best.{k}": v for k, v in
+                                             (best.get("config") or {}).items()})
+    version = None
     if best and s.register_model:
-        _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
+        version = _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
     errors = [r for r in results if r.error]
     tracking.end_run(client, parent, len(errors) < len(table) or not len(table))
     log_table(table, s.metric, log)
     if best:
         log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
             f"config={json.dumps(best.get('config', {}), default=str)}")
+    log(next_steps(s.name, uri, cfg.tracking.experiment, exp_id, bool(best),
+                   f"{s.register_model}/{version}" if version else None, pair=_is_pair(data)))
     return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
 
 
@@ -497,7 +513,7 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
 
 
 def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name: str,
-              best: dict, data, log: Callable) -> None:
+              best: dict, data, log: Callable) -> str | None:
     """Log the best student as an MLflow model (signature, input example) and register it."""
     from orchestrator.registry import register_best
 
@@ -505,11 +521,57 @@ def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name:
                                                tracking.TAG_TRIAL: str(best["trial_id"])})
     if not runs:
         log(f"[registry] best trial {best['trial_id']} has no MLflow run; nothing registered")
-        return
+        return None
     dev = next(iter(next(iter(data.values())).dev.values()))[:5]
     version = register_best(client, uri, parent, runs[0].info.run_id, model_name,
                             [(e.text_a, e.text_b) for e in dev])
     log(f"[registry] best student registered as {model_name} version {version}")
+    return version
+
+
+def _is_pair(data) -> bool:
+    return any(d.task.is_pair for d in data.values())
+
+
+def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bool,
+               registered: str | None, pair: bool = False, port: int = 5001) -> str:
+    """What to do once a search has ended, as commands with this search's names filled in: look
+    at the runs, print and export the best student, serve the registered model."""
+    import shlex
+    import shutil
+    import sys
+
+    default_uri = uri == tracking.resolve_uri(None) and not uri.startswith(("http", "postgres"))
+    store = "" if default_uri else f" --tracking-uri {shlex.quote(uri)}"
+    exp = "" if experiment == "distillray" else f" --experiment {shlex.quote(experiment)}"
+    name = shlex.quote(search)
+    lines = ["", "[next] what to do now:"]
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"  the runs:      {uri.rstrip('/')}/#/experiments/{exp_id}")
+    else:
+        lines.append(f"  the runs:      distillray ui{store}   # then http://127.0.0.1:5000/#/"
+                     f"experiments/{exp_id}")
+    if has_best:
+        lines.append(f"  best student:  distillray best --search {name}{store}{exp}")
+        lines.append(f"  export it:     distillray export --search {name}{store}{exp} "
+                     f"--out {shlex.quote('export-' + search)}   # TorchScript, ONNX, predict.py")
+    if registered:
+        env = "" if uri.startswith(("http://", "https://")) and not store else \
+            f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+        body = '{"dataframe_records": [{"text_a": "a gripping, funny film"' + \
+            (', "text_b": "a funny film"' if pair else "") + '}]}'
+        # mlflow serves through uvicorn, found on PATH: the environment's bin dir when not there
+        bindir = str(Path(sys.executable).parent)
+        if not (shutil.which("uvicorn") and shutil.which("mlflow")):
+            env = f"PATH={shlex.quote(bindir)}:$PATH " + env
+        lines.append(f"  serve it:      {env}mlflow models serve -m models:/{registered} "
+                     f"--env-manager local --host 127.0.0.1 --port {port}")
+        lines.append(f"  ask it:        curl -s http://127.0.0.1:{port}/invocations -H "
+                     f"'Content-Type: application/json' -d '{body}'")
+    elif has_best:
+        lines.append("  register it:   rerun with --set search.register_model=NAME to serve it "
+                     "with `mlflow models serve`")
+    return "\n".join(lines)
 
 
 def _snapshot_often(seconds: float = 2.0) -> None:
