@@ -211,7 +211,18 @@ def cmd_ui(args) -> int:
     uri = resolve_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port)]
-    print(f"[ui] MLflow UI on http://{args.host}:{args.port} for {uri}")
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import runs_page
+
+    base = f"http://{args.host}:{args.port}"
+    print(f"[ui] MLflow UI on {base} for {uri}")
+    try:  # the runs of the project's experiment, in the UI's "Model training" view
+        exp = MlflowClient(uri).get_experiment_by_name(args.experiment)
+    except Exception:  # noqa: BLE001 - a store not created yet: the UI still starts
+        exp = None
+    if exp is not None:
+        print(f"[ui] runs of experiment {args.experiment}: {runs_page(base, exp.experiment_id)}")
     os.execv(sys.executable, cmd)
     return 0
 
@@ -279,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--experiment", default="distillray")
     p.set_defaults(fn=cmd_ui)
     return ap
 

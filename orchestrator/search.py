@@ -145,12 +145,14 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
              tracking.TAG_TRIAL: trial_id, "distillray.attempts": "1"}, parent_run_id)
         tracking.log_params(client, run_id, {**{f"sampled.{k.rstrip('#')}": v for k, v in sample.items()},
                                              **cfg.to_dict()})
+    # the bundle's figures are logged once the student has reported: a run's first metrics come
+    # first in MLflow's list, and its comparison pages default to that list's first (dev scores)
+    stats: dict[str, float] = {}
     try:
         bundle = prepare_bundle(cfg, data, teachers, pool=labeler)
-        tracking.log_metrics(client, run_id, {
-            **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
-            "transfer_size": sum(bundle.transfer_sizes.values()),
-            "bundle_reused": float(bundle.reused), **bundle.label_stats})
+        stats.update({**{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
+                      "transfer_size": sum(bundle.transfer_sizes.values()),
+                      "bundle_reused": float(bundle.reused), **bundle.label_stats})
         client.set_tag(run_id, "distillray.bundle", bundle.key)
         name, local = f"{search_name}-{trial_id}", cfg.train.num_workers == 0
         # the teacher pool the workers label from: None unless soft_labels=on_demand
@@ -160,6 +162,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
                                    callbacks=[] if local else [TuneReportCallback()],
                                    labeler=on_demand, started_at=started)
             result = trainer.fit()
+        tracking.log_metrics(client, run_id, stats)
+        stats.clear()
         if result.error:
             raise result.error
         if local:
@@ -168,6 +172,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             _log_trial_outcome(client, run_id, result)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
+        if stats:
+            tracking.log_metrics(client, run_id, stats)
         if _stopped_by_scheduler(e):  # ASHA stopped it: KILLED, as _settle_child_runs marks it
             # (status only: the driver may tag this run at the same moment, and two inserts of
             # one tag collide in the store)
@@ -547,10 +553,10 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
     name = shlex.quote(search)
     lines = ["", "[next] what to do now:"]
     if uri.startswith(("http://", "https://")):
-        lines.append(f"  the runs:      {uri.rstrip('/')}/#/experiments/{exp_id}")
+        lines.append(f"  the runs:      {tracking.runs_page(uri.rstrip('/'), exp_id)}")
     else:
-        lines.append(f"  the runs:      distillray ui{store}   # then http://127.0.0.1:5000/#/"
-                     f"experiments/{exp_id}")
+        lines.append(f"  the runs:      distillray ui{store}   # then "
+                     f"{tracking.runs_page('http://127.0.0.1:5000', exp_id)}")
     if has_best:
         lines.append(f"  best student:  distillray best --search {name}{store}{exp}")
         lines.append(f"  export it:     distillray export --search {name}{store}{exp} "

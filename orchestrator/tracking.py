@@ -71,6 +71,12 @@ TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def runs_page(base: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment in its "Model training" view: MLflow 3.17's UI
+    takes the view from this query parameter (or the browser's last choice), not from the tag."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def get_experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
