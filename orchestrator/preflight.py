@@ -335,21 +335,21 @@ def check_writable(cfg: ExperimentConfig) -> None:
     from orchestrator.ray_runtime import StorageError, check_storage
     from orchestrator.tracking import TrackingError, check_reachable, resolve_uri
 
-    try:
-        check_storage(str(cfg.work_root), "work_root")
-    except StorageError as e:
-        raise PreflightError(f"{e} (--work-root / $DISTILLRAY_WORK_ROOT)") from None
-    uri = resolve_uri(cfg.tracking.uri)
+    uri = resolve_uri(cfg.tracking.uri)  # the store first: a failed check leaves nothing behind
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         target = db if db.exists() else db.parent
         if not target.exists() or not os.access(target, os.W_OK):
+            why = "" if target.exists() else " (no such directory)"
             raise PreflightError(
-                f"tracking store {uri}: {target} is not writable{' (no such directory)' if not target.exists() else ''}; "
-                "pass --tracking-uri sqlite:///<writable path>/mlflow.db or set "
-                "$MLFLOW_TRACKING_URI")
+                f"tracking store {uri}: {target} is not writable{why}; pass --tracking-uri "
+                "sqlite:///<writable path>/mlflow.db or set $MLFLOW_TRACKING_URI")
     else:
         try:
             check_reachable(uri)
         except TrackingError as e:
             raise PreflightError(str(e)) from None
+    try:
+        check_storage(str(cfg.work_root), "work_root")
+    except StorageError as e:
+        raise PreflightError(f"{e} (--work-root / $DISTILLRAY_WORK_ROOT)") from None

@@ -65,8 +65,9 @@ def default_artifact_location(uri: str, work_root: str | Path) -> str | None:
     return str(Path(work_root) / "mlartifacts")
 
 
-# MLflow 3's UI opens an experiment by its kind: GenAI ones on traces, model-development ones on
-# the runs table in its "Model training" view (what this project records)
+# MLflow 3 UIs that read this experiment tag open a model-development experiment on its runs
+# table ("Model training"), not on the GenAI overview; 3.17's reads the view from the address
+# instead (runs_page), so both are given
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
@@ -181,13 +182,12 @@ def _short(v: Any) -> str:
 def trial_run_name(number: int, cfg) -> str:
     """A trial's run name that says what it trains: ``trial-3 bilstm h150 lr1.3e-3`` (the
     trial's number in its search, the student's shape and learning rate)."""
-    num = number
     st = cfg.student
     if st.arch == "transformer":
         shape = f"L{st.tf_layers} h{st.tf_hidden}"
     else:
         shape = f"h{st.hidden_size}"
-    return f"trial-{num} {st.arch} {shape} lr{_short_float(cfg.train.lr)}"
+    return f"trial-{number} {st.arch} {shape} lr{_short_float(cfg.train.lr)}"
 
 
 def _short_float(x: float) -> str:
