@@ -58,7 +58,13 @@ def best_of_search(search: str, uri: str | None = None, experiment: str = "disti
 
 
 def download_student(client: MlflowClient, run_id: str, dst: str | Path) -> Path:
-    path = client.download_artifacts(run_id, "student", str(dst))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = client.download_artifacts(run_id, "student", str(dst))
+    except MlflowException:  # an interrupted or early-stopped trial logged no student
+        raise NotFoundError(f"run {run_id} has no student artifacts: the trial did not finish "
+                            "(stopped or interrupted); pick another run") from None
     p = Path(path)
     for f in ("model.safetensors", "student.json"):
         if not (p / f).is_file():

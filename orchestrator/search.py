@@ -528,9 +528,15 @@ def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name:
     if not runs:
         log(f"[registry] best trial {best['trial_id']} has no MLflow run; nothing registered")
         return None
+    from orchestrator.registry import NotFoundError
+
     dev = next(iter(next(iter(data.values())).dev.values()))[:5]
-    version = register_best(client, uri, parent, runs[0].info.run_id, model_name,
-                            [(e.text_a, e.text_b) for e in dev])
+    try:
+        version = register_best(client, uri, parent, runs[0].info.run_id, model_name,
+                                [(e.text_a, e.text_b) for e in dev])
+    except NotFoundError as e:  # e.g. a search interrupted before its best trial saved it
+        log(f"[registry] nothing registered: {e}")
+        return None
     log(f"[registry] best student registered as {model_name} version {version}")
     return version
 
