@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.config import (ConfigError, build_config, find_assets,
                                  parse_override, use_local_assets)
+from orchestrator.preflight import check_inputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ def cmd_finetune_teacher(args) -> int:
     from tasks.loaders import data_fingerprint
 
     _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
+    check_inputs(cfg)
     for name, d in load_data(cfg).items():
         res = finetune_teacher(cfg.teacher, d.task, d.train, next(iter(d.dev.values())),
                                cfg.work_root, data_fingerprint(d.train))
@@ -115,6 +117,7 @@ def cmd_augment(args) -> int:
     from tasks.loaders import data_fingerprint
 
     _, cfg, _ = resolve_run(args.preset, args.set + ["augment.enabled=true"], args.assets, _extra(args))
+    check_inputs(cfg)
     for name, d in load_data(cfg).items():
         res = augment_dataset(d.train, cfg.augment, Path(cfg.work_root) / "transfer",
                               data_key=f"{name}:{data_fingerprint(d.train)}",
@@ -133,6 +136,9 @@ def cmd_label(args) -> int:
     _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
     if not args.teacher:
         raise ConfigError("label needs --teacher DIR (a fine-tuned teacher)")
+    check_inputs(cfg, teacher=False)
+    from orchestrator.teacher_model import check_teacher_path
+    check_teacher_path(args.teacher)
     from orchestrator.ray_runtime import init_ray
     init_ray()
     for name, d in load_data(cfg).items():
@@ -205,7 +211,18 @@ def cmd_ui(args) -> int:
     uri = resolve_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port)]
-    print(f"[ui] MLflow UI on http://{args.host}:{args.port} for {uri}")
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import runs_page
+
+    base = f"http://{args.host}:{args.port}"
+    print(f"[ui] MLflow UI on {base} for {uri}")
+    try:  # the runs of the project's experiment, in the UI's "Model training" view
+        exp = MlflowClient(uri).get_experiment_by_name(args.experiment)
+    except Exception:  # noqa: BLE001 - a store not created yet: the UI still starts
+        exp = None
+    if exp is not None:
+        print(f"[ui] runs of experiment {args.experiment}: {runs_page(base, exp.experiment_id)}")
     os.execv(sys.executable, cmd)
     return 0
 
@@ -273,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--experiment", default="distillray")
     p.set_defaults(fn=cmd_ui)
     return ap
 

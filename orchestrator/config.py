@@ -436,11 +436,17 @@ def _deep_merge(base: dict[str, Any], new: dict[str, Any], where: str) -> dict[s
     return out
 
 
+NAME_LIST_KEYS = ("data.label_names", "data.text_columns", "tasks")
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``train.lr=3e-4`` -> ("train.lr", 0.0003); values are read as YAML scalars."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     k, v = text.split("=", 1)
+    if k.strip() in NAME_LIST_KEYS:  # names stay text: [no, yes] is not [false, true]
+        value = yaml.load(v, Loader=yaml.BaseLoader)
+        return k.strip(), None if value in ("null", "~", "") else value
     value = yaml.safe_load(v)
     if isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
         try:

@@ -20,8 +20,8 @@ from orchestrator.bundle import write_split, write_texts
 from orchestrator.config import ExperimentConfig, resolve_embeddings
 from orchestrator.keys import atomic_dir, content_key, file_digest
 from tasks.data import Example
-from tasks.loaders import TaskData, data_fingerprint, load_task_data
-from tasks.registry import TaskSpec, get_task
+from tasks.loaders import TaskData, data_fingerprint, load_task_data, task_from_config
+from tasks.registry import TaskSpec
 
 BUNDLE_VERSION = 1
 
@@ -51,11 +51,9 @@ def task_names(cfg: ExperimentConfig) -> list[str]:
 
 
 def get_task_for(cfg: ExperimentConfig, name: str) -> TaskSpec:
-    if cfg.data.source == "custom":
-        from tasks.registry import custom_task
-        return custom_task(name, is_pair=len(cfg.data.text_columns) > 1,
-                           label_names=None if cfg.data.regression else cfg.data.label_names)
-    return get_task(name)
+    """The spec of task ``name`` of the experiment, as every stage sees it
+    (:func:`tasks.loaders.task_spec`: label names given or inferred, regression, pair)."""
+    return task_from_config(cfg.data, name)
 
 
 def load_data(cfg: ExperimentConfig) -> dict[str, TaskData]:

@@ -251,6 +251,23 @@ def _pad(rows: list[list[int]], width: int) -> np.ndarray:
     return out
 
 
+def predictions(task: str, spec: dict, logits: np.ndarray) -> list[dict]:
+    """Logits [B, n] -> one dict per row: ``{"task", "label", "probabilities", "logits"}`` for a
+    classification task (``spec``: an export.json task entry, with ``labels``), ``{"task",
+    "score"}`` for regression. The MLflow model of a student answers with the same dicts."""
+    out = []
+    for row in np.asarray(logits):
+        if spec["regression"]:
+            out.append({"task": task, "score": float(row[0])})
+            continue
+        p = _softmax(row.astype(np.float64))
+        labels = spec["labels"]
+        out.append({"task": task, "label": labels[int(np.argmax(row))],
+                    "probabilities": {lab: float(v) for lab, v in zip(labels, p)},
+                    "logits": [float(v) for v in row]})
+    return out
+
+
 class Predictor:
     """An exported student; ``runtime`` is ``onnx`` (onnxruntime), ``torchscript`` (torch) or
     None (tokenization only: :meth:`encode`)."""
@@ -344,18 +361,7 @@ class Predictor:
     def predict(self, texts: list[str], texts_b: list[str] | None = None, task: str | None = None,
                 batch_size: int = 64) -> list[dict]:
         task = self._task(task, texts_b)
-        spec = self.tasks[task]
-        out = []
-        for row in self.logits(texts, texts_b, task, batch_size):
-            if spec["regression"]:
-                out.append({"task": task, "score": float(row[0])})
-                continue
-            p = _softmax(row.astype(np.float64))
-            labels = spec["labels"]
-            out.append({"task": task, "label": labels[int(np.argmax(row))],
-                        "probabilities": {lab: float(v) for lab, v in zip(labels, p)},
-                        "logits": [float(v) for v in row]})
-        return out
+        return predictions(task, self.tasks[task], self.logits(texts, texts_b, task, batch_size))
 
     def _task(self, task: str | None, texts_b) -> str:
         if task is None:

@@ -184,3 +184,172 @@ def preflight(cfg: ExperimentConfig, space=None, data: dict | None = None,
                 check_student_init(c, shape, teacher_name)
         except PreflightError as e:
             raise PreflightError(f"{e} [{where}]" if where else str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the inputs: before any work and before Ray starts (none of these needs a cluster)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+
+
+def check_inputs(cfg: ExperimentConfig, space=None, *, teacher: bool = True,
+                 storage: bool = True) -> None:
+    """Every input a run reads, checked cheaply before it does any work: the task names and
+    data files (first rows parsed), the teacher (config readable, head size), the embeddings
+    file, the NLTK data when augmentation is on, the search space, and that the work root and
+    the tracking store are writable. Raises :class:`PreflightError`, one message naming the
+    file, line or key and what to do."""
+    specs = check_tasks(cfg)
+    if teacher:
+        check_teacher_model(cfg, specs)
+    check_embeddings(cfg, space)
+    check_augment_data(cfg, space)
+    if space is not None or cfg.tasks:
+        preflight(cfg, space)  # the space's combinations: mixture, student vs base model
+    if storage:
+        check_writable(cfg)
+
+
+def check_tasks(cfg: ExperimentConfig) -> dict:
+    """Each task's spec (its name known, own data's labels read) and the first rows of its files."""
+    import copy as _copy
+
+    from orchestrator.pipeline import get_task_for
+    from tasks.data import DataError
+    from tasks.loaders import check_task_data
+    from tasks.registry import UnknownTaskError
+
+    specs = {}
+    for name in cfg.tasks or [cfg.data.task]:
+        key = "tasks" if cfg.tasks else "data.task"
+        try:
+            spec = get_task_for(cfg, name)
+        except UnknownTaskError as e:
+            raise PreflightError(f"{key}: {e}") from None
+        except DataError as e:
+            raise PreflightError(f"task {name}: {e}") from None
+        dcfg = _copy.copy(cfg.data)
+        dcfg.task = spec.name
+        try:
+            check_task_data(dcfg, spec)
+        except DataError as e:
+            raise PreflightError(f"task {spec.name}: {e}") from None
+        specs[spec.name] = spec
+    return specs
+
+
+def check_teacher_model(cfg: ExperimentConfig, specs: dict) -> None:
+    """``teacher.model``: a local Hugging Face directory (config.json readable, weights there) or
+    a hub name whose config loads; a classification head already on it must have each task's
+    number of outputs (fine-tuning cannot reshape it)."""
+    name = cfg.teacher.model
+    if name.startswith("random:"):
+        return
+    p = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) or p.exists():
+        if not p.is_dir():
+            raise PreflightError(
+                f"teacher.model={name}: no such directory; pass a Hugging Face model directory "
+                "(config.json, weights, tokenizer files) or a hub name such as bert-base-uncased")
+        cfile = p / "config.json"
+        if not cfile.is_file():
+            raise PreflightError(f"teacher.model={name}: {cfile} is missing: not a Hugging Face "
+                                 "model directory (save one with model.save_pretrained(DIR))")
+        try:
+            conf = json.loads(cfile.read_text())
+        except (OSError, ValueError) as e:
+            raise PreflightError(f"{cfile}: not readable JSON ({e}); re-save the model with "
+                                 "save_pretrained or fix the file") from None
+        if not isinstance(conf, dict) or "model_type" not in conf:
+            raise PreflightError(f"{cfile}: no 'model_type' key: not a transformers model "
+                                 "config; re-save the model with save_pretrained")
+        if not any((p / f).is_file() for f in WEIGHT_FILES):
+            raise PreflightError(f"teacher.model={name}: no weights in {p} (expected "
+                                 f"{' or '.join(WEIGHT_FILES[:2])})")
+        where = str(cfile)
+    else:
+        try:
+            from transformers import AutoConfig
+
+            conf = AutoConfig.from_pretrained(name).to_dict()
+        except Exception as e:  # noqa: BLE001 - hub, cache and parse errors all mean "unusable"
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise PreflightError(
+                f"teacher.model={name}: cannot read its config from the Hugging Face hub or the "
+                f"local cache ({type(e).__name__}: {first}). Offline? Point teacher.model at a "
+                "local model directory (or pass --assets DIR)") from None
+        where = f"hub model {name}"
+    archs = conf.get("architectures") or []
+    labels = conf.get("id2label")
+    if isinstance(labels, dict) and any(str(a).endswith("ForSequenceClassification")
+                                        for a in archs):
+        for task, spec in specs.items():
+            if len(labels) != spec.num_outputs:
+                raise PreflightError(
+                    f"teacher.model={name}: {where} (key id2label) has a classification head of "
+                    f"{len(labels)} output(s) but task {task} needs {spec.num_outputs}; start "
+                    "from the base encoder (a model without that head) or a teacher trained "
+                    "for this task's labels")
+
+
+def check_embeddings(cfg: ExperimentConfig, space=None) -> None:
+    """``student.embeddings``: the file exists and its first lines (the whole file when small)
+    have one vector size; skipped when no word-level student can be trained."""
+    from orchestrator.config import resolve_embeddings
+    from tasks.data import DataError
+    from tasks.embeddings import check_vector_file
+
+    archs = {cfg.student.arch}
+    for p in (space.params if space is not None else []):
+        if p.key == "student.arch" and p.type == "choice":
+            archs |= set(p.values)
+    if not cfg.student.embeddings or archs == {"transformer"}:
+        return
+    try:
+        path = resolve_embeddings(cfg.student.embeddings)
+        check_vector_file(path)
+    except (DataError, ConfigError) as e:
+        raise PreflightError(f"student.embeddings: {e}") from None
+
+
+def check_augment_data(cfg: ExperimentConfig, space=None) -> None:
+    """The NLTK data the augmentation's POS tagger reads, when augmentation may run."""
+    on = cfg.augment.enabled or any(p.key == "augment.enabled" and True in (p.values or [])
+                                    for p in (space.params if space is not None else []))
+    if not on:
+        return
+    from tasks.augment import NltkDataMissingError, check_nltk_data
+
+    try:
+        check_nltk_data(cfg.augment.nltk_data)
+    except NltkDataMissingError as e:
+        raise PreflightError(f"augment.enabled=true (augment.nltk_data="
+                             f"{cfg.augment.nltk_data}): {e}") from None
+
+
+def check_writable(cfg: ExperimentConfig) -> None:
+    """The work root (teachers, caches, bundles) and a local tracking store can be written."""
+    import os
+
+    from orchestrator.ray_runtime import StorageError, check_storage
+    from orchestrator.tracking import TrackingError, check_reachable, resolve_uri
+
+    uri = resolve_uri(cfg.tracking.uri)  # the store first: a failed check leaves nothing behind
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        target = db if db.exists() else db.parent
+        if not target.exists() or not os.access(target, os.W_OK):
+            why = "" if target.exists() else " (no such directory)"
+            raise PreflightError(
+                f"tracking store {uri}: {target} is not writable{why}; pass --tracking-uri "
+                "sqlite:///<writable path>/mlflow.db or set $MLFLOW_TRACKING_URI")
+    else:
+        try:
+            check_reachable(uri)
+        except TrackingError as e:
+            raise PreflightError(str(e)) from None
+    try:
+        check_storage(str(cfg.work_root), "work_root")
+    except StorageError as e:
+        raise PreflightError(f"{e} (--work-root / $DISTILLRAY_WORK_ROOT)") from None

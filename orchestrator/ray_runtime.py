@@ -93,6 +93,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if url:
         hint = ("  (from your machine: `ray dashboard cluster.yaml`, then http://127.0.0.1:8265)"
                 if address and url.startswith(("127.0.0.1", "localhost")) else "")
+        if not hint and (Path.home() / ".ray" / "auth_token").is_file():
+            hint = "  (it asks for Ray's token: `ray get-auth-token`)"
         log(f"[ray] dashboard: http://{url}{hint}")
     return ray.cluster_resources()
 

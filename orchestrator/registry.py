@@ -58,7 +58,13 @@ def best_of_search(search: str, uri: str | None = None, experiment: str = "disti
 
 
 def download_student(client: MlflowClient, run_id: str, dst: str | Path) -> Path:
-    path = client.download_artifacts(run_id, "student", str(dst))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        path = client.download_artifacts(run_id, "student", str(dst))
+    except MlflowException:  # an interrupted or early-stopped trial logged no student
+        raise NotFoundError(f"run {run_id} has no student artifacts: the trial did not finish "
+                            "(stopped or interrupted); pick another run") from None
     p = Path(path)
     for f in ("model.safetensors", "student.json"):
         if not (p / f).is_file():
@@ -102,8 +108,9 @@ def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_i
         if sample_texts and sample_texts[0][1] is not None:
             cols["text_b"] = [b for _, b in sample_texts]
         example = pd.DataFrame(cols)
-        out = pred.logits(cols["text_a"], cols.get("text_b"))
-        signature = infer_signature(example, pd.DataFrame(out, columns=[f"logit_{i}" for i in range(out.shape[1])]))
+        # the output (label, probabilities, logits) holds nested values: only the input is typed
+        signature = infer_signature(example)
+        pred.predict(cols["text_a"], cols.get("text_b"))  # the model answers before it is logged
         with mlflow.start_run(run_id=best_run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=StudentPyfunc(), artifacts={"student": str(student)},

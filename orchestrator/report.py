@@ -311,7 +311,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
                log: Callable = print) -> ReportResult:
     """Train (or reuse) every cell, measure every row, print and record the table."""
     from orchestrator.pipeline import load_data, task_names
-    from orchestrator.preflight import preflight
+    from orchestrator.preflight import check_inputs, preflight
 
     t0 = time.time()
     cfg = copy.deepcopy(cfg)
@@ -321,6 +321,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     row_sets = row_sets or {}
     tasks = task_names(cfg)
     cfg.tasks = tasks
+    check_inputs(cfg)  # data, teacher, embeddings, NLTK data, stores: before any work or Ray
     ctx = _Report(cfg, name, address, log)
     data = load_data(cfg)
     log(f"[report] {name}: rows {', '.join(r.num for r in selected)} on {', '.join(tasks)}; "

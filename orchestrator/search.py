@@ -27,7 +27,7 @@ import pandas as pd
 from orchestrator import faults, tracking
 from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_teacher
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
-from orchestrator.preflight import preflight
+from orchestrator.preflight import check_inputs, preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                       env_storage_path, init_ray, trial_resources)
 from orchestrator.trial_checkpoints import TrialCheckpoints
@@ -139,17 +139,20 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             client.set_tag(run_id, "distillray.resumed", "true")
     else:
         run_id = tracking.start_run(
-            client, experiment_id, f"{search_name}-{trial_id}",
+            client, experiment_id, tracking.trial_run_name(_trial_number(
+                client, experiment_id, search_name), cfg),
             {tracking.TAG_KIND: "trial", tracking.TAG_SEARCH: search_name,
              tracking.TAG_TRIAL: trial_id, "distillray.attempts": "1"}, parent_run_id)
         tracking.log_params(client, run_id, {**{f"sampled.{k.rstrip('#')}": v for k, v in sample.items()},
                                              **cfg.to_dict()})
+    # the bundle's figures are logged once the student has reported: a run's first metrics come
+    # first in MLflow's list, and its comparison pages default to that list's first (dev scores)
+    stats: dict[str, float] = {}
     try:
         bundle = prepare_bundle(cfg, data, teachers, pool=labeler)
-        tracking.log_metrics(client, run_id, {
-            **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
-            "transfer_size": sum(bundle.transfer_sizes.values()),
-            "bundle_reused": float(bundle.reused), **bundle.label_stats})
+        stats.update({**{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
+                      "transfer_size": sum(bundle.transfer_sizes.values()),
+                      "bundle_reused": float(bundle.reused), **bundle.label_stats})
         client.set_tag(run_id, "distillray.bundle", bundle.key)
         name, local = f"{search_name}-{trial_id}", cfg.train.num_workers == 0
         # the teacher pool the workers label from: None unless soft_labels=on_demand
@@ -159,6 +162,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
                                    callbacks=[] if local else [TuneReportCallback()],
                                    labeler=on_demand, started_at=started)
             result = trainer.fit()
+        tracking.log_metrics(client, run_id, stats)
+        stats.clear()
         if result.error:
             raise result.error
         if local:
@@ -167,6 +172,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             _log_trial_outcome(client, run_id, result)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
+        if stats:
+            tracking.log_metrics(client, run_id, stats)
         if _stopped_by_scheduler(e):  # ASHA stopped it: KILLED, as _settle_child_runs marks it
             # (status only: the driver may tag this run at the same moment, and two inserts of
             # one tag collide in the store)
@@ -175,6 +182,13 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
             tracking.end_run(client, run_id, False,
                              f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
         raise
+
+
+def _trial_number(client, experiment_id: str, search_name: str) -> int:
+    """1 + the search's trial runs so far: the number in a trial's run name (two trials that
+    start at the same moment may share one; the trial id tag stays the key)."""
+    return 1 + len(tracking.find_runs(client, experiment_id, {tracking.TAG_SEARCH: search_name,
+                                                               tracking.TAG_KIND: "trial"}))
 
 
 def _stopped_by_scheduler(e: BaseException) -> bool:
@@ -303,10 +317,13 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     cfg.work_root = str(work_root)
     overrides["work_root"] = str(work_root)
     uri = tracking.resolve_uri(cfg.tracking.uri)
-    tracking.check_reachable(uri)
+    # every input (tasks and data files, teacher, embeddings, NLTK data, space, work root,
+    # tracking store) checked before Ray starts or a teacher trains; then the data itself
+    check_inputs(cfg, space)
+    data = load_data(cfg)
+    preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     # unreachable storage, missing teacher resources, paths some node cannot see: fail here,
     # before any stage that would wait
-    check_storage(str(work_root), "work_root")
     storage = check_storage(s.storage_path or env_storage_path() or str(work_root / "tune"))
     resources = init_ray(address, log=log)
     check_budget(cfg, resources, log=log)
@@ -316,8 +333,6 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id_for(client, cfg)
-    data = load_data(cfg)
-    preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
     floor = score_floor(s, data)
@@ -328,6 +343,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
         parent = _parent_run(client, exp_id, s.name, resume)
         tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
+                                             # the trials' params to compare (sampled.<key>)
+                                             "searched": ",".join(p.key for p in space.params),
                                              "searcher": "optuna-tpe",
                                              "startup_order": s.startup_order,
                                              "startup_rung": s.startup_rung,
@@ -378,14 +395,20 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             f"driver and drawn again: closed as failed and deleted from the experiment's view "
             f"(trials {', '.join(lost)}; `mlflow runs restore --run-id ID` brings one back)")
     best, pareto = summarize(client, parent, table, s.metric, s.mode, floor)
+    if best:  # the winner's sampled values beside the parent's best_<metric>
+        tracking.log_params(client, parent, {f"best.{k}": v for k, v in
+                                             (best.get("config") or {}).items()})
+    version = None
     if best and s.register_model:
-        _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
+        version = _register(client, uri, parent, exp_id, s.name, s.register_model, best, data, log)
     errors = [r for r in results if r.error]
     tracking.end_run(client, parent, len(errors) < len(table) or not len(table))
     log_table(table, s.metric, log)
     if best:
         log(f"[best] trial {best['trial_id']}: {s.metric}={best.get(s.metric, float('nan')):.4f} "
             f"config={json.dumps(best.get('config', {}), default=str)}")
+    log(next_steps(s.name, uri, cfg.tracking.experiment, exp_id, bool(best),
+                   f"{s.register_model}/{version}" if version else None, pair=_is_pair(data)))
     return SearchOutcome(s.name, parent, table, best, pareto, time.time() - t0)
 
 
@@ -502,20 +525,70 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
 
 
 def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name: str,
-              best: dict, data, log: Callable) -> None:
+              best: dict, data, log: Callable) -> str | None:
     """Log the best student as an MLflow model (signature, input example) and register it."""
-    from orchestrator.registry import register_best
+    from orchestrator.registry import NotFoundError, register_best
 
     runs = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name,
                                                tracking.TAG_TRIAL: str(best["trial_id"])})
     if not runs:
         log(f"[registry] best trial {best['trial_id']} has no MLflow run; nothing registered")
-        return
+        return None
     dev = next(iter(next(iter(data.values())).dev.values()))[:5]
-    version, new = register_best(client, uri, parent, runs[0].info.run_id, model_name,
-                                 [(e.text_a, e.text_b) for e in dev])
+    try:
+        version, new = register_best(client, uri, parent, runs[0].info.run_id, model_name,
+                                     [(e.text_a, e.text_b) for e in dev])
+    except NotFoundError as e:  # e.g. a search interrupted before its best trial saved it
+        log(f"[registry] nothing registered: {e}")
+        return None
     log(f"[registry] best student {'registered' if new else 'already registered'} as "
         f"{model_name} version {version}")
+    return version
+
+
+def _is_pair(data) -> bool:
+    return any(d.task.is_pair for d in data.values())
+
+
+def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bool,
+               registered: str | None, pair: bool = False, port: int = 5001) -> str:
+    """What to do once a search has ended, as commands with this search's names filled in: look
+    at the runs, print and export the best student, serve the registered model."""
+    import shlex
+    import shutil
+    import sys
+
+    default_uri = uri == tracking.resolve_uri(None) and not uri.startswith(("http", "postgres"))
+    store = "" if default_uri else f" --tracking-uri {shlex.quote(uri)}"
+    exp = "" if experiment == "distillray" else f" --experiment {shlex.quote(experiment)}"
+    name = shlex.quote(search)
+    lines = ["", "[next] what to do now:"]
+    if uri.startswith(("http://", "https://")):
+        lines.append(f"  the runs:      {tracking.runs_page(uri.rstrip('/'), exp_id)}")
+    else:
+        lines.append(f"  the runs:      distillray ui{store}   # then "
+                     f"{tracking.runs_page('http://127.0.0.1:5000', exp_id)}")
+    if has_best:
+        lines.append(f"  best student:  distillray best --search {name}{store}{exp}")
+        lines.append(f"  export it:     distillray export --search {name}{store}{exp} "
+                     f"--out {shlex.quote('export-' + search)}   # TorchScript, ONNX, predict.py")
+    if registered:
+        env = "" if uri.startswith(("http://", "https://")) and not store else \
+            f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
+        body = '{"dataframe_records": [{"text_a": "a gripping, funny film"' + \
+            (', "text_b": "a funny film"' if pair else "") + '}]}'
+        # mlflow serves through uvicorn, found on PATH: the environment's bin dir when not there
+        bindir = str(Path(sys.executable).parent)
+        if not (shutil.which("uvicorn") and shutil.which("mlflow")):
+            env = f"PATH={shlex.quote(bindir)}:$PATH " + env
+        lines.append(f"  serve it:      {env}mlflow models serve -m models:/{registered} "
+                     f"--env-manager local --host 127.0.0.1 --port {port}")
+        lines.append(f"  ask it:        curl -s http://127.0.0.1:{port}/invocations -H "
+                     f"'Content-Type: application/json' -d '{body}'")
+    elif has_best:
+        lines.append("  register it:   rerun with --set search.register_model=NAME to serve it "
+                     "with `mlflow models serve`")
+    return "\n".join(lines)
 
 
 def _snapshot_often(seconds: float = 2.0) -> None:

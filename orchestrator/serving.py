@@ -50,11 +50,33 @@ class StudentPredictor:
         return forward(self.model, make_batch(data, list(range(len(data)))), task).float().numpy()
 
 
+    def predict(self, texts_a: list[str], texts_b: list[str] | None = None,
+                task: str | None = None) -> list[dict]:
+        """Predictions as the exported ``predict.py`` gives them (one code path:
+        :func:`orchestrator.predict_standalone.predictions`): label, probabilities and logits,
+        or a score for regression."""
+        from orchestrator.export import task_info
+        from orchestrator.predict_standalone import predictions
+
+        task = task or self.tasks[0]
+        return predictions(task, task_info(self.info["meta"])[task],
+                           self.logits(texts_a, texts_b, task))
+
+
+def _column(frame, *names):
+    for n in names:
+        if n in frame:
+            return [str(x) for x in frame[n]]
+    return None
+
+
 try:
     import mlflow.pyfunc
 
     class StudentPyfunc(mlflow.pyfunc.PythonModel):
-        """MLflow model: a DataFrame with ``text_a`` (and ``text_b`` for pairs) -> logits columns."""
+        """MLflow model: rows with ``text_a`` (or ``text``), and ``text_b`` for pairs -> one
+        prediction per row, as ``predict.py`` gives it: ``task``, ``label``, ``probabilities``
+        (label -> probability) and ``logits``; ``task`` and ``score`` for regression."""
 
         def load_context(self, context):
             self.predictor = StudentPredictor(context.artifacts["student"])
@@ -62,9 +84,14 @@ try:
         def predict(self, context, model_input, params=None):
             import pandas as pd
 
-            a = [str(x) for x in model_input["text_a"]]
-            b = [str(x) for x in model_input["text_b"]] if "text_b" in model_input else None
-            out = self.predictor.logits(a, b)
-            return pd.DataFrame(out, columns=[f"logit_{i}" for i in range(out.shape[1])])
+            if not isinstance(model_input, pd.DataFrame):
+                model_input = pd.DataFrame(model_input)
+            a = _column(model_input, "text_a", "text")
+            if a is None:
+                raise ValueError("the input needs a text_a (or text) column of raw texts, and "
+                                 "text_b for sentence pairs")
+            b = _column(model_input, "text_b")
+            task = (params or {}).get("task")
+            return pd.DataFrame(self.predictor.predict(a, b, task))
 except ImportError:  # pragma: no cover - mlflow is a declared dependency
     StudentPyfunc = None

@@ -65,15 +65,31 @@ def default_artifact_location(uri: str, work_root: str | Path) -> str | None:
     return str(Path(work_root) / "mlartifacts")
 
 
+# MLflow 3 UIs that read this experiment tag open a model-development experiment on its runs
+# table ("Model training"), not on the GenAI overview; 3.17's reads the view from the address
+# instead (runs_page), so both are given
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def runs_page(base: str, experiment_id: str) -> str:
+    """The MLflow UI's runs table of an experiment in its "Model training" view: MLflow 3.17's UI
+    takes the view from this query parameter (or the browser's last choice), not from the tag."""
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
 def get_experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if TAG_EXPERIMENT_KIND not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
         return exp.experiment_id
     if artifact_location and "://" not in artifact_location:
         Path(artifact_location).mkdir(parents=True, exist_ok=True)
         artifact_location = Path(artifact_location).resolve().as_uri()
     try:
-        return client.create_experiment(name, artifact_location=artifact_location)
+        return client.create_experiment(name, artifact_location=artifact_location,
+                                        tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another process
         exp = client.get_experiment_by_name(name)
         if exp is None:
@@ -161,3 +177,23 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def _short(v: Any) -> str:
     s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
     return s[:500]
+
+
+def trial_run_name(number: int, cfg) -> str:
+    """A trial's run name that says what it trains: ``trial-3 bilstm h150 lr1.3e-3`` (the
+    trial's number in its search, the student's shape and learning rate)."""
+    st = cfg.student
+    if st.arch == "transformer":
+        shape = f"L{st.tf_layers} h{st.tf_hidden}"
+    else:
+        shape = f"h{st.hidden_size}"
+    return f"trial-{number} {st.arch} {shape} lr{_short_float(cfg.train.lr)}"
+
+
+def _short_float(x: float) -> str:
+    """1.3e-3 for 0.0013; 0.5 stays 0.5."""
+    x = float(x)
+    if x == 0 or 0.1 <= abs(x) < 1e3:
+        return f"{x:.3g}"
+    m, e = f"{x:.1e}".split("e")
+    return f"{m.rstrip('0').rstrip('.')}e{int(e)}"

@@ -284,7 +284,10 @@ def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: Expe
 
     if client is not None:
         from orchestrator.tracking import log_metrics
-        log_metrics(client, run_id, metrics, step=report + 1)
+        # the scores first: MLflow lists a run's metrics in the order first logged
+        first = ("best_dev_score", "dev_score", "latency_ms")
+        log_metrics(client, run_id, {**{k: metrics[k] for k in first if k in metrics},
+                                     **metrics}, step=report + 1)
     metrics = {**metrics, REPORT: report + 1}
     with tempfile.TemporaryDirectory() as d:
         if rank != 0:

@@ -120,3 +120,40 @@ def load_word_vectors(path: str | os.PathLike, vocab: Vocab, expected_dim: int |
     for idx, vec in found.items():
         matrix[idx] = vec
     return matrix, len(found)
+
+
+def check_vector_file(path: str | os.PathLike, full_scan_bytes: int = 64 << 20,
+                      first_lines: int = 2000, parsed_lines: int = 100) -> int:
+    """Cheap check of a word vector file before any work; returns its vector size.
+
+    The first line gives the size (a word2vec ``count dim`` header, else the values after the
+    word); every line of a file up to ``full_scan_bytes`` (else its first ``first_lines`` lines)
+    must have that many values after the word, and the first ``parsed_lines`` must be numbers.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"word vector file {p} does not exist; give a GloVe or word2vec text "
+                        "file (student.embeddings=PATH), or student.embeddings=null for random "
+                        "initialisation")
+    limit = None if p.stat().st_size <= full_scan_bytes else first_lines
+    dim: int | None = None
+    for line_no, fields in _lines(p):
+        if dim is None:
+            dim = _dim_of(fields)
+            if dim < 1:
+                raise DataError(f"{p}, line {line_no}: no vector values; expected 'word v1 ... "
+                                "vd' (GloVe) or a 'count dim' header (word2vec)")
+            if _word2vec_header(fields):
+                continue
+        n_word = len(fields) - dim
+        if n_word < 1 or (n_word > 1 and _is_number(fields[1])):
+            raise DataError(f"{p}, line {line_no}: {len(fields) - 1} values after the word, "
+                            f"expected {dim} (the size line 1 gives); the file is cut or "
+                            "malformed: fix or delete that line")
+        if line_no <= parsed_lines and n_word == 1 and not all(map(_is_number, fields[1:])):
+            raise DataError(f"{p}, line {line_no}: a value of {fields[0]!r} is not a number")
+        if limit is not None and line_no >= limit:
+            break
+    if dim is None:
+        raise DataError(f"{p}: the file is empty; expected word vectors")
+    return dim

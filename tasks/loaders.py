@@ -353,20 +353,52 @@ def _field(rec: dict[str, Any], column: str, where: str) -> Any:
     return rec[column]
 
 
-def infer_label_names(path: str | Path, label_column: str) -> tuple[str, ...]:
-    """Distinct labels of a file, sorted (numerically when all are integers)."""
+def infer_label_names(path: str | Path, label_column: str) -> tuple[str, ...] | None:
+    """Distinct labels of a file, sorted (numerically when all are integers); ``None`` when the
+    labels are numbers and some are not whole (a score: a regression task)."""
+    p = Path(path)
+    stat = p.stat() if p.is_file() else None
+    key = (str(p.resolve()), label_column, stat.st_mtime_ns if stat else 0,
+           stat.st_size if stat else 0)
+    if key not in _INFERRED:
+        _INFERRED[key] = _infer_label_names(p, label_column)
+    return _INFERRED[key]
+
+
+_INFERRED: dict[tuple, tuple[str, ...] | None] = {}  # the file read once per process and version
+
+
+def _infer_label_names(path: Path, label_column: str) -> tuple[str, ...] | None:
     seen: set[str] = set()
+    numbers = True
     for line, rec in read_records(path):
         raw = _field(rec, label_column, f"{path}, line {line}")
         if raw is None or not str(raw).strip():
-            raise DataError(f"{path}, line {line}, column {label_column!r}: missing label")
+            raise DataError(f"{path}, line {line}, column {label_column!r}: missing label; "
+                            "every row needs one")
         seen.add(str(raw).strip())
+        if numbers and (isinstance(raw, bool) or not _is_number(raw)):
+            numbers = False
+    if numbers and seen and not all(_is_int(s) for s in seen):
+        return None  # scores such as 3.8: regression
     if len(seen) < 2:
-        raise DataError(f"{path}: column {label_column!r} has {len(seen)} distinct label(s); "
-                        "classification needs at least 2 (or set data.regression=true)")
-    if all(s.lstrip("-").isdigit() for s in seen):
+        raise DataError(f"{path}: column {label_column!r} has {len(seen)} distinct label(s) "
+                        f"({', '.join(sorted(seen))}); classification needs at least 2. Use "
+                        "another label column, or set data.regression=true for a score")
+    if all(_is_int(s) for s in seen):
         return tuple(sorted(seen, key=int))
     return tuple(sorted(seen))
+
+
+def _is_int(s: str) -> bool:
+    return s.lstrip("-").isdigit()
+
+
+def _is_number(raw: Any) -> bool:
+    try:
+        return math.isfinite(float(raw))
+    except (TypeError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,25 +415,64 @@ class TaskData:
     source: str = ""  # where the data came from: glue_dir | hub | custom | generated
 
 
-def task_from_config(cfg: DataConfig) -> TaskSpec:
-    """The TaskSpec a DataConfig describes: a GLUE task, or a custom one for source=custom."""
-    canonical = resolve_task_name(cfg.task)
-    if cfg.source != "custom" and canonical is not None:
-        return get_task(canonical)
-    is_pair = len(cfg.text_columns) == 2
-    if cfg.regression:
+@dataclass(frozen=True)
+class TaskSource:
+    """What decides a task's spec: its name and, for the user's own files, where the texts and
+    labels are. :func:`task_spec` turns it into the one :class:`TaskSpec` every stage uses."""
+
+    task: str
+    source: str = "auto"
+    train_file: str | None = None
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    label_names: tuple[str, ...] | None = None
+    regression: bool = False
+
+    @classmethod
+    def of(cls, cfg: Any, task: str | None = None) -> "TaskSource":
+        """From any object with a DataConfig's fields (e.g. ``orchestrator.config.DataConfig``);
+        ``task`` names one task of a multi-task experiment (default ``cfg.task``)."""
+        return cls(task=task or cfg.task, source=cfg.source, train_file=cfg.train_file,
+                   text_columns=tuple(cfg.text_columns), label_column=cfg.label_column,
+                   label_names=tuple(cfg.label_names) if cfg.label_names else None,
+                   regression=bool(cfg.regression))
+
+    @property
+    def custom(self) -> bool:
+        """The user's own files (data.source=custom, or auto with a training file)."""
+        return self.source == "custom" or (self.source == "auto" and bool(self.train_file))
+
+
+def task_spec(src: TaskSource) -> TaskSpec:
+    """The one place that decides a task's spec: a GLUE task, or the user's own data. For own
+    data: pair when data.text_columns names two columns; regression when data.regression is set
+    or the labels are numbers that are not all whole; else the classes are data.label_names when
+    given, or the distinct labels of the training file (sorted; numerically for integers)."""
+    canonical = resolve_task_name(src.task)
+    if not src.custom:
+        if src.source == "generated":
+            if canonical is not None:
+                return get_task(canonical)
+            return custom_task(src.task, is_pair=False, label_names=("negative", "positive"))
+        return get_task(src.task)  # not a GLUE name: raises UnknownTaskError listing them
+    if len(src.text_columns) not in (1, 2):
+        raise DataError(f"data.text_columns={list(src.text_columns)}: give one column (single "
+                        "text) or two (a pair task)")
+    is_pair = len(src.text_columns) == 2
+    if src.regression:
         labels: tuple[str, ...] | None = None
-    elif cfg.label_names:
-        labels = tuple(cfg.label_names)
-    elif cfg.source == "custom" or (cfg.source == "auto" and cfg.train_file):
-        if not cfg.train_file:
-            raise DataError("data.source=custom needs data.train_file (CSV, TSV or JSONL)")
-        labels = infer_label_names(cfg.train_file, cfg.label_column)
-    elif cfg.source == "generated":
-        labels = ("negative", "positive")
+    elif src.label_names:
+        labels = tuple(str(x) for x in src.label_names)
     else:
-        return get_task(cfg.task)  # not a GLUE name: raises UnknownTaskError listing them
-    return custom_task(cfg.task, is_pair=is_pair, label_names=labels)
+        if not src.train_file:
+            raise DataError("data.source=custom needs data.train_file (CSV, TSV or JSONL)")
+        labels = infer_label_names(src.train_file, src.label_column)
+    return custom_task(src.task, is_pair=is_pair, label_names=labels)
+
+
+def task_from_config(cfg: DataConfig, task: str | None = None) -> TaskSpec:
+    """The TaskSpec a DataConfig describes (:func:`task_spec`); ``task``: one of several."""
+    return task_spec(TaskSource.of(cfg, task))
 
 
 def resolve_source(cfg: DataConfig, task: TaskSpec) -> str:
@@ -452,6 +523,45 @@ def load_task_data(cfg: DataConfig, task: TaskSpec) -> TaskData:
         dev={s: take_subset(ex, cfg.max_dev_examples, cfg.seed) for s, ex in dev.items()},
         source=source,
     )
+
+
+def check_task_data(cfg: DataConfig, task: TaskSpec, rows: int = 50) -> str:
+    """Parse the first ``rows`` rows of each file a task would read (no full load), so a wrong
+    path, column or label fails before any work; returns the resolved source. The hub is not
+    contacted (its errors come when the data loads)."""
+    import itertools
+
+    source = resolve_source(cfg, task)
+    if source == "glue_dir":
+        if not cfg.glue_dir:
+            raise DataError("data.source=glue_dir needs data.glue_dir (the GLUE root folder "
+                            "holding SST-2/, MRPC/, ...)")
+        layout = GLUE_LAYOUTS.get(task.name)
+        if layout is None or task.glue_dir is None:
+            raise DataError(f"task {task.name} has no GLUE TSV layout; load it with "
+                            "data.source=custom (CSV/TSV/JSONL with a header)")
+        for split in ("train", *task.dev_splits):
+            path = Path(cfg.glue_dir) / task.glue_dir / glue_file_name(task, split)
+            if not path.is_file():
+                load_glue_tsv(task, cfg.glue_dir, split)  # raises, naming the expected layout
+            list(itertools.islice(_read_glue_rows(path, task, layout), rows))
+    elif source == "custom":
+        if not cfg.train_file or not cfg.dev_file:
+            raise DataError("data.source=custom needs data.train_file and data.dev_file "
+                            "(CSV, TSV or JSONL)")
+        if len(cfg.text_columns) != (2 if task.is_pair else 1):
+            load_custom(cfg.train_file, list(cfg.text_columns), cfg.label_column, task)  # raises
+        for f in (cfg.train_file, cfg.dev_file):
+            first = list(itertools.islice(read_records(f), rows))
+            if not first:
+                raise DataError(f"{f}: no rows; expected a header and at least one example")
+            for line, rec in first:
+                where = f"{f}, line {line}"
+                for c in cfg.text_columns:
+                    _text(_field(rec, c, where), f"{where}, column {c!r}")
+                parse_label(_field(rec, cfg.label_column, where), task,
+                            f"{where}, column {cfg.label_column!r}")
+    return source
 
 
 def take_subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:

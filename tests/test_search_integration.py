@@ -107,6 +107,28 @@ def test_smoke_search_records_parent_children_and_artifacts(smoke):
     assert abs(info["dev_score"] - out.best["best_dev_score"]) < 1e-9
 
 
+def test_experiment_kind_trial_names_and_parent_comparison(smoke):
+    """The UI opens the experiment on its runs; trials say what they train; the parent names the
+    searched keys and the winner's values; every trial carries those keys and the score, which
+    MLflow's parallel-coordinates comparison of the trials reads."""
+    import re
+
+    uri, out = smoke
+    client, parent, children, _ = _runs(uri, "smoke")
+    exp = client.get_experiment_by_name("distillray")
+    assert exp.tags.get("mlflow.experimentKind") == "custom_model_development"
+    names = sorted(c.info.run_name for c in children)
+    assert all(re.fullmatch(r"trial-\d+ bilstm h(16|32) lr\d(\.\d)?e-\d", n) for n in names), names
+    assert {n.split()[0] for n in names} == {"trial-1", "trial-2", "trial-3"}
+    p = parent[0].data.params
+    searched = p["searched"].split(",")
+    assert searched == ["train.lr", "student.hidden_size", "student.dropout", "train.alpha"]
+    assert all(f"best.{k}" in p for k in searched)
+    for c in children:
+        assert all(f"sampled.{k}" in c.data.params for k in searched)
+        assert "best_dev_score" in c.data.metrics and "latency_ms" in c.data.metrics
+
+
 def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
     from orchestrator.search import run_search
 
@@ -238,4 +260,66 @@ def test_best_student_is_registered_with_signature_and_predicts(smoke):
     assert model.metadata.signature is not None
     assert [c.name for c in model.metadata.signature.inputs.inputs] == ["text_a"]
     preds = model.predict(pd.DataFrame({"text_a": ["a good movie", "a bad movie"]}))
-    assert list(preds.columns) == ["logit_0", "logit_1"] and len(preds) == 2
+    assert list(preds.columns) == ["task", "label", "probabilities", "logits"] and len(preds) == 2
+    for row in preds.to_dict(orient="records"):
+        assert row["task"] == "sst2" and row["label"] in ("negative", "positive")
+        assert set(row["probabilities"]) == {"negative", "positive"}
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+        assert len(row["logits"]) == 2
+        # the label is the most likely class, as predict.py says
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+
+
+def test_registered_model_is_served_and_answers_raw_text(smoke, tmp_path):
+    """`mlflow models serve -m models:/<name>/<version> --env-manager local` on 127.0.0.1 answers
+    a JSON request of raw text with label, probabilities and logits."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    uri, out = smoke
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": bindir + os.pathsep + os.environ.get("PATH", "")}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [str(Path(bindir) / "mlflow"), "models", "serve", "-m", "models:/smoke-student/1",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 90  # the scoring server's /ping answers 200 with no body
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "the server exited:\n" + log.read_text()[-2000:]
+            assert time.time() < deadline, "no answer in 90 s:\n" + log.read_text()[-2000:]
+            time.sleep(1)
+        body = json.dumps({"dataframe_records": [{"text_a": "a good movie"},
+                                                 {"text_a": "a bad movie"}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            answer = json.loads(r.read())
+        preds = answer["predictions"]
+        assert len(preds) == 2
+        for p in preds:
+            assert p["label"] in ("negative", "positive") and len(p["logits"]) == 2
+            assert sum(p["probabilities"].values()) == pytest.approx(1.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
