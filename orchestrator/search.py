@@ -388,7 +388,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                     failure_config=tune.FailureConfig(max_failures=s.max_failures)))
         results = tuner.fit()
     table = results_table(results, s.metric, cfg.train.epochs)
-    lost = _settle_child_runs(client, exp_id, s.name, table)
+    lost = _settle_child_runs(client, exp_id, s.name, parent, table)
     if lost:
         client.set_tag(parent, "distillray.lost_trials", ",".join(lost))
         log(f"[mlflow] {len(lost)} trial run(s) from before the interruption were lost with the "
@@ -639,23 +639,25 @@ def results_table(results, metric: str, max_epochs: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _settle_child_runs(client, exp_id: str, name: str, table: pd.DataFrame) -> list[str]:
+def _settle_child_runs(client, exp_id: str, name: str, parent: str,
+                       table: pd.DataFrame) -> list[str]:
     """Trials ASHA stopped were killed mid-run or while paused at a rung: close their child runs
     as stopped, not 'running', and tag them early-stopped (or close them as finished, with their
     student, when the stop came at their last epoch). A running run whose trial this search does
     not know was started by a driver that died before Tune recorded the trial: the restored
     searcher drew its slot again (see ``orchestrator.pareto_asha``), so it is closed as failed and
     interrupted and soft-deleted, leaving one visible child run per trial of the search (MLflow
-    keeps its data; ``mlflow runs restore`` brings it back). Returns those trials' ids."""
+    keeps its data; ``mlflow runs restore`` brings it back); so is one that was paused at a rung
+    (KILLED) when the driver died. Only this parent run's children are looked at: an earlier
+    search of the same name (``--no-resume``) keeps its runs. Returns the lost trials' ids."""
     from ray.train import Checkpoint
 
     known = set(table["trial_id"].dropna().astype(str)) if "trial_id" in table else set()
     lost: list[str] = []
-    for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial"},
+    for run in tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name, tracking.TAG_KIND: "trial",
+                                                   tracking.TAG_PARENT: parent},
                                   statuses=["RUNNING", "SCHEDULED", "KILLED"]):
         trial = run.data.tags.get(tracking.TAG_TRIAL)
-        if run.info.status == "KILLED" and trial not in known:
-            continue  # not this search's doing
         if trial in known:
             row = table[table["trial_id"].astype(str) == trial].iloc[0]
             if row["status"] == "DONE" and row.get("checkpoint_path"):
