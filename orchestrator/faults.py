@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 ENV, MARK_ENV = "DISTILLRAY_FAULT", "DISTILLRAY_FAULT_MARK"
 
@@ -35,8 +36,6 @@ def point(name: str) -> None:
 
 def descendants(pid: int) -> set[int]:
     """Every process ``pid`` started, and theirs (read from /proc; Linux)."""
-    from pathlib import Path
-
     children: dict[int, list[int]] = {}
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -55,8 +54,6 @@ def descendants(pid: int) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    from pathlib import Path
-
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
