@@ -82,6 +82,20 @@ class TeacherConfig:
     precision: str = knob("fp32", "Fine-tuning and dev evaluation under autocast: auto | fp32 | "
                           "bf16. auto: bf16 on a CPU with native bf16 (avx512_bf16 / amx_bf16), "
                           "else fp32. Part of the teacher's cache key unless it resolves to fp32.")
+    per_task: dict[str, dict[str, Any]] = knob({}, "Settings for one task's teacher that replace "
+                                                "the ones above, e.g. {rte: {epochs: 10}} "
+                                                "(epochs, lr, batch_size, weight_decay, "
+                                                "warmup_ratio, max_train_examples, seed). The "
+                                                "multi-task teacher uses the shared settings.")
+    keep_best_epoch: bool = knob(True, "Evaluate on dev after every epoch and keep the best "
+                                 "epoch's weights (multi-task: the best mean score).")
+    checkpoint_minutes: float = knob(10.0, "Write a resumable fine-tuning checkpoint at least "
+                                     "this often (and after every epoch); a killed run resumes "
+                                     "from it.")
+
+    def for_task(self, task: str) -> "TeacherConfig":
+        """The settings one task's teacher trains with: ``per_task[task]`` over the shared ones."""
+        return dataclasses.replace(self, **self.per_task.get(task, {}), per_task={})
 
 
 @dataclass
@@ -533,6 +547,32 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.pool.num_actors < 1 or cfg.pool.cpus_per_actor < 0:
         raise ConfigError("pool.num_actors must be >= 1 and pool.cpus_per_actor >= 0")
     _validate_precision(cfg)
+    _validate_teacher(cfg.teacher)
+
+
+PER_TASK_TEACHER_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio",
+                         "max_train_examples", "seed")
+
+
+def _validate_teacher(t: TeacherConfig) -> None:
+    if not t.checkpoint_minutes > 0:
+        raise ConfigError(f"teacher.checkpoint_minutes={t.checkpoint_minutes} must be > 0")
+    if not isinstance(t.per_task, dict):
+        raise ConfigError(f"teacher.per_task must map task names to settings, got {t.per_task!r}")
+    for task, over in t.per_task.items():
+        if not isinstance(over, dict):
+            raise ConfigError(f"teacher.per_task.{task} must be a mapping like {{epochs: 10}}, "
+                              f"got {over!r}")
+        bad = sorted(set(over) - set(PER_TASK_TEACHER_KEYS))
+        if bad:
+            raise ConfigError(f"teacher.per_task.{task}: {', '.join(bad)} cannot differ per task; "
+                              f"choose from {', '.join(PER_TASK_TEACHER_KEYS)}")
+        for k, v in over.items():
+            ok = (v is None and k == "max_train_examples") or (
+                isinstance(v, (int, float)) and not isinstance(v, bool)
+                and (k not in ("batch_size", "seed", "max_train_examples") or isinstance(v, int)))
+            if not ok or (k in ("epochs", "lr", "batch_size") and v <= 0):
+                raise ConfigError(f"teacher.per_task.{task}.{k}={v!r} is not a valid {k}")
 
 
 def _validate_precision(cfg: ExperimentConfig) -> None:

@@ -26,9 +26,9 @@ from orchestrator.config import TeacherConfig
 from orchestrator.keys import atomic_dir, content_key
 from orchestrator.mixture import TaskSampler, mixture_weights
 from orchestrator.precision import autocast
-from orchestrator.teacher import (TeacherResult, _check_base_model, _encode,
-                                  _length_grouped_batches, _subset, base_model_identity,
-                                  evaluate_teacher, optimizer_and_schedule, random_base,
+from orchestrator.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
+                                  _check_base_model, _encode, _length_grouped_batches, _subset,
+                                  base_model_identity, evaluate_teacher, random_base,
                                   training_precision, training_settings)
 from orchestrator.teacher_model import MultiTaskTeacher, TeacherError, save_multitask_teacher
 from tasks.loaders import TaskData, data_fingerprint
@@ -70,7 +70,12 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
         log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
         precision = training_precision(cfg)
-        _train_mixture(model, tokenizer, train, data, cfg, precision)
+        plan, steps_per_epoch = mixture_plan(train, cfg)
+        run = FinetuneRun(final.parent / ".partial" / key, cfg, len(plan), steps_per_epoch,
+                          "multi-task teacher", log)
+        info = run.fit(model, plan, _mixture_step(tokenizer, train, data, cfg, precision),
+                       lambda m: evaluate_multitask(m, tokenizer, data, cfg.max_length,
+                                                    precision))
         metrics = evaluate_multitask(model, tokenizer, data, cfg.max_length, precision)
         log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                                            if k.endswith("_score") or k == "score"))
@@ -78,7 +83,9 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
         (tmp / "teacher_config.json").write_text(json.dumps(
             {"base_model": cfg.model, "tasks": list(data), "multitask": True,
              "config": asdict(cfg)}, indent=1))
+        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
+    run.discard()
     return TeacherResult(final, key, metrics, False, time.time() - t0)
 
 
@@ -106,11 +113,10 @@ def _init_encoder(cfg: TeacherConfig, data: dict[str, TaskData], tmp: Path):
     return encoder, tokenizer
 
 
-def _train_mixture(model: MultiTaskTeacher, tokenizer, train: dict, data: dict[str, TaskData],
-                   cfg: TeacherConfig, precision: str = "fp32") -> None:
-    """Each step: draw a task (proportional mixture), take one of its length-grouped batches."""
-    from tqdm.auto import tqdm
-
+def mixture_plan(train: dict[str, list], cfg: TeacherConfig) -> tuple[list, int]:
+    """Every step's (task, batch indices), fixed by the seed: each step draws a task (in
+    proportion to the tasks' sizes) and takes the next of its length-grouped batches. Returns
+    the plan and the steps of one epoch (every task's batches once, on average)."""
     rng = random.Random(cfg.seed)
     sizes = {t: len(x) for t, x in train.items()}
     empty = [t for t, n in sizes.items() if n == 0]
@@ -119,36 +125,29 @@ def _train_mixture(model: MultiTaskTeacher, tokenizer, train: dict, data: dict[s
     sampler = TaskSampler(mixture_weights(sizes, "proportional"), seed=cfg.seed)
     steps_per_epoch = sum(math.ceil(n / cfg.batch_size) for n in sizes.values())
     total = max(1, int(round(steps_per_epoch * cfg.epochs)))
-    opt, sched = optimizer_and_schedule(model, cfg, total)
     queues: dict[str, list[list[int]]] = {t: [] for t in train}
-
-    def next_batch(t: str) -> list:
-        if not queues[t]:
-            lengths = [len(e.text_a) + len(e.text_b or "") for e in train[t]]
-            queues[t] = _length_grouped_batches(lengths, cfg.batch_size, rng)
-        return [train[t][i] for i in queues[t].pop()]
-
-    model.train()
-    bar = tqdm(total=total, desc="multi-task teacher", unit="step")
+    plan = []
     for task in sampler.draw(total):
-        batch = next_batch(task)
+        if not queues[task]:
+            lengths = [len(e.text_a) + len(e.text_b or "") for e in train[task]]
+            queues[task] = _length_grouped_batches(lengths, cfg.batch_size, rng)
+        plan.append((task, queues[task].pop()))
+    return plan, steps_per_epoch
+
+
+def _mixture_step(tokenizer, train: dict, data: dict[str, TaskData], cfg: TeacherConfig,
+                  precision: str):
+    def step(model: MultiTaskTeacher, item) -> torch.Tensor:
+        task, idx = item
+        batch = [train[task][i] for i in idx]
         enc = _encode(tokenizer, batch, cfg.max_length)
         with autocast(precision, "cpu"):
             out = model(**enc, head=task)
         out = out.float()
         if data[task].task.is_regression:
-            loss = F.mse_loss(out.squeeze(-1), torch.tensor([float(e.label) for e in batch]))
-        else:
-            loss = F.cross_entropy(out, torch.tensor([int(e.label) for e in batch]))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(task=task, loss=f"{loss.item():.4f}")
-    bar.close()
-    model.eval()
+            return F.mse_loss(out.squeeze(-1), torch.tensor([float(e.label) for e in batch]))
+        return F.cross_entropy(out, torch.tensor([int(e.label) for e in batch]))
+    return step
 
 
 def evaluate_multitask(model: MultiTaskTeacher, tokenizer, data: dict[str, TaskData],

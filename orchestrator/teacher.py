@@ -5,6 +5,7 @@ the base model, task, training data and settings; a second call with the same in
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -18,7 +19,7 @@ import torch
 
 from orchestrator import faults
 from orchestrator.config import TeacherConfig
-from orchestrator.keys import atomic_dir, content_key
+from orchestrator.keys import atomic_dir, atomic_file, content_key
 from orchestrator.precision import autocast, resolve
 from orchestrator.teacher_model import HEADS_FILE, TeacherError, create_random_teacher
 from tasks.data import Example
@@ -27,6 +28,7 @@ from tasks.registry import TaskSpec
 from tasks.text import tokenize
 
 TEACHER_VERSION = 1
+TRAIN_INFO_FILE = "train_info.json"  # steps, seconds summed over resumptions, dev curve
 
 
 @dataclass
@@ -54,8 +56,12 @@ def training_precision(cfg: TeacherConfig) -> str:
 def training_settings(cfg: TeacherConfig) -> dict:
     """The settings that shape a teacher's weights (the base model is keyed separately)."""
     d = asdict(cfg)
-    d.pop("multitask", None)  # says which stage runs, not how it trains: keeps old keys valid
-    d.pop("precision", None)
+    # which stage runs, how often it checkpoints, per-task settings (resolved by for_task before
+    # the key is taken): none shapes the weights, and leaving them out keeps old keys valid
+    for k in ("multitask", "precision", "per_task", "checkpoint_minutes"):
+        d.pop(k, None)
+    if not d.pop("keep_best_epoch", False):  # False: the last epoch, as before it existed
+        d["keep_best_epoch"] = False
     precision = training_precision(cfg)
     if precision != "fp32":  # absent for fp32: teachers fine-tuned before stay valid
         d["precision"] = precision
@@ -63,6 +69,7 @@ def training_settings(cfg: TeacherConfig) -> dict:
 
 
 def teacher_key(cfg: TeacherConfig, task: TaskSpec, data_fingerprint: str) -> str:
+    cfg = cfg.for_task(task.name)
     return content_key({"v": TEACHER_VERSION, "model": base_model_identity(cfg.model),
                         "task": task.name, "data": data_fingerprint,
                         "cfg": training_settings(cfg)})
@@ -73,6 +80,7 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
                      log=print) -> TeacherResult:
     """Fine-tune (or reuse) a teacher; returns where it lies and its dev metrics."""
     t0 = time.time()
+    cfg = cfg.for_task(task.name)
     key = teacher_key(cfg, task, data_fingerprint)
     final = Path(work_root) / "teachers" / key
     if (final / "metrics.json").is_file():
@@ -87,8 +95,12 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
         log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
             f"{precision}")
-        speed = _train(model, tokenizer, examples, task, cfg, log, precision)
-        log(f"[teacher] {speed['steps']} steps, {speed['seconds_per_step']:.3f} s/step")
+        plan = single_task_plan(examples, cfg)
+        run = FinetuneRun(final.parent / ".partial" / key, cfg, len(plan),
+                          math.ceil(len(examples) / cfg.batch_size), f"teacher {task.name}", log)
+        info = run.fit(model, plan, _single_task_step(tokenizer, examples, task, cfg, precision),
+                       lambda m: evaluate_teacher(m, tokenizer, dev, task, cfg.max_length,
+                                                  precision=precision))
         metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length,
                                    precision=precision)
         log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -98,7 +110,9 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
                                                   "heads": {task.name: task.num_outputs}}))
         (tmp / "teacher_config.json").write_text(json.dumps(
             {"base_model": cfg.model, "task": task.name, "config": asdict(cfg)}, indent=1))
+        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
+    run.discard()
     return TeacherResult(final, key, metrics, False, time.time() - t0)
 
 
@@ -182,45 +196,142 @@ def optimizer_and_schedule(model, cfg: TeacherConfig, total: int):
     return opt, sched
 
 
-def _train(model, tokenizer, examples, task: TaskSpec, cfg: TeacherConfig, log,
-           precision: str = "fp32") -> dict:
-    """Fine-tune in place; forward passes (and the loss) under ``precision`` autocast, the
-    backward pass and the optimizer in fp32. Returns ``{"steps", "seconds_per_step"}``."""
-    from tqdm.auto import tqdm
-
+def single_task_plan(examples: list[Example], cfg: TeacherConfig) -> list[list[int]]:
+    """Every step's batch (example indices), fixed by the seed: length-grouped batches, epoch
+    after epoch, ``epochs`` (fractions allowed) in all. Computed in full up front, so a resumed
+    run takes the same batches from its checkpoint's step on."""
     rng = random.Random(cfg.seed)
     lengths = [len(e.text_a) + len(e.text_b or "") for e in examples]
-    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
-    total = max(1, int(round(steps_per_epoch * cfg.epochs)))
-    opt, sched = optimizer_and_schedule(model, cfg, total)
-    model.train()
-    step = 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=f"teacher {task.name}", unit="step")
-    while step < total:
-        for batch_idx in _length_grouped_batches(lengths, cfg.batch_size, rng):
-            if step >= total:
-                break
-            batch = [examples[i] for i in batch_idx]
-            enc = _encode(tokenizer, batch, cfg.max_length)
-            if task.is_regression:
-                labels = torch.tensor([float(e.label) for e in batch])
-            else:
-                labels = torch.tensor([int(e.label) for e in batch])
-            with autocast(precision, "cpu"):
-                out = model(**enc, labels=labels)
-            out.loss.float().backward()
+    total = max(1, int(round(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs)))
+    plan: list[list[int]] = []
+    while len(plan) < total:
+        plan += _length_grouped_batches(lengths, cfg.batch_size, rng)
+    return plan[:total]
+
+
+def _single_task_step(tokenizer, examples: list[Example], task: TaskSpec, cfg: TeacherConfig,
+                      precision: str):
+    """One step's loss: forward pass (and loss) under ``precision`` autocast."""
+    def step(model, batch_idx: list[int]) -> torch.Tensor:
+        batch = [examples[i] for i in batch_idx]
+        enc = _encode(tokenizer, batch, cfg.max_length)
+        if task.is_regression:
+            labels = torch.tensor([float(e.label) for e in batch])
+        else:
+            labels = torch.tensor([int(e.label) for e in batch])
+        with autocast(precision, "cpu"):
+            out = model(**enc, labels=labels)
+        return out.loss.float()
+    return step
+
+
+class FinetuneRun:
+    """The fine-tuning loop of both teacher stages, resumable from a checkpoint.
+
+    ``fit`` runs the steps of a fixed plan (``plan[i]`` is step i's batch): loss, backward pass
+    and optimizer in fp32, gradients clipped at 1.0. After each epoch (``steps_per_epoch``
+    steps) it evaluates on dev and, with ``keep_best_epoch``, remembers the best weights; at the
+    end the model holds those. Every ``checkpoint_minutes`` and after each epoch it writes
+    ``<partial>/checkpoint.pt`` atomically: weights, optimizer, schedule, step, the torch RNG,
+    the best weights so far and the seconds spent. A killed run called again with the same
+    teacher key resumes from it and takes the same batches; ``discard`` removes it once the
+    teacher is saved.
+    """
+
+    def __init__(self, partial: Path, cfg: TeacherConfig, total: int, steps_per_epoch: int,
+                 desc: str, log=print):
+        self.partial, self.cfg, self.total, self.desc, self.log = partial, cfg, total, desc, log
+        self.steps_per_epoch = max(1, steps_per_epoch)
+        self.path = partial / "checkpoint.pt"
+
+    def fit(self, model, plan: list, step_fn, evaluate) -> dict:
+        from tqdm.auto import tqdm
+
+        assert len(plan) == self.total
+        opt, sched = optimizer_and_schedule(model, self.cfg, self.total)
+        state = {"step": 0, "seconds": 0.0, "best_score": None, "best_step": None,
+                 "best_model": None, "history": [], "resumed_at": []}
+        if self.path.is_file():
+            state = self._load(model, opt, sched)
+            state["resumed_at"].append(state["step"])
+            self.log(f"[teacher] {self.desc}: resuming at step {state['step']} of {self.total} "
+                     f"from {self.path} ({state['seconds']:.0f} s spent before)")
+        model.train()
+        t_start, t_saved = time.perf_counter(), time.perf_counter()
+        spent0, first = state["seconds"], state["step"]
+        bar = tqdm(total=self.total, initial=first, desc=self.desc, unit="step")
+        for step in range(first, self.total):
+            loss = step_fn(model, plan[step])
+            loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            step += 1
+            state["step"] = step + 1
             faults.point("teacher_finetune")
             bar.update(1)
-            bar.set_postfix(loss=f"{out.loss.item():.4f}")
-    bar.close()
-    model.eval()
-    return {"steps": step, "seconds_per_step": (time.perf_counter() - t0) / max(1, step)}
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            epoch_end = (step + 1) % self.steps_per_epoch == 0 or step + 1 == self.total
+            if epoch_end:
+                self._evaluate(model, evaluate, state)
+            due = time.perf_counter() - t_saved >= 60 * self.cfg.checkpoint_minutes
+            if (epoch_end or due) and step + 1 < self.total:
+                state["seconds"] = spent0 + time.perf_counter() - t_start
+                self._save(model, opt, sched, state)
+                t_saved = time.perf_counter()
+        bar.close()
+        if self.cfg.keep_best_epoch and state["best_model"] is not None:
+            model.load_state_dict(state["best_model"])
+        model.eval()
+        seconds = spent0 + time.perf_counter() - t_start
+        done = max(1, self.total - first)
+        self.log(f"[teacher] {self.desc}: {self.total} steps, "
+                 f"{(time.perf_counter() - t_start) / done:.3f} s/step in this call"
+                 + (f"; kept the weights of step {state['best_step']}" if
+                    self.cfg.keep_best_epoch and state["best_step"] else ""))
+        return {"steps": self.total, "seconds": seconds, "best_step": state["best_step"],
+                "history": state["history"], "resumed_at": state["resumed_at"]}
+
+    def _evaluate(self, model, evaluate, state: dict) -> None:
+        model.eval()
+        metrics = evaluate(model)
+        model.train()
+        score = float(metrics["score"])
+        state["history"].append({"step": state["step"], "score": score})
+        self.log(f"[teacher] {self.desc}: step {state['step']}/{self.total}, dev score {score:.4f}")
+        if self.cfg.keep_best_epoch and (state["best_score"] is None
+                                         or score > state["best_score"]):
+            state["best_score"], state["best_step"] = score, state["step"]
+            state["best_model"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def _save(self, model, opt, sched, state: dict) -> None:
+        with atomic_file(self.path) as f:
+            torch.save({**state, "total": self.total, "model": model.state_dict(),
+                        "opt": opt.state_dict(), "sched": sched.state_dict(),
+                        "rng": torch.get_rng_state()}, f)
+
+    def _load(self, model, opt, sched) -> dict:
+        try:
+            ck = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged checkpoint: start over, say so
+            self.log(f"[teacher] {self.desc}: checkpoint {self.path} unreadable ({e}); "
+                     "starting over")
+            return {"step": 0, "seconds": 0.0, "best_score": None, "best_step": None,
+                    "best_model": None, "history": [], "resumed_at": []}
+        if ck["total"] != self.total:
+            raise TeacherError(f"checkpoint {self.path} is for {ck['total']} steps, this run "
+                               f"plans {self.total}: remove it to start over")
+        model.load_state_dict(ck.pop("model"))
+        opt.load_state_dict(ck.pop("opt"))
+        sched.load_state_dict(ck.pop("sched"))
+        torch.set_rng_state(ck.pop("rng"))
+        ck.pop("total")
+        return ck
+
+    def discard(self) -> None:
+        shutil.rmtree(self.partial, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the shared ".partial" dir, once empty
+            self.partial.parent.rmdir()
 
 
 @torch.inference_mode()
