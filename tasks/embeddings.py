@@ -5,6 +5,10 @@ GloVe text has no header (``word v1 ... vd`` per line); word2vec text starts wit
 are fine (``.gz`` too). A vocabulary word without an exact match takes the vector of its first
 case-insensitive match (for cased files such as word2vec's); words without any get small random
 vectors from a fixed seed, ``<pad>`` gets zeros.
+
+:func:`subword_mean_vectors` builds the vectors from a sub-word embedding table instead (a
+teacher's input embeddings, ``student.embeddings=teacher``): each word gets the mean of its
+pieces' rows.
 """
 from __future__ import annotations
 
@@ -157,3 +161,38 @@ def check_vector_file(path: str | os.PathLike, full_scan_bytes: int = 64 << 20,
     if dim is None:
         raise DataError(f"{p}: the file is empty; expected word vectors")
     return dim
+
+
+def subword_mean_vectors(vocab: Vocab, piece_ids: list[list[int]], table: np.ndarray,
+                         unk_id: int | None, mask_id: int | None = None, seed: int = 0,
+                         oov_std: float = 0.1) -> tuple[np.ndarray, int]:
+    """Word vectors from a sub-word (word-piece) embedding ``table`` [pieces, dim]:
+    ``piece_ids[i]`` are the pieces of ``vocab.words[i]`` (no special tokens), and word ``i``
+    gets the mean of their rows. A word without pieces, or whose pieces are all ``unk_id``, gets
+    the ``unk_id`` row, as the teacher sees it. The specials: ``<pad>`` zeros, ``<unk>`` the
+    ``unk_id`` row, ``<mask>`` the ``mask_id`` row (the teacher's mask token, which the
+    augmentation writes), else the ``<unk>`` one. A table without an ``unk_id`` gives one small
+    random vector (fixed seed) in place of that row. Returns (float32 matrix [len(vocab), dim],
+    number of regular words with at least one piece other than ``unk_id``)."""
+    table = np.asarray(table, dtype=np.float32)
+    if table.ndim != 2:
+        raise ValueError(f"the sub-word table must be 2-d [pieces, dim], got shape {table.shape}")
+    if len(piece_ids) != len(vocab):
+        raise ValueError(f"{len(piece_ids)} piece lists for a vocabulary of {len(vocab)} words")
+    rng = np.random.default_rng(seed)
+    unk = table[unk_id] if unk_id is not None else rng.normal(0.0, oov_std, table.shape[1])
+    matrix = np.empty((len(vocab), table.shape[1]), dtype=np.float32)
+    special_ids = {vocab.index(s) for s in SPECIALS}
+    found = 0
+    for i, ids in enumerate(piece_ids):
+        if i in special_ids:
+            continue
+        if ids and any(j != unk_id for j in ids):
+            matrix[i] = table[list(ids)].mean(axis=0)
+            found += 1
+        else:
+            matrix[i] = unk
+    matrix[vocab.pad_id] = 0.0
+    matrix[vocab.unk_id] = unk
+    matrix[vocab.mask_id] = table[mask_id] if mask_id is not None else unk
+    return matrix, found

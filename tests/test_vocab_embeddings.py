@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tasks.data import DataError, Example
-from tasks.embeddings import load_word_vectors
+from tasks.embeddings import load_word_vectors, subword_mean_vectors
 from tasks.loaders import load_glue_tsv
 from tasks.registry import get_task
 from tasks.vocab import SPECIALS, Vocab, example_texts
@@ -141,6 +141,26 @@ def test_dimension_mismatch_and_missing_file(tmp_path):
         load_word_vectors(path, _vocab(), expected_dim=3)
     with pytest.raises(DataError, match="nope.txt does not exist"):
         load_word_vectors(tmp_path / "nope.txt", _vocab())
+
+
+def test_subword_mean_vectors():
+    # vocab: <pad> <unk> <mask> the cat paris zebra; piece table: 0 [UNK], 1 [MASK], 2.. pieces
+    table = np.arange(6 * 2, dtype=np.float32).reshape(6, 2)
+    pieces = [[9], [9], [9], [2], [3, 4], [0], []]  # specials' own pieces are ignored
+    m, found = subword_mean_vectors(_vocab(), pieces, table, unk_id=0, mask_id=1)
+    assert m.dtype == np.float32 and m.shape == (7, 2) and found == 2
+    np.testing.assert_array_equal(m[0], 0.0)  # <pad>
+    np.testing.assert_array_equal(m[1], table[0])  # <unk>: the [UNK] row
+    np.testing.assert_array_equal(m[2], table[1])  # <mask>: the [MASK] row
+    np.testing.assert_array_equal(m[3], table[2])
+    np.testing.assert_array_equal(m[4], (table[3] + table[4]) / 2)  # mean of the pieces
+    np.testing.assert_array_equal(m[5], table[0])  # only [UNK]: the [UNK] row
+    np.testing.assert_array_equal(m[6], table[0])  # no pieces at all: likewise
+    m2, _ = subword_mean_vectors(_vocab(), pieces, table, unk_id=None, mask_id=None)
+    np.testing.assert_array_equal(m2[1], m2[2])  # no [UNK]: one small random vector
+    assert 0 < np.abs(m2[1]).max() < 1
+    with pytest.raises(ValueError, match="piece lists for a vocabulary of 7"):
+        subword_mean_vectors(_vocab(), pieces[:3], table, unk_id=0)
 
 
 @pytest.mark.assets
