@@ -154,9 +154,17 @@ class AugmentConfig:
 class StudentConfig:
     """The student's architecture and input encoding."""
     arch: str = knob("bilstm", "bilstm (Tang) | bcn (bi-attentive LSTM, MKD) | transformer.")
-    embeddings: str | None = knob(None, "Word vectors: a GloVe/word2vec text file, or \"glove\" "
-                                  "for the local GloVe 50d; null: random initialization.")
-    embed_dim: int = knob(300, "Embedding size when `embeddings` is null.")
+    embeddings: str | None = knob(None, "Word vectors (bilstm, bcn): a GloVe/word2vec text "
+                                  "file, \"glove\" for the local GloVe 50d, or \"teacher\": "
+                                  "each word gets the mean of its word pieces' rows in the input "
+                                  "embeddings of `teacher.model` (the pre-trained base model, "
+                                  "not random:*; the size is its input-embedding size, the "
+                                  "hidden size of a BERT: 384 for MiniLM-L6; words only [UNK] "
+                                  "to its tokenizer get the [UNK] row); null: random initialization. Ignored by transformer "
+                                  "students (they use the teacher's tokenizer; see "
+                                  "`init_from_teacher`).")
+    embed_dim: int = knob(300, "Embedding size when `embeddings` is null (else the vectors' "
+                          "size).")
     trainable_embeddings: bool = knob(True, "Fine-tune the word embeddings.")
     channels: str = knob("single", "single | multi (a static and a trainable copy of the "
                          "embeddings).")
@@ -179,6 +187,8 @@ class StudentConfig:
     pooling: list[str] = knob(["max", "mean", "min", "self"], "BCN: poolings of its outputs "
                               "(max, mean, min, self-attentive).")
 
+
+TEACHER_EMBEDDINGS = "teacher"  # student.embeddings: vectors from the teacher's input embeddings
 
 SOFT_LABEL_MODES = ("precomputed", "on_demand")
 
@@ -532,6 +542,13 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"student.channels={s.channels!r}: choose single or multi")
     if not 0.0 <= s.dropout < 1.0:
         raise ConfigError(f"student.dropout={s.dropout} is outside [0, 1)")
+    if s.embeddings == TEACHER_EMBEDDINGS and s.arch != "transformer" \
+            and cfg.teacher.model.startswith("random:"):
+        raise ConfigError(
+            f"student.embeddings=teacher reads the input embeddings of the pre-trained "
+            f"teacher.model, but teacher.model={cfg.teacher.model} is a random BERT built afresh "
+            "for each task: point teacher.model at a Hugging Face model dir (or hub name), or "
+            "set student.embeddings to null or a GloVe/word2vec file")
     init = s.init_from_teacher.replace(" ", "")
     if init not in ("none", "first", "even") and not all(
             x.isdigit() for x in init.split(",")):
@@ -680,7 +697,8 @@ def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
 
 
 def resolve_embeddings(value: str | None, assets: Path | None = None) -> str | None:
-    """``"glove"`` names the local GloVe subset in the assets dir; paths pass through."""
+    """``"glove"`` names the local GloVe subset in the assets dir; paths and ``"teacher"`` (the
+    teacher's input embeddings, :mod:`orchestrator.teacher_vectors`) pass through."""
     if value != "glove":
         return value
     assets = assets or find_assets()

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from orchestrator.bundle import write_split, write_texts
-from orchestrator.config import ExperimentConfig, resolve_embeddings
+from orchestrator.config import TEACHER_EMBEDDINGS, ExperimentConfig, resolve_embeddings
 from orchestrator.keys import atomic_dir, content_key, file_digest
 from tasks.data import Example
 from tasks.loaders import TaskData, data_fingerprint, load_task_data, task_from_config
@@ -131,7 +131,11 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
 def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[str, TeacherRef]) -> str:
     s = cfg.student
     emb = None
-    if s.embeddings and s.arch != "transformer":
+    if s.embeddings == TEACHER_EMBEDDINGS and s.arch != "transformer":
+        from orchestrator.teacher_vectors import key_part
+
+        emb = key_part(cfg.teacher.model)  # the base model's identity (files or hub name)
+    elif s.embeddings and s.arch != "transformer":
         emb = file_digest(s.embeddings) if Path(s.embeddings).is_file() else s.embeddings
     return content_key({
         "v": BUNDLE_VERSION,
@@ -222,12 +226,19 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
             vocab_size = len(vocab)
             embed_dim = cfg.student.embed_dim
             if cfg.student.embeddings:
-                from tasks.embeddings import load_word_vectors
-                vectors, found = load_word_vectors(cfg.student.embeddings, vocab)
+                if cfg.student.embeddings == TEACHER_EMBEDDINGS:
+                    from orchestrator.teacher_vectors import teacher_word_vectors
+                    vectors, found = teacher_word_vectors(cfg.teacher.model, vocab)
+                    where = f"the input embeddings of teacher.model={cfg.teacher.model} " \
+                            "(mean of word pieces; the rest: its [UNK] row)"
+                else:
+                    from tasks.embeddings import load_word_vectors
+                    vectors, found = load_word_vectors(cfg.student.embeddings, vocab)
+                    where = cfg.student.embeddings
                 np.save(tmp / "embeddings.npy", vectors.astype(np.float32), allow_pickle=False)
                 embed_dim = int(vectors.shape[1])
                 log(f"[bundle] embeddings: {found}/{len(vocab)} vocabulary words found in "
-                    f"{cfg.student.embeddings}")
+                    f"{where}")
         else:
             from transformers import AutoTokenizer
 

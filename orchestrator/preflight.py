@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.config import TEACHER_EMBEDDINGS, ConfigError, ExperimentConfig
 
 CHECKED_KEYS = ("student.arch", "student.init_from_teacher", "student.tf_layers",
                 "student.tf_hidden", "student.tf_heads", "student.tf_ffn", "student.max_length",
@@ -295,22 +295,60 @@ def check_teacher_model(cfg: ExperimentConfig, specs: dict) -> None:
 
 def check_embeddings(cfg: ExperimentConfig, space=None) -> None:
     """``student.embeddings``: the file exists and its first lines (the whole file when small)
-    have one vector size; skipped when no word-level student can be trained."""
+    have one vector size; for ``teacher`` (here or among the space's choices), the base model
+    can give its input embeddings (:func:`check_teacher_embeddings`); skipped when no
+    word-level student can be trained."""
     from orchestrator.config import resolve_embeddings
     from tasks.data import DataError
     from tasks.embeddings import check_vector_file
 
     archs = {cfg.student.arch}
+    values = {cfg.student.embeddings}
     for p in (space.params if space is not None else []):
         if p.key == "student.arch" and p.type == "choice":
             archs |= set(p.values)
-    if not cfg.student.embeddings or archs == {"transformer"}:
+        if p.key == "student.embeddings" and p.type == "choice":
+            values |= {v for v in p.values if isinstance(v, str)}
+    if archs == {"transformer"}:
+        return
+    if TEACHER_EMBEDDINGS in values:
+        check_teacher_embeddings(cfg)
+    if not cfg.student.embeddings or cfg.student.embeddings == TEACHER_EMBEDDINGS:
         return
     try:
         path = resolve_embeddings(cfg.student.embeddings)
         check_vector_file(path)
     except (DataError, ConfigError) as e:
         raise PreflightError(f"student.embeddings: {e}") from None
+
+
+def check_teacher_embeddings(cfg: ExperimentConfig) -> None:
+    """``student.embeddings=teacher``: ``teacher.model`` is a pre-trained model (not
+    ``random:*``) and, when a local directory, holds a config, weights and tokenizer files (a
+    hub name is checked by :func:`check_teacher_model`)."""
+    from orchestrator.teacher_vectors import TOKENIZER_FILES
+
+    name = cfg.teacher.model
+    what = ("student.embeddings=teacher reads the input embeddings and the tokenizer of "
+            "teacher.model")
+    if name.startswith("random:"):
+        raise PreflightError(f"{what}, but teacher.model={name} is a random BERT built afresh "
+                             "for each task: point teacher.model at a Hugging Face model dir "
+                             "(or hub name), or set student.embeddings to null or a GloVe file")
+    p = Path(name).expanduser()
+    if not (name.startswith((".", "/", "~")) or p.exists()):
+        return
+    if not p.is_dir() or not (p / "config.json").is_file():
+        raise PreflightError(f"{what}={name}: no Hugging Face model directory there "
+                             "(config.json missing); pass a model dir or hub name, or set "
+                             "student.embeddings to null or a GloVe file")
+    if not any((p / f).is_file() for f in WEIGHT_FILES):
+        raise PreflightError(f"{what}={name}: no weights in {p} (expected "
+                             f"{' or '.join(WEIGHT_FILES[:2])})")
+    if not any((p / f).is_file() for f in TOKENIZER_FILES):
+        raise PreflightError(f"{what}={name}: no tokenizer files in {p} (expected one of "
+                             f"{', '.join(TOKENIZER_FILES)}); save the tokenizer there with "
+                             "tokenizer.save_pretrained(DIR)")
 
 
 def check_augment_data(cfg: ExperimentConfig, space=None) -> None:

@@ -155,17 +155,26 @@ class TrainingWork:
 
         student = cfg.student
         if student.embeddings and student.arch != "transformer":
-            student = replace(student, embeddings=None, embed_dim=self._dim(student.embeddings))
+            student = replace(student, embeddings=None,
+                              embed_dim=self._dim(student.embeddings, cfg.teacher.model))
         heads = {t: outputs for t, (_, _, outputs) in self.tasks.items()}
         pair = any(p for _, p, _ in self.tasks.values())
         model = build_student(student, 2, heads, pair)
         return float(max(count_parameters(model)["non_embedding"], 1))
 
-    def _dim(self, path: str) -> int:
-        """Word-vector size of the embeddings file (read once per path)."""
-        from orchestrator.config import resolve_embeddings
+    def _dim(self, path: str, teacher_model: str) -> int:
+        """Word-vector size of the embeddings file, or of the base model's input embeddings for
+        ``teacher`` (read once per path or model)."""
+        from orchestrator.config import TEACHER_EMBEDDINGS, resolve_embeddings
         from tasks.embeddings import vector_dim
 
+        if path == TEACHER_EMBEDDINGS:
+            from orchestrator.teacher_vectors import input_embedding_dim
+
+            key = f"{TEACHER_EMBEDDINGS}:{teacher_model}"
+            if key not in self._dims:
+                self._dims[key] = input_embedding_dim(teacher_model)
+            return self._dims[key]
         if path not in self._dims:
             self._dims[path] = vector_dim(resolve_embeddings(path))
         return self._dims[path]

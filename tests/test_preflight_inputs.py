@@ -96,6 +96,15 @@ def test_malformed_embeddings(guarded, capsys):
     assert "student.embeddings: word vector file absent.txt does not exist" in err
 
 
+def test_teacher_embeddings_need_a_real_base_model_with_a_tokenizer(guarded, capsys):
+    err = _tune(capsys, "student.embeddings=teacher")  # the smoke preset's random:tiny teacher
+    assert "student.embeddings=teacher reads the input embeddings" in err
+    assert "teacher.model=random:tiny is a random BERT built afresh" in err
+    base = _teacher_dir(guarded / "base", {"model_type": "bert"})
+    err = _tune(capsys, "student.embeddings=teacher", f"teacher.model={base}")
+    assert f"no tokenizer files in {base}" in err
+
+
 def test_nltk_data_missing_when_augmenting(guarded, capsys, monkeypatch):
     import nltk
 

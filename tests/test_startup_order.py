@@ -200,6 +200,14 @@ def test_word_vector_size_read_from_the_embeddings_file(tmp_path):
     assert small == pytest.approx(work_of({"student.embeddings": None, "student.embed_dim": 8}))
 
 
+def test_word_vector_size_of_teacher_embeddings_is_the_base_models(tmp_path):
+    from orchestrator.teacher_model import create_random_teacher
+
+    base = create_random_teacher(tmp_path / "bert", ["film"], 2, hidden=16)
+    assert work_of({"student.embeddings": "teacher", "teacher.model": str(base)}) == \
+        pytest.approx(work_of({"student.embeddings": None, "student.embed_dim": 16}))
+
+
 # ---------------------------------------------------------------------------------------------
 # why: the tang search's 8 configurations, each run alone to the end (2026-11-26, run
 # 20261126-011112): per trial in drawn order, (batch-1 latency ms, estimated work in 1e10,
