@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator import faults, tracking
+from orchestrator import faults, outcome, tracking
 from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_teacher
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import check_inputs, preflight
@@ -59,7 +59,7 @@ def ensure_teachers(cfg: ExperimentConfig, data, client, experiment_id: str,
     from tasks.loaders import data_fingerprint
 
     if cfg.teacher.multitask and len(data) > 1:
-        return _ensure_multitask_teacher(cfg, data, client, experiment_id, log)
+        return ensure_multitask_teacher(cfg, data, client, experiment_id, log)
     refs = {}
     for name, d in data.items():
         dev = next(iter(d.dev.values()))
@@ -67,41 +67,41 @@ def ensure_teachers(cfg: ExperimentConfig, data, client, experiment_id: str,
                                data_fingerprint(d.train), log=log)
         refs[name] = TeacherRef(path=str(res.path), key=res.key, head=name,
                                 max_length=cfg.teacher.max_length)
-        if not tracking.find_runs(client, experiment_id, {tracking.TAG_KIND: "teacher",
-                                                          "distillray.teacher_key": res.key}):
-            rid = tracking.start_run(client, experiment_id, f"teacher-{name}",
-                                     {tracking.TAG_KIND: "teacher", "distillray.teacher_key": res.key,
-                                      "distillray.task": name})
-            tracking.log_params(client, rid, {"teacher": vars(cfg.teacher), "task": name,
-                                              "train_examples": len(d.train)})
-            tracking.log_metrics(client, rid, {f"dev_{k}": v for k, v in res.metrics.items()}
-                                 | {"finetune_seconds": res.seconds})
-            client.log_artifacts(rid, str(res.path), "teacher")
-            tracking.end_run(client, rid, True)
+        _record_teacher(client, experiment_id, res, f"teacher-{name}", {"distillray.task": name},
+                        {"teacher": vars(cfg.teacher.for_task(name)), "task": name,
+                         "train_examples": len(d.train)})
     return refs
 
 
-def _ensure_multitask_teacher(cfg: ExperimentConfig, data, client, experiment_id: str,
-                              log: Callable = print) -> dict[str, TeacherRef]:
+def ensure_multitask_teacher(cfg: ExperimentConfig, data, client, experiment_id: str,
+                             log: Callable = print) -> dict[str, TeacherRef]:
+    """Refine (or reuse) one multi-task teacher on every task of ``data`` (MKD), recorded in its
+    own MLflow run; its heads serve the tasks."""
     from orchestrator.multitask_teacher import refine_multitask_teacher
 
     res = refine_multitask_teacher(cfg.teacher, data, cfg.work_root, log=log)
-    refs = {name: TeacherRef(path=str(res.path), key=res.key, head=name,
+    _record_teacher(client, experiment_id, res, f"teacher-mkd-{'-'.join(data)}",
+                    {"distillray.task": ",".join(data), "distillray.multitask": "true"},
+                    {"teacher": vars(cfg.teacher), "tasks": ",".join(data),
+                     **{f"train_examples_{t}": len(d.train) for t, d in data.items()}})
+    return {name: TeacherRef(path=str(res.path), key=res.key, head=name,
                              max_length=cfg.teacher.max_length) for name in data}
-    if not tracking.find_runs(client, experiment_id, {tracking.TAG_KIND: "teacher",
-                                                      "distillray.teacher_key": res.key}):
-        rid = tracking.start_run(client, experiment_id, f"teacher-mkd-{'-'.join(data)}",
-                                 {tracking.TAG_KIND: "teacher", "distillray.teacher_key": res.key,
-                                  "distillray.task": ",".join(data),
-                                  "distillray.multitask": "true"})
-        tracking.log_params(client, rid, {"teacher": vars(cfg.teacher), "tasks": ",".join(data),
-                                          **{f"train_examples_{t}": len(d.train)
-                                             for t, d in data.items()}})
-        tracking.log_metrics(client, rid, {f"dev_{k}": v for k, v in res.metrics.items()}
-                             | {"finetune_seconds": res.seconds})
-        client.log_artifacts(rid, str(res.path), "teacher")
-        tracking.end_run(client, rid, True)
-    return refs
+
+
+def _record_teacher(client, experiment_id: str, res, name: str, tags: dict[str, str],
+                    params: dict[str, Any]) -> None:
+    """One MLflow run per teacher (by its key, once): settings, dev metrics, fine-tuning time
+    and the saved teacher as artifacts."""
+    if tracking.find_runs(client, experiment_id, {tracking.TAG_KIND: "teacher",
+                                                  "distillray.teacher_key": res.key}):
+        return
+    rid = tracking.start_run(client, experiment_id, name, {
+        tracking.TAG_KIND: "teacher", "distillray.teacher_key": res.key, **tags})
+    tracking.log_params(client, rid, params)
+    tracking.log_metrics(client, rid, {f"dev_{k}": v for k, v in res.metrics.items()}
+                         | {"finetune_seconds": res.seconds})
+    client.log_artifacts(rid, str(res.path), "teacher")
+    tracking.end_run(client, rid, True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,9 +167,9 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
         if result.error:
             raise result.error
         if local:
-            _log_local_outcome(client, run_id, TrialCheckpoints(storage_path, name))
+            outcome.log_trial_checkpoints(client, run_id, TrialCheckpoints(storage_path, name))
         else:
-            _log_trial_outcome(client, run_id, result)
+            outcome.log_train_result(client, run_id, result)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
         if stats:
@@ -208,95 +208,6 @@ def _replay_finished(run) -> None:
 
     metrics = {k: v for k, v in run.data.metrics.items() if not k.startswith("final_")}
     ray.tune.report({**metrics, "replayed_from_mlflow": 1.0})
-
-
-def _log_final_metrics(client, run_id: str, last: dict) -> None:
-    """``final_<metric>``: each dev metric's value at the trial's last report."""
-    tracking.log_metrics(client, run_id, {
-        f"final_{k}": float(v) for k, v in last.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-        and not k.startswith("final_") and _is_dev_metric(k)})
-
-
-def _log_trial_outcome(client, run_id: str, result) -> None:
-    """What a Ray Train run ended with: final metrics, learning curve, its best student."""
-    _log_final_metrics(client, run_id, result.metrics or {})
-    _log_learning_curve(client, run_id)
-    ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            _log_student(client, run_id, Path(d))
-
-
-def _log_local_outcome(client, run_id: str, checkpoints: TrialCheckpoints) -> None:
-    """The same for a student trained in the trial's process (local mode), from the checkpoints
-    its lives kept: the last report's metrics and the best report's student."""
-    with checkpoints.local("latest") as latest:
-        _log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
-                           if latest else {})
-    _log_learning_curve(client, run_id)
-    with checkpoints.local("best") as best:
-        if best is not None:
-            _log_student(client, run_id, best)
-
-
-def _is_dev_metric(key: str) -> bool:
-    """Dev metrics of a trial's report: ``dev_*``/``best_dev_*`` and, for MKD, each task's own
-    (``sst2_accuracy``, ``stsb_pearson``, ``mrpc_score``, ...); not losses or timings."""
-    from tasks.registry import KNOWN_METRICS
-
-    return key.startswith(("dev_", "best_dev")) or key.endswith(
-        tuple(f"_{m}" for m in (*KNOWN_METRICS, "score")))
-
-
-def _log_student(client, run_id: str, d: Path) -> None:
-    """The student of a checkpoint directory as artifacts: weights, config, vocabulary/tokenizer."""
-    per_task = [p.name for p in sorted(d.glob("model-*.safetensors"))]  # MKD stage 2
-    for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
-        if (d / f).is_file():
-            client.log_artifact(run_id, str(d / f), "student")
-    if (d / "tokenizer").is_dir():
-        client.log_artifacts(run_id, str(d / "tokenizer"), "student/tokenizer")
-
-
-def _log_learning_curve(client, run_id: str) -> None:
-    """Dev score and train loss per epoch, from the history the workers logged to MLflow."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def last_per_step(key: str) -> dict[int, float]:
-        """A resumed run logs again the reports made after its checkpoint: the last one counts."""
-        return {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
-                                                key=lambda m: m.timestamp)}
-
-    # x: the epoch each report ended at (fractional with several evaluations per epoch)
-    epoch = last_per_step("epoch")
-    score = sorted((epoch.get(k, k), v) for k, v in last_per_step("dev_score").items())
-    loss = sorted((epoch.get(k, k), v) for k, v in last_per_step("train_loss").items())
-    if not score:
-        return
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(*zip(*score), "o-", label="dev score")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("dev score")
-    if loss:
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*loss), "s--", color="tab:red", label="train loss")
-        ax2.set_ylabel("train loss")
-    _log_figure(client, run_id, fig, "learning_curve.png")
-
-
-def _log_figure(client, run_id: str, fig, name: str) -> None:
-    import tempfile
-
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as d:
-        fig.savefig(Path(d) / name, dpi=100)
-        client.log_artifact(run_id, str(Path(d) / name))
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,10 +573,10 @@ def _settle_child_runs(client, exp_id: str, name: str, parent: str,
             row = table[table["trial_id"].astype(str) == trial].iloc[0]
             if row["status"] == "DONE" and row.get("checkpoint_path"):
                 # ASHA stopped it at a rung that was also its last epoch: it did finish
-                _log_final_metrics(client, run.info.run_id, run.data.metrics)
+                outcome.log_final_metrics(client, run.info.run_id, run.data.metrics)
                 with Checkpoint(row["checkpoint_path"]).as_directory() as d:
-                    _log_student(client, run.info.run_id, Path(d))
-                _log_learning_curve(client, run.info.run_id)
+                    outcome.log_student(client, run.info.run_id, Path(d))
+                outcome.log_learning_curve(client, run.info.run_id)
                 client.set_terminated(run.info.run_id, "FINISHED")
             else:
                 if "distillray.early_stopped" not in run.data.tags:
@@ -751,7 +662,7 @@ def _pareto_plot(client, parent: str, ok: pd.DataFrame, pareto: pd.DataFrame, co
     ax.set_xlabel("batch-1 latency (ms)")
     ax.set_ylabel(col)
     ax.legend(fontsize=7)
-    _log_figure(client, parent, fig, "pareto.png")
+    outcome.log_figure(client, parent, fig, "pareto.png")
 
 
 def log_table(table: pd.DataFrame, metric: str, log: Callable = print) -> None:

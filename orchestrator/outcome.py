@@ -1,0 +1,106 @@
+"""What a trained student leaves in its MLflow run: the dev metrics of its last report
+(``final_*``), its learning curve, and the student of its best report as artifacts. Searches
+(one run per trial) and the report (one run per trained student) log the same way."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from orchestrator import tracking
+
+if TYPE_CHECKING:
+    from orchestrator.trial_checkpoints import TrialCheckpoints
+
+
+def log_final_metrics(client, run_id: str, last: dict) -> None:
+    """``final_<metric>``: each dev metric's value at the trial's last report."""
+    tracking.log_metrics(client, run_id, {
+        f"final_{k}": float(v) for k, v in last.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+        and not k.startswith("final_") and is_dev_metric(k)})
+
+
+def log_train_result(client, run_id: str, result) -> None:
+    """What a Ray Train run ended with: final metrics, learning curve, its best student."""
+    log_final_metrics(client, run_id, result.metrics or {})
+    log_learning_curve(client, run_id)
+    ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            log_student(client, run_id, Path(d))
+
+
+def log_trial_checkpoints(client, run_id: str, checkpoints: "TrialCheckpoints") -> None:
+    """The same for a student trained in the trial's process (local mode), from the checkpoints
+    its lives kept: the last report's metrics and the best report's student."""
+    with checkpoints.local("latest") as latest, checkpoints.local("best") as best:
+        log_checkpoint_dirs(client, run_id, latest, best)
+
+
+def is_dev_metric(key: str) -> bool:
+    """Dev metrics of a trial's report: ``dev_*``/``best_dev_*`` and, for MKD, each task's own
+    (``sst2_accuracy``, ``stsb_pearson``, ``mrpc_score``, ...); not losses or timings."""
+    from tasks.registry import KNOWN_METRICS
+
+    return key.startswith(("dev_", "best_dev")) or key.endswith(
+        tuple(f"_{m}" for m in (*KNOWN_METRICS, "score")))
+
+
+def log_student(client, run_id: str, d: Path) -> None:
+    """The student of a checkpoint directory as artifacts: weights, config, vocabulary/tokenizer."""
+    per_task = [p.name for p in sorted(d.glob("model-*.safetensors"))]  # MKD stage 2
+    for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
+        if (d / f).is_file():
+            client.log_artifact(run_id, str(d / f), "student")
+    if (d / "tokenizer").is_dir():
+        client.log_artifacts(run_id, str(d / "tokenizer"), "student/tokenizer")
+
+
+def log_learning_curve(client, run_id: str) -> None:
+    """Dev score and train loss per epoch, from the history the workers logged to MLflow."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def last_per_step(key: str) -> dict[int, float]:
+        """A resumed run logs again the reports made after its checkpoint: the last one counts."""
+        return {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                key=lambda m: m.timestamp)}
+
+    # x: the epoch each report ended at (fractional with several evaluations per epoch)
+    epoch = last_per_step("epoch")
+    score = sorted((epoch.get(k, k), v) for k, v in last_per_step("dev_score").items())
+    loss = sorted((epoch.get(k, k), v) for k, v in last_per_step("train_loss").items())
+    if not score:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(*zip(*score), "o-", label="dev score")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("dev score")
+    if loss:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*loss), "s--", color="tab:red", label="train loss")
+        ax2.set_ylabel("train loss")
+    log_figure(client, run_id, fig, "learning_curve.png")
+
+
+def log_figure(client, run_id: str, fig, name: str) -> None:
+    import tempfile
+
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as d:
+        fig.savefig(Path(d) / name, dpi=100)
+        client.log_artifact(run_id, str(Path(d) / name))
+    plt.close(fig)
+
+
+def log_checkpoint_dirs(client, run_id: str, latest: Path | None, best: Path | None) -> None:
+    """The same from two checkpoint directories of a run: its last report's and its best's."""
+    log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
+                      if latest else {})
+    log_learning_curve(client, run_id)
+    if best is not None:
+        log_student(client, run_id, best)
