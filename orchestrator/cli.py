@@ -198,7 +198,8 @@ def cmd_report(args) -> int:
                          {k: v for k, v in _extra(args).items() if k != "search.name"})
     res = run_report(cfg, name=args.name, budget=args.budget, rows=rows,
                      row_sets=parse_row_sets(args.row_set), out=args.out, address=args.address,
-                     repeats=(args.repeats, args.repeats_64), threads=args.threads)
+                     repeats=(args.repeats, args.repeats_64), threads=args.threads,
+                     json_out=args.json)
     print(f"[done] report {res.name} in {res.seconds:.0f}s: {res.trained} cell(s) trained, "
           f"{res.reused} reused, {res.failed} failed; {len(res.flags)} flag(s); MLflow parent "
           f"run {res.parent_run_id}")
@@ -282,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--row-set", action="append", default=[], metavar="ROW:KEY=VALUE",
                    help="override a value for one row, e.g. mkd_transformer:train.lr=5e-5")
     p.add_argument("--out", default="report.md", help="markdown file for the table")
+    p.add_argument("--json", help="also write the table as JSON here (e.g. "
+                   "docs/results/full.json: one object per row and task)")
     p.add_argument("--repeats", type=int, default=30, help="timed batch-1 forward passes")
     p.add_argument("--repeats-64", type=int, default=5, help="timed batch-64 forward passes")
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing")

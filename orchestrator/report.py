@@ -52,7 +52,7 @@ from orchestrator import tracking
 from orchestrator.config import ConfigError, ExperimentConfig, build_config, parse_override
 from orchestrator.keys import content_key
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: students train in report-train runs, a cell run per (row, task)
 KIND_PARENT, KIND_CELL, KIND_TRAIN = "report", "report-cell", "report-train"
 TAG_REPORT, TAG_ROW, TAG_TASK = "distillray.report", "distillray.row", "distillray.task"
 TAG_CONFIG = "distillray.config_key"
@@ -68,6 +68,7 @@ class Row:
     sets: dict[str, Any] = field(default_factory=dict)
     baselines: tuple[str, ...] = ()
     lr_scale: float = 1.0
+    tuned: bool = False  # picks train.lr from the budget's grid on dev (the BiLSTM rows)
 
 
 ROWS: tuple[Row, ...] = (
@@ -76,13 +77,13 @@ ROWS: tuple[Row, ...] = (
         ("teacher",)),
     Row("bilstm_gold", "2", "BiLSTM, gold labels only (no teacher)", "single",
         {"student.arch": "bilstm", "train.loss": "ce", "augment.enabled": False,
-         "teacher.multitask": False}),
+         "teacher.multitask": False}, tuned=True),
     Row("bilstm_kd", "3", "BiLSTM distilled, no augmentation", "single",
         {"student.arch": "bilstm", "train.loss": "mse", "augment.enabled": False,
-         "teacher.multitask": False}),
+         "teacher.multitask": False}, tuned=True),
     Row("bilstm_soft", "4", "BiLSTM_SOFT (distilled, Tang augmentation)", "single",
         {"student.arch": "bilstm", "train.loss": "mse", "augment.enabled": True,
-         "teacher.multitask": False}, ("bilstm_gold", "bilstm_kd")),
+         "teacher.multitask": False}, ("bilstm_gold", "bilstm_kd"), tuned=True),
     Row("mkd_bcn", "5a", "MKD BCN (joint, multi-task teacher)", "mkd",
         {"student.arch": "bcn", "train.loss": "mse", "augment.enabled": False,
          "teacher.multitask": True}, ("bilstm_kd", "bcn_kd")),
@@ -111,8 +112,16 @@ BUDGET_FULL = {"data.max_train_examples": None, "data.max_dev_examples": None,
                "teacher.max_length": 128, "teacher.keep_best_epoch": True,
                "teacher.per_task": {"mrpc": {"epochs": 5}, "rte": {"epochs": 10},
                                     "cola": {"epochs": 5}, "stsb": {"epochs": 5}},
-               "train.epochs": 10, "augment.n_iter": None, "augment.max_examples": None}
+               "train.epochs": 10, "train.patience": 2, "augment.n_iter": None,
+               "augment.max_examples": None}
 BUDGETS = ("small", "full")
+# the tuned rows' train.lr grid, the same for the gold-label and the distilled BiLSTMs (each
+# cell trains every value and keeps the best on dev; epochs by patience within each)
+LR_GRID = {"small": (), "full": (5e-4, 1e-3, 2e-3)}
+# settings of single rows per budget (``--row-set`` wins): MKD's second stage, each task
+# fine-tuning its own copy of the jointly distilled student
+BUDGET_ROW_SETS = {"small": {}, "full": {"mkd_bcn": {"train.finetune_epochs": 2},
+                                         "mkd_transformer": {"train.finetune_epochs": 2}}}
 
 METRIC_SHORT = {"accuracy": "acc", "f1": "F1", "matthews": "MCC", "pearson": "Pearson",
                 "spearman": "Spearman"}
@@ -134,6 +143,8 @@ class Cell:
     transfer_size: float | None = None
     error: str | None = None
     flag: str | None = None
+    tuning: dict[str, Any] = field(default_factory=dict)  # how the row picked its student
+    train_seconds: dict[str, float] = field(default_factory=dict)  # compute s per train run
 
 
 @dataclass
@@ -151,6 +162,7 @@ class ReportResult:
     failed: int
     seconds: float
     out: Path | None = None
+    results: dict[str, Any] = field(default_factory=dict)  # the table as JSON (results_json)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,14 +306,33 @@ class _Report:
             tracking.TAG_KIND: kind, TAG_REPORT: self.name, TAG_ROW: row, TAG_TASK: task,
             TAG_CONFIG: key})
 
-    def finished(self, kind: str, row: str, task: str, key: str):
+    def finished(self, kind: str, row: str, task: str, key: str, close_unfinished: bool = True):
+        """The newest FINISHED run of this kind and key. ``close_unfinished``: runs a killed
+        call left RUNNING are closed as failed (not for training runs, which resume)."""
         runs = self.find(kind, row, task, key)
         for r in runs:  # an earlier call that died mid-run: close it, it is not reused
-            if r.info.status in ("RUNNING", "SCHEDULED"):
+            if close_unfinished and r.info.status in ("RUNNING", "SCHEDULED"):
                 tracking.end_run(self.client, r.info.run_id, False,
                                  "interrupted: a later report call found it still running")
         done = [r for r in runs if r.info.status == "FINISHED"]
         return max(done, key=lambda r: r.info.start_time) if done else None
+
+    def resume_or_start(self, kind: str, row: Row, task: str, key: str,
+                        extra: dict | None = None) -> tuple[str, bool]:
+        """(run id, resumed): the newest unfinished run with this key, reopened (a killed or
+        failed call's: its metrics so far stay, the training resumes from its checkpoint), or
+        a new run."""
+        left = [r for r in self.find(kind, row.id, task, key) if r.info.status != "FINISHED"]
+        if not left:
+            return self.start(kind, row, task, key, extra), False
+        run = max(left, key=lambda r: r.info.start_time)
+        rid = run.info.run_id
+        self.client.update_run(rid, status="RUNNING")
+        n = int(run.data.tags.get("distillray.resumed", "0")) + 1
+        self.client.set_tag(rid, "distillray.resumed", str(n))
+        for k, v in (extra or {}).items():
+            self.client.set_tag(rid, k, v)
+        return rid, True
 
     def start(self, kind: str, row: Row, task: str, key: str, extra: dict | None = None) -> str:
         return tracking.start_run(self.client, self.exp_id, f"{self.name}-{row.id}-{task}",
@@ -314,17 +345,23 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
                rows: list[str] | None = None, row_sets: dict[str, dict[str, Any]] | None = None,
                out: str | Path | None = None, address: str | None = None,
                repeats: tuple[int, int] = (30, 5), warmup: int = 2, threads: int | None = 1,
+               lr_grid: tuple[float, ...] | None = None, json_out: str | Path | None = None,
                log: Callable = print) -> ReportResult:
-    """Train (or reuse) every cell, measure every row, print and record the table."""
+    """Train (or reuse) every cell, measure every row, print and record the table.
+    ``lr_grid``: the tuned rows' learning rates (default: the budget's, ``LR_GRID``)."""
     from orchestrator.pipeline import load_data, task_names
     from orchestrator.preflight import check_inputs, preflight
 
     t0 = time.time()
+    if budget not in BUDGETS:
+        raise ReportError(f"budget {budget!r}: choose {' or '.join(BUDGETS)}")
     cfg = copy.deepcopy(cfg)
     cfg.work_root = str(Path(cfg.work_root).resolve())
     name = name or f"report-{budget}"
     selected = select_rows(rows)
-    row_sets = row_sets or {}
+    row_sets = {r: {**BUDGET_ROW_SETS[budget].get(r, {}), **(row_sets or {}).get(r, {})}
+                for r in {*BUDGET_ROW_SETS[budget], *(row_sets or {})}}
+    grid = LR_GRID[budget] if lr_grid is None else tuple(lr_grid)
     tasks = task_names(cfg)
     cfg.tasks = tasks
     check_inputs(cfg)  # data, teacher, embeddings, NLTK data, stores: before any work or Ray
@@ -339,8 +376,11 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     ctx.parent = _parent_run(ctx, tasks, budget, [r.id for r in selected])
     cells: list[Cell] = []
     teachers_reused: dict[str, bool] = {}
+    progress = _Progress(ctx, {r.id: len(tasks) for r in selected})
     try:
         single_cfg = row_config(cfg, ROWS[0], row_sets, tasks)
+        ctx.note("stage teachers: one per task" + (" and the multi-task teacher" if any(
+            c.teacher.multitask for c in row_cfgs.values()) else ""))
         single_refs, teachers_reused["single"] = _teachers(ctx, single_cfg, data, False)
         multi_refs = None
         if any(c.teacher.multitask for c in row_cfgs.values()):
@@ -349,16 +389,26 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
         for r in selected:
             c = row_cfgs[r.id]
             refs = multi_refs if c.teacher.multitask else single_refs
+            t0_row = time.time()
             if r.kind == "teacher":
-                cells += _teacher_cells(ctx, r, refs, data, teachers_reused[
+                new = _teacher_cells(ctx, r, refs, data, teachers_reused[
                     "multi" if c.teacher.multitask else "single"])
+                cells += new
+                progress.done(r, new, time.time() - t0_row)
             elif r.kind == "single":
                 for t in tasks:
-                    cells.append(_single_cell(ctx, r, c, t, data, refs))
+                    t0_cell = time.time()
+                    cells.append(_single_cell(ctx, r, c, t, data, refs, grid))
+                    progress.done(r, cells[-1:], time.time() - t0_cell)
             else:
-                cells += _mkd_cells(ctx, r, c, tasks, data, refs)
+                new = _mkd_cells(ctx, r, c, tasks, data, refs)
+                cells += new
+                progress.done(r, new, time.time() - t0_row)
+        t0_measure = time.time()
         perf, ref_note = _measure(ctx, selected, cells, tasks, data, single_refs, multi_refs,
                                   single_cfg, repeats, warmup, threads)
+        stages = stage_seconds(selected, cells, single_refs, multi_refs,
+                               time.time() - t0_measure)
         flags = _flag(selected, cells, tasks)
         table = build_table(selected, cells, tasks, perf)
         trained = sum(c.status == "trained" for c in cells)
@@ -366,8 +416,8 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
         failed = sum(c.status == "failed" for c in cells)
         seconds = time.time() - t0
         md = format_markdown(name, table, selected, tasks, data, flags, notes=[
-            describe_budget(budget, cfg, data), ref_note,
-            _reuse_note(cells, teachers_reused, seconds),
+            describe_budget(budget, cfg, data), _tuning_note(selected, cells, grid, cfg),
+            ref_note, _stage_note(stages), _reuse_note(cells, teachers_reused, seconds),
             f"MLflow: experiment `{cfg.tracking.experiment}` at `{ctx.uri}`, parent run "
             f"`{ctx.parent}`; every cell is a run: filter `tags.\"{TAG_REPORT}\" = '{name}' and "
             f"tags.\"{tracking.TAG_KIND}\" = '{KIND_CELL}'` and compare `report_*` metrics."])
@@ -385,10 +435,15 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     log("\n" + md)
     if out_path:
         log(f"[report] table written to {out_path}")
+    results = results_json(budget, selected, cells, perf, stages)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(results, indent=1) + "\n")
+        log(f"[report] table as JSON written to {json_out}")
     cell_df = pd.DataFrame([{**{k: v for k, v in asdict(c).items() if k != "metrics"},
                              **c.metrics} for c in cells])
     return ReportResult(name, ctx.parent, tasks, [r.id for r in selected], table, cell_df, md,
-                        flags, trained, reused, failed, seconds, out_path)
+                        flags, trained, reused, failed, seconds, out_path, results)
 
 
 def _parent_run(ctx: _Report, tasks: list[str], budget: str, rows: list[str]) -> str:
@@ -408,13 +463,145 @@ def _parent_run(ctx: _Report, tasks: list[str], budget: str, rows: list[str]) ->
     return rid
 
 
+class _Progress:
+    """After each cell: cells done of all, the row's cells done, and the time left for the row
+    and for the whole report at this call's pace (a reused cell takes seconds, so the estimate
+    counts only cells trained in this call; rows not started yet are estimated at the mean of
+    every trained cell so far)."""
+
+    def __init__(self, ctx: _Report, plan: dict[str, int]):
+        self.ctx, self.plan = ctx, plan
+        self.done_cells: dict[str, int] = {r: 0 for r in plan}
+        self.trained: dict[str, list[float]] = {r: [] for r in plan}
+
+    def done(self, row: Row, cells: list[Cell], seconds: float) -> None:
+        self.done_cells[row.id] += len(cells)
+        if any(c.status == "trained" for c in cells):
+            self.trained[row.id] += [seconds / len(cells)] * len(cells)
+        every = [x for v in self.trained.values() for x in v]
+        mean_all = float(np.mean(every)) if every else 0.0
+
+        def left(r: str) -> float:
+            n = self.plan[r] - self.done_cells[r]
+            return n * (float(np.mean(self.trained[r])) if self.trained[r] else mean_all)
+
+        total = sum(self.plan.values())
+        done = sum(self.done_cells.values())
+        row_left = self.plan[row.id] - self.done_cells[row.id]
+        self.ctx.note(
+            f"progress: {done}/{total} cells; row {row.num} {row.id} "
+            f"{self.done_cells[row.id]}/{self.plan[row.id]}"
+            + (f", about {_duration(left(row.id))} left in the row" if row_left else "")
+            + (f"; about {_duration(sum(left(r) for r in self.plan))} left in all at this "
+               "call's pace" if done < total and every else ""))
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m = divmod(seconds // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{seconds % 60:02d}s"
+
+
+def _teacher_seconds(refs) -> float | None:
+    """Fine-tuning seconds of these teachers, summed over the calls that trained each
+    (``train_info.json``); None when a teacher predates that record."""
+    from orchestrator.teacher import TRAIN_INFO_FILE
+
+    total = 0.0
+    for path in {r.path for r in (refs or {}).values()}:
+        f = Path(path) / TRAIN_INFO_FILE
+        if not f.is_file():
+            return None
+        total += float(json.loads(f.read_text())["seconds"])
+    return total
+
+
+def stage_seconds(selected: list[Row], cells: list[Cell], single_refs, multi_refs,
+                  measure_s: float) -> dict[str, float | None]:
+    """Compute seconds per stage, summed over every call that contributed: the teachers'
+    fine-tuning, then each student row's training (every run it trained, the whole grid), and
+    this call's latency measurement."""
+    out: dict[str, float | None] = {"teacher": _teacher_seconds(single_refs)}
+    if multi_refs is not None:
+        out["teacher_mkd"] = _teacher_seconds(multi_refs)
+    for r in selected:
+        if r.kind == "teacher":
+            continue
+        runs: dict[str, float] = {}
+        for c in cells:
+            if c.row == r.id:
+                runs.update(c.train_seconds)
+        out[r.id] = float(sum(runs.values())) if runs else None
+    out["measure"] = measure_s
+    return out
+
+
+def machine() -> str:
+    """This machine in one line: CPU model and count, memory, GPU, torch."""
+    import os
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines()
+                      if x.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpus} CPUs ({cpu}){mem}, {gpu}, torch {torch.__version__}"
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.DataFrame,
+                 stages: dict[str, float | None]) -> dict[str, Any]:
+    """The table as data (``docs/results/full.json``): one entry per (row, task) with the
+    task's main dev score and every dev metric x100, size and batch-1 latency of the row's
+    model, and how the row picked it."""
+    import datetime
+
+    out_cells = []
+    for c in cells:
+        if "score" not in c.metrics:
+            continue
+        p = perf.loc[c.row] if c.row in perf.index else None
+        out_cells.append({
+            "row": c.row, "task": c.task, "score": round(100 * c.metrics["score"], 2),
+            "metrics": {k: round(100 * v, 2) for k, v in c.metrics.items() if k != "score"},
+            "non_embedding_params": int(p["non_embedding"]) if p is not None else None,
+            "latency_ms_b1": round(float(p["latency_b1_ms"]), 4) if p is not None else None,
+            "flag": c.flag, "tuning": c.tuning or None})
+    return {"commit": _commit(), "date": datetime.date.today().isoformat(), "budget": budget,
+            "machine": machine(), "stage_seconds": {k: (None if v is None else round(v, 1))
+                                                    for k, v in stages.items()},
+            "rows": [r.id for r in selected], "cells": out_cells}
+
+
 # ---------------------------------------------------------------------------------------------
 # teachers (rows 1a, 1b) and the students' teachers
 
 def _teachers(ctx: _Report, cfg: ExperimentConfig, data, multitask: bool):
     """(refs per task, whether every teacher was already cached)."""
     from orchestrator.multitask_teacher import multitask_teacher_key
-    from orchestrator.search import _ensure_multitask_teacher, ensure_teachers
+    from orchestrator.search import ensure_multitask_teacher, ensure_teachers
     from orchestrator.teacher import teacher_key
     from tasks.loaders import data_fingerprint
 
@@ -425,7 +612,7 @@ def _teachers(ctx: _Report, cfg: ExperimentConfig, data, multitask: bool):
         keys = [teacher_key(cfg.teacher, d.task, data_fingerprint(d.train)) for d in data.values()]
     cached = all((root / k / "metrics.json").is_file() for k in keys)
     if multitask:  # also for a single task: the multi-task stage with one head
-        refs = _ensure_multitask_teacher(cfg, data, ctx.client, ctx.exp_id, ctx.log)
+        refs = ensure_multitask_teacher(cfg, data, ctx.client, ctx.exp_id, ctx.log)
     else:
         refs = ensure_teachers(cfg, data, ctx.client, ctx.exp_id, ctx.log)
     return refs, cached
@@ -451,7 +638,8 @@ def _teacher_cells(ctx: _Report, row: Row, refs, data, cached: bool) -> list[Cel
             rid = run.info.run_id
         else:
             rid = ctx.start(KIND_CELL, row, t, key, {"distillray.teacher_key": ref.key})
-            tracking.log_params(ctx.client, rid, {"teacher": vars(ctx.cfg.teacher) |
+            settings = ctx.cfg.teacher if multitask else ctx.cfg.teacher.for_task(t)
+            tracking.log_params(ctx.client, rid, {"teacher": vars(settings) |
                                                   {"multitask": multitask}, "task": t,
                                                   "teacher_path": ref.path})
             tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in metrics.items()})
@@ -466,15 +654,6 @@ def _teacher_cells(ctx: _Report, row: Row, refs, data, cached: bool) -> list[Cel
 # ---------------------------------------------------------------------------------------------
 # students (rows 2-5)
 
-def _best_epoch(result) -> dict[str, float]:
-    hist = result.metrics_dataframe
-    if hist is None or not len(hist):
-        return {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    row = hist.loc[hist["dev_score"].idxmax()].to_dict()
-    return {k: float(v) for k, v in row.items()
-            if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)}
-
-
 def _task_metrics(best: dict[str, float], task: str) -> dict[str, float]:
     from tasks.registry import get_task
 
@@ -482,98 +661,196 @@ def _task_metrics(best: dict[str, float], task: str) -> dict[str, float]:
     return {k: best[f"{task}_{k}"] for k in (*spec.metrics, "score") if f"{task}_{k}" in best}
 
 
-def _train(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, kind: str, task_tag: str,
-           key: str) -> tuple[str, dict[str, float], dict[str, int]]:
-    """Bundle (cached) + one Ray Train run recorded in a new MLflow run. Returns (run id, metrics
-    of the best epoch by dev_score, transfer sizes)."""
+@dataclass
+class _Checkpoint:
+    dir: Path
+    report: int
+    metrics: dict[str, float]
+    state: dict[str, Any]
+
+
+def read_checkpoints(root: Path) -> tuple[_Checkpoint | None, _Checkpoint | None]:
+    """(latest, best by dev score) of the complete checkpoints a Ray Train run left under
+    ``root``; a directory missing a file or holding unreadable JSON (a copy cut short) is not
+    one of them. Ties go to the earlier report."""
+    found = []
+    for d in sorted(root.glob("checkpoint_*")) if root.is_dir() else []:
+        try:
+            metrics = json.loads((d / "metrics.json").read_text())
+            state = json.loads((d / "train_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if (d / "model.safetensors").is_file() and (d / "student.json").is_file():
+            found.append(_Checkpoint(d, int(state["report"]), metrics, state))
+    if not found:
+        return None, None
+    latest = max(found, key=lambda c: c.report)
+    best = max(found, key=lambda c: (c.metrics.get("dev_score", -np.inf), -c.report))
+    return latest, best
+
+
+@dataclass
+class _Trained:
+    run_id: str
+    best: dict[str, float]  # the best report's metrics
+    sizes: dict[str, float]
+    seconds: float  # compute seconds of its epochs, over every call that trained it
+    status: str  # trained | reused
+
+
+def _history_sum(client, run_id: str, key: str) -> float:
+    """Sum of a metric over its steps, the last value of each step counting once."""
+    per_step = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                key=lambda m: m.timestamp)}
+    return float(sum(per_step.values()))
+
+
+def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task_tag: str,
+                 key: str) -> _Trained:
+    """One student: reused from a FINISHED ``report-train`` run with this key, else trained
+    under Ray Train in the newest unfinished run with it (a killed call's, resumed from its
+    last checkpoint: the Train run's name is the key's) or a new one."""
+    from orchestrator import outcome
     from orchestrator.pipeline import on_demand_labeler, prepare_bundle
     from orchestrator.preflight import preflight
-    from orchestrator.search import _log_trial_outcome
     from orchestrator.train import make_trainer
 
+    run = ctx.finished(KIND_TRAIN, row.id, task_tag, key, close_unfinished=False)
+    if run is not None:
+        m = run.data.metrics
+        return _Trained(run.info.run_id, {k[len("best_"):]: v for k, v in m.items()
+                                          if k.startswith("best_")}
+                        | {"epochs_run": m.get("epochs_run", np.nan)},
+                        {k[len("transfer_size_"):]: v for k, v in m.items()
+                         if k.startswith("transfer_size_")},
+                        float(m.get("compute_seconds", np.nan)), "reused")
     ctx.ensure_ray(cfg)
     preflight(cfg, None, data, refs)
     bundle = prepare_bundle(cfg, data, refs, ctx.log)
-    rid = ctx.start(kind, row, task_tag, key, {"distillray.bundle": bundle.key})
+    rid, resumed = ctx.resume_or_start(KIND_TRAIN, row, task_tag, key,
+                                       {"distillray.bundle": bundle.key})
+    name = f"{ctx.name}-{row.id}-{task_tag.replace(',', '-')}-{key}"
+    root = Path(ctx.storage) / name
     try:
-        tracking.log_params(ctx.client, rid, cfg.to_dict())
-        tracking.log_metrics(ctx.client, rid, {
-            **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
-            "transfer_size": sum(bundle.transfer_sizes.values()),
-            "bundle_reused": float(bundle.reused)})
-        t0 = time.time()
-        with on_demand_labeler(cfg, refs) as labeler:  # None unless soft_labels=on_demand
-            result = make_trainer(cfg, bundle.path, rid, ctx.uri, ctx.storage,
-                                  name=f"{ctx.name}-{row.id}-{task_tag.replace(',', '-')}-{rid[:8]}",
-                                  labeler=labeler).fit()
-        if result.error:
-            raise result.error
-        best = _best_epoch(result)
-        _log_trial_outcome(ctx.client, rid, result)  # the best checkpoint's student, the curve
-        tracking.log_metrics(ctx.client, rid, {f"best_{k}": v for k, v in best.items()}
-                             | {"train_seconds": time.time() - t0})
+        if not resumed:
+            tracking.log_params(ctx.client, rid, cfg.to_dict())
+            tracking.log_metrics(ctx.client, rid, {
+                **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
+                "transfer_size": sum(bundle.transfer_sizes.values()),
+                "bundle_reused": float(bundle.reused)})
+        latest, _ = read_checkpoints(root)
+        if latest is not None:
+            ctx.note(f"{row.num} {row.id}/{task_tag}: resuming after report "
+                     f"{latest.report + 1} (MLflow run {rid})")
+        if latest is None or not latest.state.get("done"):
+            with on_demand_labeler(cfg, refs) as labeler:  # None unless soft_labels=on_demand
+                result = make_trainer(cfg, bundle.path, rid, ctx.uri, ctx.storage, name=name,
+                                      labeler=labeler).fit()
+            if result.error:
+                raise result.error
+        latest, best = read_checkpoints(root)
+        if best is None:
+            raise RuntimeError(f"the student's Train run left no checkpoint under {root}")
+        outcome.log_checkpoint_dirs(ctx.client, rid, latest.dir, best.dir)
+        seconds = _history_sum(ctx.client, rid, "epoch_seconds")
+        numeric = {k: float(v) for k, v in best.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracking.log_metrics(ctx.client, rid, {f"best_{k}": v for k, v in numeric.items()}
+                             | {"compute_seconds": seconds,
+                                "epochs_run": float(latest.metrics.get("epoch", np.nan))})
+        tracking.end_run(ctx.client, rid, True)
     except BaseException as e:
         tracking.end_run(ctx.client, rid, False, f"{type(e).__name__}: {e}")
         raise
-    return rid, best, bundle.transfer_sizes
+    return _Trained(rid, numeric | {"epochs_run": float(latest.metrics.get("epoch", np.nan))},
+                    {t: float(n) for t, n in bundle.transfer_sizes.items()}, seconds, "trained")
 
 
-def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs) -> Cell:
+def _fmt_lr(v: float) -> str:
+    return f"{v:g}"
+
+
+def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs,
+                 grid: tuple[float, ...]) -> Cell:
+    """Rows 2-4 and 6: one student per task; a tuned row trains one per ``grid`` learning rate
+    and keeps the best on dev (ties: the first)."""
     c = copy.deepcopy(cfg)
     c.tasks, c.data.task = [task], task
     sub, sub_refs = {task: data[task]}, {task: refs[task]}
-    key = cell_key(row, c, sub, sub_refs)
+    lrs = tuple(grid) if row.tuned and grid else (c.train.lr,)
+    points = [build_config(c.to_dict(), {"train.lr": lr}) for lr in lrs]
+    keys = [cell_key(row, pc, sub, sub_refs) for pc in points]
+    key = keys[0] if len(keys) == 1 else content_key({"grid": keys})
     run = ctx.finished(KIND_CELL, row.id, task, key)
     if run is not None:
         m = _read_metrics(run, task)
         ctx.note(f"{row.num} {row.id}/{task}: reused MLflow run {run.info.run_id} "
-                f"(FINISHED, config key {key}), score {m.get('score', float('nan')):.4f}")
-        return Cell(row.id, task, m, run.info.run_id, "reused", key, run.info.run_id,
-                    run.data.metrics.get("transfer_size"))
-    ctx.note(f"{row.num} {row.id}/{task}: training (config key {key})")
-    try:
-        rid, best, sizes = _train(ctx, row, c, sub, sub_refs, KIND_CELL, task, key)
-    except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
-        return _failed(ctx, row, task, key, e)
-    m = _task_metrics(best, task)
-    tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()})
+                 f"(FINISHED, config key {key}), score {m.get('score', float('nan')):.4f}")
+        return Cell(row.id, task, m, run.info.run_id, "reused", key,
+                    run.data.tags.get("distillray.train_run"),
+                    run.data.metrics.get("transfer_size"),
+                    tuning=json.loads(run.data.params.get("tuning", "{}").replace("'", '"')),
+                    train_seconds=json.loads(run.data.tags.get("distillray.train_seconds", "{}")))
+    trained: list[_Trained] = []
+    for lr, pc, pkey in zip(lrs, points, keys):
+        ctx.note(f"{row.num} {row.id}/{task}: "
+                 + (f"lr {_fmt_lr(lr)} ({len(trained) + 1}/{len(lrs)}), " if len(lrs) > 1 else "")
+                 + f"config key {pkey}")
+        try:
+            trained.append(_train_point(ctx, row, pc, sub, sub_refs, task, pkey))
+        except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
+            return _failed(ctx, row, task, key, e)
+    scores = [t.best.get(f"{task}_score", t.best.get("dev_score", -np.inf)) for t in trained]
+    pick = int(np.argmax(scores))
+    chosen = trained[pick]
+    m = _task_metrics(chosen.best, task)
+    tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
+              "grid_scores": [float(x) for x in scores] if len(lrs) > 1 else None,
+              "best_epoch": chosen.best.get("epoch"), "epochs_run": chosen.best.get("epochs_run"),
+              "patience": c.train.patience, "max_epochs": c.train.epochs}
+    seconds = {t.run_id: t.seconds for t in trained}
+    rid = ctx.start(KIND_CELL, row, task, key, {
+        "distillray.train_run": chosen.run_id,
+        "distillray.train_seconds": json.dumps(seconds)})
+    tracking.log_params(ctx.client, rid, {"train_run": chosen.run_id, "tuning": json.dumps(tuning),
+                                          **c.to_dict()})
+    tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()}
+                         | {"transfer_size": float(sum(chosen.sizes.values()))})
     tracking.end_run(ctx.client, rid, True)
-    ctx.note(f"{row.num} {row.id}/{task}: trained, score {m.get('score', float('nan')):.4f}")
-    return Cell(row.id, task, m, rid, "trained", key, rid, float(sum(sizes.values())))
+    status = "trained" if any(t.status == "trained" for t in trained) else "reused"
+    ctx.note(f"{row.num} {row.id}/{task}: {status}, score {m.get('score', float('nan')):.4f}"
+             + (f" (lr {_fmt_lr(lrs[pick])} of {', '.join(map(_fmt_lr, lrs))}: "
+                f"{', '.join(f'{x:.4f}' for x in scores)})" if len(lrs) > 1 else ""))
+    return Cell(row.id, task, m, rid, status, key, chosen.run_id,
+                float(sum(chosen.sizes.values())), tuning=tuning, train_seconds=seconds)
 
 
 def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], data,
                refs) -> list[Cell]:
     joint = ",".join(tasks)
     key = cell_key(row, cfg, data, refs)
-    run = ctx.finished(KIND_TRAIN, row.id, joint, key)
-    if run is not None:
-        train_id, status, best = run.info.run_id, "reused", {
-            k[len("best_"):]: v for k, v in run.data.metrics.items() if k.startswith("best_")}
-        sizes = {t: run.data.metrics.get(f"transfer_size_{t}") for t in tasks}
-        ctx.note(f"{row.num} {row.id}: reused joint MLflow run {train_id} (FINISHED, "
-                f"config key {key})")
-    else:
-        ctx.note(f"{row.num} {row.id}: training jointly on {joint} (config key {key})")
-        try:
-            train_id, best, sizes = _train(ctx, row, cfg, data, refs, KIND_TRAIN, joint, key)
-            tracking.end_run(ctx.client, train_id, True)
-        except Exception as e:  # noqa: BLE001
-            return [_failed(ctx, row, t, key, e, log=t == tasks[0]) for t in tasks]
-        status = "trained"
+    ctx.note(f"{row.num} {row.id}: jointly on {joint} (config key {key})")
+    try:
+        t = _train_point(ctx, row, cfg, data, refs, joint, key)
+    except Exception as e:  # noqa: BLE001
+        return [_failed(ctx, row, task, key, e, log=task == tasks[0]) for task in tasks]
+    tuning = {"lr": cfg.train.lr, "best_epoch": t.best.get("epoch"),
+              "epochs_run": t.best.get("epochs_run"), "patience": cfg.train.patience,
+              "max_epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
     cells = []
-    for t in tasks:
-        m = _task_metrics(best, t)
-        cell = ctx.finished(KIND_CELL, row.id, t, key)
-        if cell is None or cell.data.tags.get("distillray.train_run") != train_id:
-            rid = ctx.start(KIND_CELL, row, t, key, {"distillray.train_run": train_id})
-            tracking.log_params(ctx.client, rid, {"train_run": train_id, **cfg.to_dict()})
+    for task in tasks:
+        m = _task_metrics(t.best, task)
+        cell = ctx.finished(KIND_CELL, row.id, task, key)
+        if cell is None or cell.data.tags.get("distillray.train_run") != t.run_id:
+            rid = ctx.start(KIND_CELL, row, task, key, {"distillray.train_run": t.run_id})
+            tracking.log_params(ctx.client, rid, {"train_run": t.run_id, **cfg.to_dict()})
             tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()})
             tracking.end_run(ctx.client, rid, True)
         else:
             rid = cell.info.run_id
-        ctx.note(f"{row.num} {row.id}/{t}: {status}, score {m.get('score', float('nan')):.4f}")
-        cells.append(Cell(row.id, t, m, rid, status, key, train_id, sizes.get(t)))
+        ctx.note(f"{row.num} {row.id}/{task}: {t.status}, score {m.get('score', float('nan')):.4f}")
+        cells.append(Cell(row.id, task, m, rid, t.status, key, t.run_id, t.sizes.get(task),
+                          tuning=tuning, train_seconds={t.run_id: t.seconds}))
     return cells
 
 
@@ -849,6 +1126,66 @@ def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: 
     lines += ["", "**Flags**" if flags else "**Flags**: none, every row beats its baselines."]
     lines += [f"- {f}" for f in flags]
     lines += [""] + [f"- {n}" for n in notes if n]
+    return "\n".join(lines) + "\n"
+
+
+def _tuning_note(selected: list[Row], cells: list[Cell], grid: tuple[float, ...],
+                 cfg: ExperimentConfig) -> str:
+    t = cfg.train
+    epochs = (f"up to {t.epochs} epochs, stopped after {t.patience} without a better dev score, "
+              "the best epoch kept" if t.patience is not None else
+              f"{t.epochs} epochs, the best epoch on dev kept")
+    tuned = [r.num for r in selected if r.tuned]
+    lr = (f"rows {', '.join(tuned)} each pick train.lr from {{{', '.join(map(_fmt_lr, grid))}}} "
+          "on dev (the same grid for the gold-label and the distilled BiLSTMs); the others use "
+          "the fixed lr above" if grid and tuned else "every student row uses the fixed lr above")
+    return f"Tuning: students train {epochs}; {lr}. Teachers keep their best epoch on dev."
+
+
+def _stage_note(stages: dict[str, float | None]) -> str:
+    parts = [f"{k} {'—' if v is None else _duration(v)}" for k, v in stages.items()]
+    return ("Compute time per stage, summed over every call that contributed: "
+            + ", ".join(parts) + ".")
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The README's table from :func:`results_json`'s output (its only source): one line per
+    row, each task's metrics x100 (main score first), the mean score, size, batch-1 latency."""
+    from tasks.registry import get_task
+
+    tasks = list(dict.fromkeys(c["task"] for c in results["cells"]))
+    by = {(c["row"], c["task"]): c for c in results["cells"]}
+    labels = {r.id: (r.num, r.label) for r in ROWS}
+    head = ["#", "model"]
+    for t in tasks:
+        spec = get_task(t)
+        head.append(f"{spec.glue_dir or t} "
+                    f"{'/'.join(METRIC_SHORT.get(m, m) for m in spec.metrics)}")
+    head += ["avg", "non-emb params", "b=1 ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rid in results["rows"]:
+        num, label = labels.get(rid, ("", rid))
+        vals, scores, size, lat = [num, label], [], None, None
+        for t in tasks:
+            c = by.get((rid, t))
+            if c is None:
+                vals.append("—")
+                continue
+            ms = [c["metrics"].get(m) for m in get_task(t).metrics]
+            vals.append(" / ".join("—" if v is None else f"{v:.1f}" for v in ms)
+                        + (" ⚠" if c.get("flag") else ""))
+            scores.append(c["score"])
+            size = c["non_embedding_params"] if size is None else size
+            lat = c["latency_ms_b1"] if lat is None else lat
+        vals.append(f"{np.mean(scores):.1f}" if len(scores) == len(tasks) else "—")
+        vals.append("—" if size is None else _fmt_params(size))
+        vals.append("—" if lat is None else f"{lat:.2f}")
+        lines.append("| " + " | ".join(vals) + " |")
+    stages = ", ".join(f"{k} {'—' if v is None else _duration(v)}"
+                       for k, v in results["stage_seconds"].items())
+    lines += ["", f"Budget `{results['budget']}`, commit `{results['commit']}`, "
+              f"{results['date']}, {results['machine']}. Compute time per stage (summed over "
+              f"resumptions): {stages}. ⚠: does not beat its baseline."]
     return "\n".join(lines) + "\n"
 
 

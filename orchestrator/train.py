@@ -35,6 +35,7 @@ from tasks.registry import TaskSpec
 MODEL_FILE = "model.safetensors"
 REPORT = "report"  # the report count in what a trial reports: the time of Tune's early stopping
 STUDENT_FILE = "student.json"
+RESUME_FILE = "resume.pt"  # torch RNG, batch streams, stage-2 optimizers
 
 
 def task_spec_from_meta(d: dict) -> TaskSpec:
@@ -151,6 +152,16 @@ class TaskStream:
         if self.labels is not None and not self.labels.have[idx].all():
             self.labels.ensure(np.concatenate([idx, *self.queue[-self.prefetch:]]))
         return make_batch(self.data, list(idx))
+
+    def state(self) -> dict:
+        """Where the stream stands (its generator and the batches left of this pass), for a
+        checkpoint: a stream restored from it yields the same batches as one never stopped."""
+        return {"rng": json.dumps(self.rng.bit_generator.state),
+                "queue": [torch.from_numpy(np.asarray(q, dtype=np.int64)) for q in self.queue]}
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.queue = [q.numpy() for q in state["queue"]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +285,8 @@ def _unwrap(model):
 
 def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: ExperimentConfig,
             meta: dict, bundle: Path, rank: int, client, run_id: str | None,
-            per_task: dict | None = None, checkpoints: TrialCheckpoints | None = None) -> None:
+            per_task: dict | None = None, checkpoints: TrialCheckpoints | None = None,
+            resume: dict | None = None) -> None:
     """Log report number ``report`` (0-based; the epoch when there is one report per epoch) to
     MLflow (rank 0, as step ``report + 1``), checkpoint (rank 0) and report to Ray Train, with
     ``report`` (1-based: the clock of Tune's early stopping, which a resumed run carries on where
@@ -303,6 +315,8 @@ def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: Expe
                           str(Path(d) / f"model-{t}.safetensors"))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), Path(d) / "optimizer.pt")
+        if resume is not None:
+            torch.save(resume, Path(d) / RESUME_FILE)
         (Path(d) / "train_state.json").write_text(json.dumps({"report": report, **state}))
         (Path(d) / "metrics.json").write_text(json.dumps(metrics))
         if checkpoints is None:
@@ -377,12 +391,14 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=tc.lr,
                                  weight_decay=tc.weight_decay)
-    start, best, bad_epochs = 0, -math.inf, 0  # start: the first report index to run
+    start, best, bad_epochs, done = 0, -math.inf, 0, False  # start: the first report to run
+    stage1_reports = None  # set once stage 2 has begun: the reports stage 1 made
     resumed_per_task: dict[str, dict] = {}
+    resumed: dict = {}
     with checkpoints.local("latest") if checkpoints else contextlib.nullcontext() as kept:
         ckpt = (ray.train.get_checkpoint() if checkpoints is None else
                 ray.train.Checkpoint.from_directory(str(kept)) if kept else None)
-        if ckpt:  # resume after a worker failure, a pause at a rung or a restored search
+        if ckpt:  # resume after a worker failure, a pause at a rung, a restored search or report
             from safetensors.torch import load_file
             with ckpt.as_directory() as d:
                 model.load_state_dict(load_file(str(Path(d) / MODEL_FILE)))
@@ -393,10 +409,18 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                 resumed_per_task = {t: load_file(str(Path(d) / f"model-{t}.safetensors"))
                                     for t in specs
                                     if (Path(d) / f"model-{t}.safetensors").is_file()}
+                if (Path(d) / RESUME_FILE).is_file():
+                    resumed = torch.load(Path(d) / RESUME_FILE, weights_only=True)
             # the last report done ("epoch" in checkpoints written before several reports per
             # epoch)
             start = state.get("report", state.get("epoch")) + 1
             best, bad_epochs = state["best"], state["bad_epochs"]
+            done = bool(state.get("done"))
+            stage1_reports = state.get("stage1_reports")
+    if done:  # every report was made before this start: nothing is trained twice
+        return
+    if resumed.get("torch_rng") is not None:
+        torch.set_rng_state(resumed["torch_rng"])
     if world > 1:
         model = ray.train.torch.prepare_model(
             model, parallel_strategy_kwargs={"find_unused_parameters": len(specs) > 1})
@@ -411,8 +435,10 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     streams = {t: TaskStream(d, np.arange(rank, len(d), world), tc.batch_size, tc.seed + 17 * rank,
                              labels.get(t), min(2048, len(d) // (world * evals * 4)))
                for t, d in train.items()}
+    for t, st in (resumed.get("streams") or {}).items():
+        if t in streams:
+            streams[t].restore(st)
     steps = tc.steps_per_epoch or max(1, sum(math.ceil(n / (tc.batch_size * world)) for n in sizes.values()))
-    sampler = TaskSampler(probs, seed=tc.seed + 1000 * start)
     client = None
     if rank == 0 and loop_cfg.get("run_id"):
         from mlflow.tracking import MlflowClient
@@ -425,13 +451,26 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     if labels:  # on demand: the fidelity gate's figures (reduced-precision labels only)
         startup.update(loop_cfg["labeler"].fidelity_metrics())
 
+    def resume_state(opts: dict | None = None) -> dict:
+        return {"torch_rng": torch.get_rng_state(),
+                "streams": {t: st.state() for t, st in streams.items()},
+                **({"optimizers": {t: o.state_dict() for t, o in opts.items()}} if opts else {})}
+
     # stage 1: joint distillation, a task drawn by the mixture for each step; ``evals`` reports
-    # per epoch (report r ends at epoch (r + 1) / evals), each with dev metrics and a checkpoint
-    for r in range(start, tc.epochs * evals):
+    # per epoch (report r ends at epoch (r + 1) / evals), each with dev metrics and a checkpoint;
+    # with ``patience``, it ends once that many epochs pass without a better dev score
+    stage1 = tc.epochs * evals  # reports of stage 1; stage 2 reports once per epoch
+    if stage1_reports is not None:  # resumed in stage 2
+        stage1 = stage1_reports
+    elif tc.patience is not None and bad_epochs >= tc.patience * evals:
+        stage1 = start  # resumed after stage 1 stopped early, before stage 2 reported
+    for r in range(start, stage1):
         t0 = time.time()
         k = r % evals
         seg = steps * (k + 1) // evals - steps * k // evals  # this report's share of the epoch
-        loss = train_steps(model, optimizer, streams, sampler.draw(max(1, seg)), specs, tc)
+        # the draws of report r depend on r only, so a resumed run draws what it would have
+        draws = TaskSampler(probs, seed=tc.seed + 1000 * r).draw(max(1, seg))
+        loss = train_steps(model, optimizer, streams, draws, specs, tc)
         seconds = time.time() - t0
         # mid-epoch: trained, not yet reported (a report may pause the trial at a rung)
         faults.point("trial_epoch")
@@ -447,19 +486,25 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         best = max(best, metrics["dev_score"])
         bad_epochs = 0 if improved else bad_epochs + 1
         metrics["best_dev_score"] = best
-        _report(r, metrics, {"best": best, "bad_epochs": bad_epochs}, model, optimizer, cfg,
-                meta, bundle, rank, client, run_id, checkpoints=checkpoints)
-        if tc.patience is not None and bad_epochs >= tc.patience * evals:
+        stop = tc.patience is not None and bad_epochs >= tc.patience * evals
+        last = (stop or r + 1 == stage1) and tc.finetune_epochs <= 0
+        if rank == 0:
+            _progress(r, stage1, tc, metrics, bad_epochs, stop)
+        _report(r, metrics, {"best": best, "bad_epochs": bad_epochs, "done": last}, model,
+                optimizer, cfg, meta, bundle, rank, client, run_id, checkpoints=checkpoints,
+                resume=resume_state())
+        if stop:
+            stage1 = r + 1  # stage 2 numbers its reports on from here
             break
 
     # stage 2 (MKD, optional): each task fine-tunes its own copy of the student (shared layers +
     # its head) on its transfer set alone; reported as further epochs, metrics per task as before
     if tc.finetune_epochs <= 0:
         return
-    per_task = finetune_copies(_unwrap(model), specs, tc, world, resumed_per_task)
-    stage1 = tc.epochs * evals  # reports of stage 1; stage 2 reports once per epoch
+    per_task = finetune_copies(_unwrap(model), specs, tc, world, resumed_per_task,
+                               resumed.get("optimizers"))
     for r in range(max(start, stage1), stage1 + tc.finetune_epochs):
-        epoch = tc.epochs + r - stage1
+        epoch = r - stage1 + tc.epochs
         t0 = time.time()
         losses = {}
         for t, (m, opt) in per_task.items():
@@ -473,15 +518,38 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
                    "epoch_seconds": time.time() - t0, **scores, **probe, **merge_stats(labels)}
         best = max(best, metrics["dev_score"])
         metrics["best_dev_score"] = best
-        _report(r, metrics, {"best": best, "bad_epochs": 0}, model, None, cfg, meta, bundle,
-                rank, client, run_id, per_task={t: m for t, (m, _) in per_task.items()},
-                checkpoints=checkpoints)
+        _report(r, metrics, {"best": best, "bad_epochs": bad_epochs, "stage1_reports": stage1,
+                             "done": r + 1 == stage1 + tc.finetune_epochs}, model, None, cfg,
+                meta, bundle, rank, client, run_id,
+                per_task={t: m for t, (m, _) in per_task.items()}, checkpoints=checkpoints,
+                resume=resume_state({t: o for t, (_, o) in per_task.items()}))
+
+
+def _progress(r: int, stage1: int, tc, metrics: dict, bad_epochs: int, stop: bool) -> None:
+    """One line per report: where stage 1 stands and, at this report's pace, the most time left
+    (patience may stop it sooner)."""
+    left = stage1 - r - 1 + tc.finetune_epochs
+    if tc.patience is not None:
+        left = min(left, tc.patience * tc.evals_per_epoch - bad_epochs + tc.finetune_epochs)
+    eta = 0 if stop else left * metrics["epoch_seconds"]
+    print(f"[train] report {r + 1}/{stage1} (epoch {metrics['epoch']}): dev score "
+          f"{metrics['dev_score']:.4f}, best {metrics['best_dev_score']:.4f}, "
+          f"{metrics['epoch_seconds']:.0f} s" + (", patience reached" if stop else
+                                                  f"; at most {left} more, about "
+                                                  f"{_duration(eta)} at this pace"), flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, m = divmod(seconds // 60, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{seconds % 60:02d}s"
 
 
 def finetune_copies(joint, specs: dict[str, TaskSpec], tc, world: int,
-                    resumed: dict[str, dict] | None = None) -> dict[str, tuple]:
+                    resumed: dict[str, dict] | None = None,
+                    optimizers: dict[str, dict] | None = None) -> dict[str, tuple]:
     """Stage 2: per task, a copy of the jointly distilled student (or its checkpointed state)
-    and a fresh optimizer over its parameters."""
+    and an optimizer over its parameters (fresh, or its checkpointed state)."""
     import copy
 
     out = {}
@@ -495,6 +563,8 @@ def finetune_copies(joint, specs: dict[str, TaskSpec], tc, world: int,
                 m, parallel_strategy_kwargs={"find_unused_parameters": True})
         opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=tc.lr,
                                weight_decay=tc.weight_decay)
+        if optimizers and t in optimizers:
+            opt.load_state_dict(optimizers[t])
         out[t] = (m, opt)
     return out
 
