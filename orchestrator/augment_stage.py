@@ -13,16 +13,41 @@ With ``num_workers == 1`` (or a single chunk, or augmentation disabled) the same
 inline, without Ray. Every example draws its randomness from ``(seed, example id)`` only, so
 the output file is byte-identical whatever ``num_workers`` and ``chunk_size`` are.
 
+Resuming: each finished chunk of steps 1 and 3 is kept on disk until the whole output is
+written, so a call killed part-way (SIGKILL, an error, a full disk) loses at most the chunks in
+flight, and the next call with the same key computes only the chunks that are missing:
+
+* ``<out_root>/pos_tags/<tags key>.parts/`` and ``<out_root>/<key>.parts/`` hold one data file
+  per chunk (``chunk-<first example id>-<examples>.json`` / ``.parquet``), written atomically,
+  then its record (``<same name>.record.json``: the data file's SHA-256, rows, rule stats and
+  seconds), written atomically after it. A chunk counts only when its record exists and the
+  data file matches the checksum; anything else is computed again. A chunk is named by the
+  examples it holds, so a call with another ``chunk_size`` reuses none and mixes none.
+* once the output (or the tags file) is in place, its parts folder is removed.
+
 Output, under ``<out_root>/<key>/`` (written through :func:`orchestrator.keys.atomic_dir`, with
 ``manifest.json`` written last):
 
 * ``transfer.parquet``: columns ``example_id`` int64, ``aug_index`` int32 (0 = the original),
   ``text_a`` string, ``text_b`` string (null for single sentences), ``label`` float64 (the gold
   label on originals, null on augmented rows), sorted by ``(example_id, aug_index)``;
-* ``manifest.json``: key, row count, SHA-256 of the Parquet file, the stats and the config.
+* ``manifest.json``: key, row count, SHA-256 of the Parquet file, the stats, the config, and
+  ``seconds``: the time the stage spent on this output summed over every call that contributed
+  (``tagging``, ``augmenting``, ``assembling``, ``total``, ``calls``); read it with
+  :func:`stage_seconds`. Each chunk's seconds are the driver's wall time since the previous
+  chunk of its call finished, so with Ray workers they add up to wall time, not CPU time.
 
 A later call with the same key reuses the output when the manifest's row count and checksum
 match the file; otherwise the folder is removed and rebuilt.
+
+Progress: with a ``log`` callable, each phase logs a line at most every 30 s and at its end
+(:class:`orchestrator.progress.StageProgress`): examples tagged, then samples drawn (``n_iter``
+per example) out of all, the rate of this call and the time left; chunks from earlier calls
+count as done.
+
+A full disk while writing a chunk, the tags or the output raises
+:class:`orchestrator.keys.DiskFullError` (naming the work root and the space left); the chunks
+already written stay, and the same command resumes once space is freed.
 
 ``cfg.max_examples`` caps the number of rows: every original is kept first (if the cap is below
 their number, a seeded random subset of originals is kept), then augmented rows in a random
@@ -31,31 +56,38 @@ deterministic. ``aug_index`` values of kept rows are unchanged (gaps are possibl
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orchestrator import faults
 from orchestrator.config import AugmentConfig
-from orchestrator.keys import atomic_dir, atomic_file, content_key, file_digest
+from orchestrator.keys import atomic_dir, atomic_file, content_key, file_digest, work_root_of
+from orchestrator.progress import StageProgress
 from tasks import augment as aug
 from tasks.data import Example
 from tasks.text import DEFAULT_MASK
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 STAGE_VERSION = 1  # bump when the file layout or the cap rule changes
 TRANSFER_FILE = "transfer.parquet"
 MANIFEST_FILE = "manifest.json"
 TAGS_DIR = "pos_tags"  # <out_root>/pos_tags/<key>.json: the POS tags of one training set
+PARTS_SUFFIX = ".parts"  # <out_root>/<key>.parts/: the finished chunks of an unfinished output
+TAGGING_RECORD = "tagging.json"  # in <key>.parts/: seconds spent tagging for this output
 _CAP_SALT = 0x7CA9
 
 SCHEMA = pa.schema(
@@ -77,8 +109,13 @@ class AugmentResult:
     n_in: int  # examples given
     n_out: int  # rows written (originals included)
     stats: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # this call
     reused: bool = False
+    # the stage's seconds on this output over every call that contributed (None: an output
+    # written before the stage recorded them)
+    stage_seconds: float | None = None
+    chunks_computed: int = 0  # augmentation chunks computed by this call
+    chunks_reused: int = 0  # augmentation chunks found finished, from earlier calls
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +165,86 @@ def _manifest_ok(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def stage_seconds(transfer: str | os.PathLike) -> float | None:
+    """Seconds the augmentation stage spent on a finished transfer set, summed over every call
+    that contributed (resumptions included): ``manifest.json``'s ``seconds.total``.
+
+    ``transfer``: the ``transfer.parquet`` file (:attr:`AugmentResult.path`) or its folder.
+    None for an output written before the stage recorded its seconds. Raises
+    ``FileNotFoundError`` when there is no finished transfer set there."""
+    folder = Path(transfer)
+    if folder.name == TRANSFER_FILE:
+        folder = folder.parent
+    mpath = folder / MANIFEST_FILE
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"no finished transfer set at {folder} ({MANIFEST_FILE} "
+                                f"unreadable: {e}); build it with augment_dataset") from None
+    return _total_seconds(manifest)
+
+
+def _total_seconds(manifest: dict) -> float | None:
+    secs = manifest.get("seconds")
+    return float(secs["total"]) if isinstance(secs, dict) and "total" in secs else None
+
+
+# ---------------------------------------------------------------------------------------------
+# finished chunks kept between calls
+
+
+class _Parts:
+    """The finished chunks of one unfinished output, in ``folder`` (see the module docstring):
+    a chunk's data file is written atomically, then its record with the data's SHA-256; a chunk
+    without a record, or whose data does not match it, does not count."""
+
+    def __init__(self, folder: Path, root: Path):
+        self.folder, self.root = folder, root  # root: the work root a full disk names
+
+    def _paths(self, name: str, ext: str) -> tuple[Path, Path]:
+        return self.folder / f"{name}.{ext}", self.folder / f"{name}.record.json"
+
+    def load(self, name: str, ext: str) -> tuple[bytes, dict] | None:
+        data_path, rec_path = self._paths(name, ext)
+        try:
+            record = json.loads(rec_path.read_text())
+            data = data_path.read_bytes()
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or hashlib.sha256(data).hexdigest() != record.get("sha256"):
+            logger.warning("augment: chunk %s does not match its record; computing it again",
+                           data_path)
+            return None
+        return data, record
+
+    def save(self, name: str, ext: str, data: bytes, record: dict) -> None:
+        data_path, rec_path = self._paths(name, ext)
+        # the record goes after the data: a kill between the two leaves a chunk that does not
+        # count; a stale record of an earlier chunk would not match the new data's checksum
+        with atomic_file(data_path, root=self.root) as f:
+            f.write(data)
+        with atomic_file(rec_path, "w", root=self.root) as f:
+            json.dump(dict(record, sha256=hashlib.sha256(data).hexdigest()), f)
+
+    def read_json(self, name: str) -> dict | None:
+        try:
+            d = json.loads((self.folder / name).read_text())
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) else None
+
+    def write_json(self, name: str, obj: dict) -> None:
+        with atomic_file(self.folder / name, "w", root=self.root) as f:
+            json.dump(obj, f)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _chunk_name(chunk: list[Example]) -> str:
+    return f"chunk-{int(chunk[0].id)}-{len(chunk)}"
+
+
 # ---------------------------------------------------------------------------------------------
 # the work, shared by the inline and the Ray paths
 
@@ -138,6 +255,13 @@ def _tag_chunk(examples: list[Example], nltk_paths: list[str] | None, mask_token
     tags = aug.tag_examples(examples, tagger, mask_token, max_words)
     counts = aug.count_tagged(examples, tags, mask_token)
     return {t: dict(c) for t, c in counts.items()}, tags
+
+
+def _tag_task(examples, nltk_paths, mask_token, max_words):
+    """:func:`_tag_chunk` and its seconds, as one Ray task returns them."""
+    t0 = time.perf_counter()
+    counts, tags = _tag_chunk(examples, nltk_paths, mask_token, max_words)
+    return counts, tags, time.perf_counter() - t0
 
 
 def _rows_to_columns(rows: list[aug.AugmentedRow]) -> dict[str, list]:
@@ -156,9 +280,35 @@ def _augment_chunk(examples, tags, lexicon, cfg, mask_token, pair_mode):
     return _rows_to_columns(rows), stats
 
 
+def _augment_task(examples, tags, lexicon, cfg, mask_token, pair_mode):
+    """One chunk augmented, as the Parquet bytes of its rows, its stats and its seconds (what
+    the driver keeps on disk; the worker pays for the encoding)."""
+    t0 = time.perf_counter()
+    cols, st = _augment_chunk(examples, tags, lexicon, cfg, mask_token, pair_mode)
+    return _table_bytes(_table(cols)), st, time.perf_counter() - t0
+
+
 def _disabled_chunk(examples, cfg, mask_token):
     rows, stats = aug.augment_disabled(examples, cfg, mask_token)
     return _rows_to_columns(rows), stats
+
+
+def _table(columns: dict[str, list]) -> pa.Table:
+    return pa.table({c: pa.array(columns[c], type=SCHEMA.field(c).type) for c in COLUMNS},
+                    schema=SCHEMA)
+
+
+def _table_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def _table_of_bytes(data: bytes) -> pa.Table:
+    table = pq.read_table(pa.BufferReader(data))
+    if table.column_names != COLUMNS:
+        raise ValueError(f"chunk columns {table.column_names}, want {COLUMNS}")
+    return table
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -180,9 +330,8 @@ def _remote(name: str):
 
     if not _REMOTE:
         # "DEFAULT": run outside the caller's placement group (e.g. a Tune trial's token share)
-        _REMOTE["tag"] = ray.remote(num_cpus=1, num_returns=2,
-                                    scheduling_strategy="DEFAULT")(_tag_chunk)
-        _REMOTE["augment"] = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_augment_chunk)
+        _REMOTE["tag"] = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_tag_task)
+        _REMOTE["augment"] = ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(_augment_task)
     return _REMOTE[name]
 
 
@@ -192,27 +341,21 @@ def _ensure_ray() -> None:
     init_ray(log=lambda m: None)  # a no-op when Ray is up; else the same rule as every stage
 
 
-def _run_bounded(submit, n_tasks: int, limit: int, sizes: list[int], bar) -> list:
-    """Submit ``submit(i)`` for i < n_tasks with at most ``limit`` in flight; results in order.
-
-    ``submit`` returns an object ref, or a tuple of refs whose first one signals completion.
-    """
+def _run_bounded(submit: Callable[[int], Any], todo: list[int], limit: int,
+                 on_done: Callable[[int, Any], None]) -> None:
+    """Submit ``submit(i)`` (an object ref) for each i of ``todo`` with at most ``limit`` in
+    flight; hand each result to ``on_done(i, value)`` as it finishes (in any order)."""
     import ray
 
-    results: list = [None] * n_tasks
     pending: dict[Any, int] = {}
     nxt = 0
-    while nxt < n_tasks or pending:
-        while nxt < n_tasks and len(pending) < limit:
-            out = submit(nxt)
-            results[nxt] = out
-            first = out[0] if isinstance(out, (list, tuple)) else out
-            pending[first] = nxt
+    while nxt < len(todo) or pending:
+        while nxt < len(todo) and len(pending) < limit:
+            pending[submit(todo[nxt])] = todo[nxt]
             nxt += 1
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            bar.update(sizes[pending.pop(ref)])
-    return results
+            on_done(pending.pop(ref), ray.get(ref))
 
 
 def _tagger_identity() -> str:
@@ -245,112 +388,228 @@ def _read_tags(path: Path, n: int) -> tuple[dict, list] | None:
     return counts, [None if t is None else (t[0], t[1]) for t in tags]
 
 
-def _write_tags(path: Path, counts: dict, tags: list) -> None:
-    with atomic_file(path, "w") as f:
-        json.dump({"counts": counts, "tags": tags}, f)
+def _write_tags(path: Path, counts: dict, tags: list, seconds: float | None = None,
+                root: Path | None = None) -> None:
+    with atomic_file(path, "w", root=root) as f:
+        json.dump({"counts": counts, "tags": tags, "seconds": seconds}, f)
 
 
-def _tag(chunks: list[list[Example]], cfg: AugmentConfig, mask_token: str,
-         nltk_paths: list[str] | None, parallel: bool, progress: bool) -> tuple[dict, list]:
-    """POS-tag every chunk (in Ray tasks when ``parallel``): (merged counts, tags per chunk)."""
-    with _progress(sum(len(c) for c in chunks), "augment: tagging", progress) as bar:
-        if parallel:
+class _Seconds:
+    """The stage's seconds on one output over every call: each chunk's record holds the wall
+    time of its call since the call's previous chunk (the first: since the call began), so what
+    killed calls spent up to their last chunk counts; this call counts whole."""
+
+    def __init__(self, call: str, t0: float):
+        self.call, self.t0, self.mark = call, t0, t0
+        self.tagging: dict[str, float] = {}  # call -> seconds
+        self.augmenting: dict[str, float] = {}
+
+    def lap(self) -> float:
+        """Seconds since this call's previous chunk (or its start)."""
+        now = time.perf_counter()
+        spent, self.mark = now - self.mark, now
+        return spent
+
+    @staticmethod
+    def add(into: dict[str, float], call: str, seconds: float) -> None:
+        into[call] = into.get(call, 0.0) + float(seconds)
+
+    def summary(self) -> dict[str, float]:
+        """``tagging`` and ``augmenting`` (chunk seconds of every call), ``assembling`` (the
+        rest of this call), ``total`` and ``calls``."""
+        earlier = sum(v for d in (self.tagging, self.augmenting) for c, v in d.items()
+                      if c != self.call)
+        total = earlier + time.perf_counter() - self.t0
+        tagging, augmenting = sum(self.tagging.values()), sum(self.augmenting.values())
+        return {"tagging": tagging, "augmenting": augmenting,
+                "assembling": max(0.0, total - tagging - augmenting), "total": total,
+                "calls": len(set(self.tagging) | set(self.augmenting) | {self.call})}
+
+
+@dataclass
+class _Run:
+    """What one call needs beside the examples and the config."""
+    mask_token: str
+    pair_mode: str
+    progress: bool  # tqdm bars
+    nltk_paths: list[str] | None
+    parallel: bool
+    seconds: _Seconds  # this call's id (in every chunk record it writes) and clock
+    root: Path  # the work root a full disk names
+    task: str
+    log: Callable[[str], None] | None
+
+
+def _tag(chunks: list[list[Example]], cfg: AugmentConfig, run: _Run,
+         parts: _Parts) -> tuple[dict, list]:
+    """POS-tag every chunk (in Ray tasks when ``run.parallel``), keeping each finished chunk in
+    ``parts`` and its seconds in ``run.seconds.tagging``: (merged counts, tags per chunk)."""
+    results: list[tuple[dict, list] | None] = [None] * len(chunks)
+    clock = run.seconds
+    for i, c in enumerate(chunks):
+        kept = parts.load(_chunk_name(c), "json")
+        if kept is None:
+            continue
+        try:
+            d = json.loads(kept[0])
+            tags = [None if t is None else (t[0], t[1]) for t in d["tags"]]
+            if len(tags) != len(c) or not isinstance(d["counts"], dict):
+                continue
+        except (ValueError, KeyError, TypeError, IndexError):
+            continue
+        results[i] = (d["counts"], tags)
+        clock.add(clock.tagging, str(kept[1].get("call")), kept[1].get("seconds", 0.0))
+    todo = [i for i, r in enumerate(results) if r is None]
+    meter = StageProgress("augment", f"{run.task} POS tagging", sum(len(c) for c in chunks),
+                          unit="examples", done=sum(len(chunks[i]) for i in range(len(chunks))
+                                                    if results[i] is not None), log=run.log)
+
+    def done(i: int, out: tuple) -> None:
+        counts, tags, task_s = out
+        spent = clock.lap()
+        parts.save(_chunk_name(chunks[i]), "json", json.dumps({"counts": counts, "tags": tags})
+                   .encode(), {"examples": len(chunks[i]), "seconds": spent,
+                               "task_seconds": task_s, "call": clock.call})
+        clock.add(clock.tagging, clock.call, spent)
+        results[i] = (counts, tags)
+        bar.update(len(chunks[i]))
+        meter.update(len(chunks[i]))
+        faults.point("augment_chunk")
+
+    with _progress(sum(len(chunks[i]) for i in todo), "augment: tagging", run.progress) as bar:
+        if run.parallel and todo:
+            _run_bounded(lambda i: _remote("tag").remote(chunks[i], run.nltk_paths,
+                                                         run.mask_token, cfg.max_words),
+                         todo, cfg.num_workers, done)
+        else:
+            for i in todo:
+                t0 = time.perf_counter()
+                counts, tags = _tag_chunk(chunks[i], run.nltk_paths, run.mask_token,
+                                          cfg.max_words)
+                done(i, (counts, tags, time.perf_counter() - t0))
+    meter.finish()
+    counts = aug.merge_counts(r[0] for r in results)
+    return {t: dict(c) for t, c in counts.items()}, [r[1] for r in results]
+
+
+def _augment(chunks: list[list[Example]], chunk_tags: list[list], lexicon, cfg: AugmentConfig,
+             run: _Run, parts: _Parts) -> tuple[list[pa.Table], aug.AugmentStats, int]:
+    """Augment every chunk (in Ray tasks when ``run.parallel``), reusing the chunks ``parts``
+    holds and keeping each new one there, its seconds in ``run.seconds.augmenting``: (tables
+    in chunk order, merged stats, chunks computed by this call)."""
+    tables: list[pa.Table | None] = [None] * len(chunks)
+    stats: list[aug.AugmentStats | None] = [None] * len(chunks)
+    clock = run.seconds
+    for i, c in enumerate(chunks):
+        kept = parts.load(_chunk_name(c), "parquet")
+        if kept is None:
+            continue
+        data, rec = kept
+        try:
+            table = _table_of_bytes(data)
+            st = aug.AugmentStats(**{f.name: int(rec["stats"][f.name])
+                                     for f in fields(aug.AugmentStats)})
+            if table.num_rows != rec["rows"]:
+                raise ValueError(f"{table.num_rows} rows, the record says {rec['rows']}")
+        except Exception as e:  # noqa: BLE001 - a chunk that cannot be verified is recomputed
+            logger.warning("augment: chunk %s unreadable (%s); computing it again",
+                           _chunk_name(c), e)
+            continue
+        tables[i], stats[i] = table, st
+        clock.add(clock.augmenting, str(rec.get("call")), rec.get("seconds", 0.0))
+    todo = [i for i, t in enumerate(tables) if t is None]
+    draws = [sum(aug.n_iter_for(cfg, e.text_b is not None) for e in c) for c in chunks]
+    meter = StageProgress("augment", run.task, sum(draws), unit="samples",
+                          done=sum(d for d, t in zip(draws, tables) if t is not None),
+                          log=run.log)
+
+    def done(i: int, out: tuple) -> None:
+        data, st, task_s = out
+        spent = clock.lap()
+        table = _table_of_bytes(data)
+        parts.save(_chunk_name(chunks[i]), "parquet", data,
+                   {"examples": len(chunks[i]), "rows": table.num_rows, "stats": asdict(st),
+                    "seconds": spent, "task_seconds": task_s, "call": clock.call})
+        clock.add(clock.augmenting, clock.call, spent)
+        tables[i], stats[i] = table, st
+        bar.update(len(chunks[i]))
+        meter.update(draws[i])
+        faults.point("augment_chunk")
+
+    with _progress(sum(len(chunks[i]) for i in todo), "augment: sampling", run.progress) as bar:
+        if run.parallel and todo:
             import ray
 
-            refs = _run_bounded(
-                lambda i: _remote("tag").remote(chunks[i], nltk_paths, mask_token, cfg.max_words),
-                len(chunks), cfg.num_workers, [len(c) for c in chunks], bar)
-            tagged = [(ray.get(c), ray.get(t)) for c, t in refs]
+            refs = {i: ray.put(chunks[i]) for i in todo}
+            lex_ref = ray.put(lexicon)
+            _run_bounded(lambda i: _remote("augment").remote(refs[i], chunk_tags[i], lex_ref,
+                                                             cfg, run.mask_token, run.pair_mode),
+                         todo, cfg.num_workers, done)
+            del refs, lex_ref
         else:
-            tagged = []
-            for c in chunks:
-                tagged.append(_tag_chunk(c, nltk_paths, mask_token, cfg.max_words))
-                bar.update(len(c))
-    counts = aug.merge_counts(t[0] for t in tagged)
-    return {t: dict(c) for t, c in counts.items()}, [t[1] for t in tagged]
+            for i in todo:
+                done(i, _augment_task(chunks[i], chunk_tags[i], lexicon, cfg, run.mask_token,
+                                      run.pair_mode))
+    meter.finish()
+    merged = aug.AugmentStats()
+    for st in stats:
+        merged.merge(st)
+    return tables, merged, len(todo)
 
 
-def _compute(examples: list[Example], cfg: AugmentConfig, mask_token: str, pair_mode: str,
-             progress: bool, nltk_paths: list[str] | None,
-             tags_file: Path | None = None,
-             kept: tuple[dict, list] | None = None) -> tuple[dict[str, list], aug.AugmentStats]:
-    """The transfer set's columns and stats. ``tags_file``: where the examples' POS tags are
-    kept between calls (tagging is most of the work for a small training set; the tags do not
-    depend on the rule parameters a search varies); ``kept``: what it held (``_read_tags``)."""
-    chunks = _chunks(examples, cfg.chunk_size)
-    sizes = [len(c) for c in chunks]
-    # originals only (disabled) is too little work to pay for Ray
-    parallel = cfg.enabled and cfg.num_workers > 1 and len(chunks) > 1
-    if parallel:
-        import ray
-
-        _ensure_ray()
-        free = ray.available_resources().get("CPU", 0.0)
-        if free < 1.0:  # long-lived actors hold every CPU: Ray tasks would wait forever
-            log.warning("augment: %.2f CPU free in the Ray cluster, fewer than one task needs; "
-                        "running inline instead (same output)", free)
-            parallel = False
-    parts: list[tuple[dict[str, list], aug.AugmentStats]]
-    if not cfg.enabled:
-        parts = [_disabled_chunk(examples, cfg, mask_token)]
-    else:
-        if kept is not None:
-            counts, flat = kept
-            chunk_tags = _chunks(flat, cfg.chunk_size)
-        else:
-            counts, chunk_tags = _tag(chunks, cfg, mask_token, nltk_paths, parallel, progress)
-            if tags_file is not None:
-                _write_tags(tags_file, counts, [t for c in chunk_tags for t in c])
-        lexicon = aug.PosLexicon(counts)
-        with _progress(len(examples), "augment: sampling", progress) as bar:
-            if parallel:
-                refs = [ray.put(c) for c in chunks]
-                lex_ref = ray.put(lexicon)
-                outs = _run_bounded(
-                    lambda i: _remote("augment").remote(refs[i], chunk_tags[i], lex_ref, cfg,
-                                                        mask_token, pair_mode),
-                    len(chunks), cfg.num_workers, sizes, bar)
-                parts = ray.get(outs)
-                del refs, lex_ref
-            else:
-                parts = []
-                for c, tags in zip(chunks, chunk_tags):
-                    parts.append(_augment_chunk(c, tags, lexicon, cfg, mask_token, pair_mode))
-                    bar.update(len(c))
-    columns: dict[str, list] = {c: [] for c in COLUMNS}
-    stats = aug.AugmentStats()
-    for cols, st in parts:
-        for c in COLUMNS:
-            columns[c].extend(cols[c])
-        stats.merge(st)
-    return columns, stats
-
-
-def _cap(columns: dict[str, list], cap: int | None, seed: int) -> tuple[dict[str, list], int]:
-    """Keep at most ``cap`` rows: originals first, then augmented rows in a seeded order."""
-    n = len(columns["example_id"])
+def _cap_indices(aug_index: np.ndarray, cap: int | None, seed: int) -> np.ndarray | None:
+    """The sorted row indices to keep under ``cap`` (None: keep all): originals first, then
+    augmented rows in a seeded order."""
+    n = len(aug_index)
     if cap is None or n <= cap:
-        return columns, 0
+        return None
     rng = np.random.default_rng([seed, _CAP_SALT])
-    aug_index = np.asarray(columns["aug_index"])
     orig = np.flatnonzero(aug_index == 0)
     extra = np.flatnonzero(aug_index != 0)
     if cap <= len(orig):
         keep = rng.permutation(orig)[:cap]
     else:
         keep = np.concatenate([orig, rng.permutation(extra)[: cap - len(orig)]])
-    keep = np.sort(keep)  # rows are sorted by (example_id, aug_index): index order keeps that
+    return np.sort(keep)  # rows are sorted by (example_id, aug_index): index order keeps that
+
+
+def _cap(columns: dict[str, list], cap: int | None, seed: int) -> tuple[dict[str, list], int]:
+    """Keep at most ``cap`` rows: originals first, then augmented rows in a seeded order."""
+    keep = _cap_indices(np.asarray(columns["aug_index"]), cap, seed)
+    if keep is None:
+        return columns, 0
+    n = len(columns["example_id"])
     return {c: [columns[c][i] for i in keep.tolist()] for c in COLUMNS}, n - len(keep)
 
 
-def _write(folder: Path, columns: dict[str, list], manifest: dict[str, Any]) -> None:
-    table = pa.table({c: pa.array(columns[c], type=SCHEMA.field(c).type) for c in COLUMNS},
-                     schema=SCHEMA)
+def _cap_table(table: pa.Table, cap: int | None, seed: int) -> tuple[pa.Table, int]:
+    keep = _cap_indices(table.column("aug_index").to_numpy(), cap, seed)
+    if keep is None:
+        return table, 0
+    return table.take(pa.array(keep, pa.int64())), table.num_rows - len(keep)
+
+
+def _write(folder: Path, table: pa.Table, manifest: dict[str, Any],
+           seconds: Callable[[], dict] | None = None) -> None:
+    """The Parquet file, then the manifest (with ``seconds()`` taken after the file is
+    written, when given)."""
     path = folder / TRANSFER_FILE
     pq.write_table(table, path, compression="zstd")
     manifest = dict(manifest, rows=table.num_rows, sha256=file_digest(path, 64))
+    if seconds is not None:
+        manifest["seconds"] = seconds()
     with atomic_file(folder / MANIFEST_FILE, "w") as f:  # last: marks the folder complete
         json.dump(manifest, f, indent=2, sort_keys=True)
+
+
+def _single_table(tables: list[pa.Table]) -> pa.Table:
+    """The chunks' rows as one table of :data:`SCHEMA`, one array per column (what the Parquet
+    writer gets is then the same whatever the chunking)."""
+    if not tables:
+        return SCHEMA.empty_table()
+    table = pa.concat_tables(tables).combine_chunks()
+    return pa.Table.from_arrays([table.column(c).combine_chunks().cast(SCHEMA.field(c).type)
+                                 for c in COLUMNS], schema=SCHEMA)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,13 +625,18 @@ def augment_dataset(
     progress: bool = True,
     *,
     pair_mode: str = "cycle",
+    log: Callable[[str], None] | None = None,
+    task: str | None = None,
 ) -> AugmentResult:
-    """Build (or reuse) the transfer set of ``examples``; see the module docstring.
+    """Build (or reuse, or finish) the transfer set of ``examples``; see the module docstring.
 
     ``data_key`` identifies the examples' content (the caller's data hash). ``mask_token`` is the
     teacher tokenizer's mask token. With ``cfg.enabled`` False the transfer set is the originals.
-    Raises ``ValueError`` naming the field for a bad config, and
-    :class:`tasks.augment.NltkDataMissingError` before any work when NLTK data is missing.
+    ``log``: progress lines (at most every 30 s and at each phase's end), named by ``task``
+    (default: ``data_key`` up to its first ``:``); ``progress``: tqdm bars.
+    Raises ``ValueError`` naming the field for a bad config,
+    :class:`tasks.augment.NltkDataMissingError` before any work when NLTK data is missing, and
+    :class:`orchestrator.keys.DiskFullError` when the disk fills (re-run once space is freed).
     """
     t0 = time.perf_counter()
     aug.validate_config(cfg, pair_mode)
@@ -381,15 +645,21 @@ def augment_dataset(
     examples = list(examples)
     aug.check_examples(examples)
     key = augment_cache_key(cfg, data_key, mask_token, pair_mode)
-    folder = Path(out_root) / key
+    out_root = Path(out_root)
+    folder = out_root / key
+    root = work_root_of(folder)  # what a full disk names
+    parts = _Parts(out_root / f"{key}{PARTS_SUFFIX}", root)
     manifest = _manifest_ok(folder)
     if manifest is not None:
+        parts.remove()  # left by a call killed after its output was in place
         return AugmentResult(folder / TRANSFER_FILE, key, len(examples), manifest["rows"],
-                             manifest["stats"], time.perf_counter() - t0, True)
+                             manifest["stats"], time.perf_counter() - t0, True,
+                             _total_seconds(manifest))
+    task = task or data_key.split(":", 1)[0]
     tags_file = kept = nltk_paths = None
     if cfg.enabled:
         tags_key = tags_cache_key(data_key, mask_token, cfg.max_words)
-        tags_file = Path(out_root) / TAGS_DIR / f"{tags_key}.json"
+        tags_file = out_root / TAGS_DIR / f"{tags_key}.json"
         kept = _read_tags(tags_file, len(examples))
         if kept is None:  # fail before any work, with the download calls; workers get the path
             nltk_paths = aug.check_nltk_data(cfg.nltk_data)
@@ -397,13 +667,47 @@ def augment_dataset(
         shutil.rmtree(folder)
 
     ordered = sorted(examples, key=lambda e: int(e.id))
-    columns, st = _compute(ordered, cfg, mask_token, pair_mode, progress, nltk_paths, tags_file,
-                           kept)
-    columns, cap_dropped = _cap(columns, cfg.max_examples, cfg.seed)
+    chunks = _chunks(ordered, cfg.chunk_size)
+    # originals only (disabled) is too little work to pay for Ray
+    parallel = cfg.enabled and cfg.num_workers > 1 and len(chunks) > 1
+    if parallel:
+        import ray
+
+        _ensure_ray()
+        free = ray.available_resources().get("CPU", 0.0)
+        if free < 1.0:  # long-lived actors hold every CPU: Ray tasks would wait forever
+            logger.warning("augment: %.2f CPU free in the Ray cluster, fewer than one task "
+                           "needs; running inline instead (same output)", free)
+            parallel = False
+    clock = _Seconds(uuid.uuid4().hex[:12], t0)
+    run = _Run(mask_token, pair_mode, progress, nltk_paths, parallel, clock, root, task, log)
+    computed = 0
+    if not cfg.enabled:
+        cols, st = _disabled_chunk(ordered, cfg, mask_token)
+        table = _table(cols)
+    else:
+        if kept is not None:
+            counts, flat = kept
+            chunk_tags = _chunks(flat, cfg.chunk_size)
+            earlier = parts.read_json(TAGGING_RECORD)  # tagged for this output by a killed call
+            for call, spent in ((earlier or {}).get("seconds_by_call") or {}).items():
+                clock.add(clock.tagging, call, spent)
+        else:
+            tag_parts = _Parts(out_root / TAGS_DIR / f"{tags_key}{PARTS_SUFFIX}", root)
+            counts, chunk_tags = _tag(chunks, cfg, run, tag_parts)
+            _write_tags(tags_file, counts, [t for c in chunk_tags for t in c],
+                        sum(clock.tagging.values()), root)
+            parts.write_json(TAGGING_RECORD, {"seconds_by_call": clock.tagging})
+            tag_parts.remove()
+        lexicon = aug.PosLexicon(counts)
+        tables, st, computed = _augment(chunks, chunk_tags, lexicon, cfg, run, parts)
+        table = _single_table(tables)
+        del tables
+    table, cap_dropped = _cap_table(table, cfg.max_examples, cfg.seed)
     stats: dict[str, Any] = st.to_dict()
     stats["examples_in"] = len(examples)
     stats["cap_dropped"] = cap_dropped
-    stats["rows_out"] = len(columns["example_id"])
+    stats["rows_out"] = table.num_rows
     cfg_dict = {k: v for k, v in vars(cfg).items() if k not in ("num_workers", "chunk_size")}
     manifest = {
         "key": key,
@@ -416,7 +720,15 @@ def augment_dataset(
         "stats": stats,
         "columns": COLUMNS,
     }
-    with atomic_dir(folder) as tmp:
-        _write(tmp, columns, manifest)
+    summary: dict[str, float] = {}
+
+    def seconds() -> dict:
+        summary.update(clock.summary())
+        return summary
+
+    with atomic_dir(folder, root=root) as tmp:
+        _write(tmp, table, manifest, seconds)
+    parts.remove()
     return AugmentResult(folder / TRANSFER_FILE, key, len(examples), stats["rows_out"], stats,
-                         time.perf_counter() - t0, False)
+                         time.perf_counter() - t0, False, summary["total"], computed,
+                         len(chunks) - computed if cfg.enabled else 0)

@@ -21,6 +21,11 @@ Rules
   without a manifest to fight over. :meth:`SoftLabelCache.compact` merges small shards.
 - Each instance keeps an in-memory index, loaded lazily on the first lookup and refreshed (one
   directory listing) when a lookup misses, so labels written by another trial are found.
+- Time spent: a writer that passes ``seconds`` to :meth:`SoftLabelCache.put` also writes one
+  small ledger entry, ``<namespace>/ledger/<id>.json`` (rows, seconds, the shard), right after
+  the shard. :meth:`SoftLabelCache.labeling_seconds` sums the entries, so labeling time adds up
+  over every call, process and resumption that labeled into the namespace; work a killed
+  process computed but had not flushed is neither in a shard nor in the ledger.
 """
 from __future__ import annotations
 
@@ -42,12 +47,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.keys import atomic_file, content_key
+from orchestrator.keys import (DiskFullError, atomic_file, content_key, disk_full_error,
+                               is_disk_full, work_root_of)
 
 log = logging.getLogger(__name__)
 
 SHARD_SUFFIX = ".parquet"
 CACHE_FORMAT = 1
+LEDGER_DIR = "ledger"  # <namespace>/ledger/<id>.json: the seconds spent on each flush
 
 
 class CacheError(RuntimeError):
@@ -111,13 +118,16 @@ def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
     return protocol in ("file", "local")
 
 
-def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
+                       root: str | None = None) -> None:
     """Write ``data`` to ``path`` so that no reader sees a partial file under that name.
 
     Local: :func:`orchestrator.keys.atomic_file`. Remote (fsspec): write a temp object, then
-    move it (object stores publish an object only once it is complete)."""
+    move it (object stores publish an object only once it is complete). A full disk raises
+    :class:`orchestrator.keys.DiskFullError` naming ``root`` (default: the work root ``path``
+    lies under) and leaves no temporary behind."""
     if is_local_fs(fs):
-        with atomic_file(path) as f:
+        with atomic_file(path, root=root) as f:
             f.write(data)
         return
     parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
@@ -125,10 +135,50 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) ->
     try:
         fs.pipe_file(tmp, data)
         fs.mv(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(Exception):
             fs.rm(tmp)
+        if not isinstance(e, DiskFullError) and is_disk_full(e):
+            raise disk_full_error(path, e, root) from e
         raise
+
+
+def namespace_key(teacher_key: str, tokenizer_name: str, max_length: int, head: str,
+                  precision: str = "fp32") -> str:
+    """The namespace (folder) of one teacher setup's labels under a cache root."""
+    return content_key({"format": CACHE_FORMAT, "teacher": teacher_key,
+                        "tokenizer": tokenizer_name, "max_length": int(max_length),
+                        "head": head,
+                        # absent for fp32: keys from before precisions stay valid
+                        **({"precision": precision} if precision != "fp32" else {})})
+
+
+def _ledger_record(fs: fsspec.AbstractFileSystem, namespace_dir: str) -> dict:
+    try:
+        names = fs.ls(f"{namespace_dir}/{LEDGER_DIR}", detail=False)
+    except FileNotFoundError:
+        names = []
+    seconds, rows, flushes, calls = 0.0, 0, 0, set()
+    for n in names:
+        base = str(n).rstrip("/").rsplit("/", 1)[-1]
+        if not base.endswith(".json") or base.startswith("."):
+            continue
+        try:
+            entry = json.loads(fs.cat_file(str(n)))
+            seconds += float(entry["seconds"])
+            rows += int(entry.get("rows") or 0)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        flushes += 1
+        calls.add(entry.get("call") or base)
+    return {"seconds": seconds, "rows": rows, "flushes": flushes, "calls": len(calls)}
+
+
+def read_ledger(root: str, namespace: str) -> dict:
+    """:meth:`SoftLabelCache.labeling_record` of ``namespace`` under ``root``, read without
+    opening the cache (nothing is created; an absent namespace reads as zeros)."""
+    fs, root_path = fsspec.core.url_to_fs(str(root))
+    return _ledger_record(fs, f"{root_path.rstrip('/')}/{namespace}")
 
 
 @dataclass
@@ -160,14 +210,13 @@ class SoftLabelCache:
             raise ValueError(f"soft-label cache precision {precision!r}: a resolved precision "
                              "(fp32, bf16 or fp16), not auto")
         self.precision = precision
-        self.namespace = content_key({"format": CACHE_FORMAT, "teacher": teacher_key,
-                                      "tokenizer": tokenizer_name, "max_length": self.max_length,
-                                      "head": head,
-                                      # absent for fp32: keys from before precisions stay valid
-                                      **({"precision": precision} if precision != "fp32" else {})})
+        self.namespace = namespace_key(teacher_key, tokenizer_name, self.max_length, head,
+                                       precision)
         self.fs, root_path = fsspec.core.url_to_fs(self.root)
         root_path = root_path.rstrip("/") or "/"
         self.dir = f"{root_path}/{self.namespace}" if root_path != "/" else f"/{self.namespace}"
+        # what a full disk names: the work root when the cache is its soft_labels/, else the root
+        self._disk_root = str(work_root_of(f"{root_path}/{self.namespace}"))
         self._check_writable()
         self._index: dict[str, np.ndarray] = {}
         self._loaded: set[str] = set()  # shard names already read (or found bad)
@@ -288,18 +337,39 @@ class SoftLabelCache:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def put(self, labels: Mapping[str, np.ndarray]) -> str | None:
+    def put(self, labels: Mapping[str, np.ndarray], seconds: float | None = None,
+            call: str | None = None) -> str | None:
         """Write the labels not cached yet as one new shard; returns its path (None if all were
-        cached already)."""
+        cached already). ``seconds``: the time spent computing ``labels``, recorded in the
+        ledger after the shard (also when another process had written them all first: the
+        time was spent); ``call``: an id of the labeling call, to count calls."""
         new = {k: v for k, v in labels.items() if k not in self._index}
-        if not new:
-            return None
-        keys = list(new)
-        mat = np.stack([np.asarray(new[k], dtype=np.float32).reshape(-1) for k in keys])
-        if self._num_labels is not None and mat.shape[1] != self._num_labels:
-            raise ValueError(f"labels have {mat.shape[1]} logits, this cache holds "
-                             f"{self._num_labels} per text")
-        return self._write_shard(keys, mat)
+        path = None
+        if new:
+            keys = list(new)
+            mat = np.stack([np.asarray(new[k], dtype=np.float32).reshape(-1) for k in keys])
+            if self._num_labels is not None and mat.shape[1] != self._num_labels:
+                raise ValueError(f"labels have {mat.shape[1]} logits, this cache holds "
+                                 f"{self._num_labels} per text")
+            path = self._write_shard(keys, mat)
+        if seconds is not None:
+            entry = {"rows": len(new), "seconds": float(seconds), "call": call,
+                     "shard": path.rsplit("/", 1)[-1] if path else None, "time": time.time()}
+            write_bytes_atomic(self.fs, f"{self.dir}/{LEDGER_DIR}/{uuid.uuid4().hex}.json",
+                               json.dumps(entry).encode(), root=self._disk_root)
+        return path
+
+    def labeling_record(self) -> dict:
+        """What the ledger holds for this namespace: ``seconds`` (summed over every flush of
+        every call and process), ``rows`` (labels those flushes added), ``flushes``, and
+        ``calls`` (distinct labeling calls). Unreadable entries are skipped."""
+        return _ledger_record(self.fs, self.dir)
+
+    def labeling_seconds(self) -> float:
+        """Seconds spent labeling into this namespace, summed over every call and resumption
+        that recorded its time with :meth:`put` (bulk labeling does; on-demand labels during
+        training do not); 0.0 when none did."""
+        return self.labeling_record()["seconds"]
 
     def _write_shard(self, keys: list[str], mat: np.ndarray) -> str:
         buf = io.BytesIO()
@@ -307,7 +377,7 @@ class SoftLabelCache:
         data = buf.getvalue()
         name = hashlib.sha256(data).hexdigest() + SHARD_SUFFIX
         path = f"{self.dir}/{name}"
-        write_bytes_atomic(self.fs, path, data)
+        write_bytes_atomic(self.fs, path, data, root=self._disk_root)
         self._loaded.add(name)
         self._num_labels = mat.shape[1]
         for k, row in zip(keys, mat):
@@ -345,6 +415,14 @@ class SoftLabelCache:
         return (f"SoftLabelCache(root={self.root!r}, namespace={self.namespace}, "
                 f"head={self.head!r}, max_length={self.max_length}, "
                 f"precision={self.precision})")
+
+
+def labeling_seconds(cache: SoftLabelCache) -> float:
+    """Seconds spent labeling into ``cache``'s namespace, summed over every call and
+    resumption (:meth:`SoftLabelCache.labeling_seconds`). Build the cache the way the labels
+    were written: ``SoftLabelCache.for_teacher(work_root / "soft_labels", teacher_dir,
+    max_length, head, precision)`` or ``pool.cache(...)``."""
+    return cache.labeling_seconds()
 
 
 def resolve_head_name(teacher_path: str | os.PathLike, head: str | None) -> str:

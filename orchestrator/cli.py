@@ -121,7 +121,7 @@ def cmd_augment(args) -> int:
     for name, d in load_data(cfg).items():
         res = augment_dataset(d.train, cfg.augment, Path(cfg.work_root) / "transfer",
                               data_key=f"{name}:{data_fingerprint(d.train)}",
-                              pair_mode=cfg.augment.pair_mode)
+                              pair_mode=cfg.augment.pair_mode, log=print, task=name)
         print(f"{name}: {res.n_in} examples in -> {res.n_out} out, {res.seconds:.1f}s "
               f"({'reused' if res.reused else 'built'}) -> {res.path}")
         for k, v in res.stats.items():

@@ -1,7 +1,13 @@
-"""Content keys and atomic writes: the two rules every cached artifact follows."""
+"""Content keys and atomic writes: the two rules every cached artifact follows.
+
+A write that runs out of disk (``ENOSPC``, ``EDQUOT``) inside :func:`atomic_file` or
+:func:`atomic_dir` removes its temporary and raises :class:`DiskFullError`, which names the work
+root and the space left: every stage writes through these helpers, so finished work stays and a
+re-run of the same command resumes once space is freed."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -10,6 +16,89 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
+
+# the work root's top folders (docs/architecture.md): a path below one of them names its root
+WORK_ROOT_DIRS = ("teachers", "transfer", "soft_labels", "bundles", "tune")
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """A write ran out of disk space or quota. ``errno`` is that of the cause; ``path`` is what
+    was being written, ``root`` the work root (or the folder written to), ``free`` the bytes
+    left there when it failed (None when unknown)."""
+
+    def __init__(self, err: int, message: str, path: str = "", root: str = "",
+                 free: int | None = None):
+        super().__init__(err, message)
+        self.path, self.root, self.free = path, root, free
+
+    def __reduce__(self):  # keeps path, root and free across processes (Ray, multiprocessing)
+        return type(self), (self.errno, self.strerror, self.path, self.root, self.free)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a full disk or quota: an
+    ``OSError`` with ``ENOSPC``/``EDQUOT``, or an error of a library (pyarrow, torch) that only
+    kept the system's message."""
+    if not isinstance(exc, Exception):  # an interrupt is never a full disk
+        return False
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(os.strerror(n) in str(e) for n in _DISK_FULL_ERRNOS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def work_root_of(path: str | os.PathLike) -> Path:
+    """The work root a path lies under: the parent of its last folder named like one of the
+    work root's top folders (``<root>/transfer/<key>/...`` -> ``<root>``); else its folder."""
+    p = Path(path)
+    parts = p.parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in WORK_ROOT_DIRS and i > 0:
+            return Path(*parts[:i])
+    return p.parent
+
+
+def _free_bytes(path: Path) -> int | None:
+    for d in (path, *path.parents):
+        try:
+            return shutil.disk_usage(d).free
+        except OSError:
+            continue
+    return None
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "an unknown amount"
+    if n < 1024:
+        return f"{n} bytes"
+    value, unit = float(n), "bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit}"
+
+
+def disk_full_error(path: str | os.PathLike, exc: BaseException,
+                    root: str | os.PathLike | None = None) -> DiskFullError:
+    """The :class:`DiskFullError` for a write of ``path`` that failed with ``exc``."""
+    root_p = Path(root) if root is not None else work_root_of(path)
+    free = _free_bytes(root_p)
+    err = next((e.errno for e in (exc, exc.__cause__, exc.__context__)
+                if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS), errno.ENOSPC)
+    return DiskFullError(
+        err, f"disk full (or quota exceeded) while writing {path}: {_size(free)} free under the "
+             f"work root {root_p}. Free space there and re-run the same command: finished work "
+             "is kept and the run resumes where it stopped; nothing half-written is taken as "
+             f"complete ({type(exc).__name__}: {exc})", str(path), str(root_p), free)
 
 
 def canonical_json(obj: Any) -> str:
@@ -30,16 +119,20 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, *, root: str | os.PathLike | None = None
+               ) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success rename it into place, on error remove it.
 
     A crash mid-write never leaves ``final`` looking complete. If another process finished the
-    same content first, its copy is kept (content-addressed: both are equal).
+    same content first, its copy is kept (content-addressed: both are equal). A full disk, in
+    the block or here, raises :class:`DiskFullError` (``root``: the work root it names; by
+    default :func:`work_root_of` ``final``).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp: Path | None = None
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         yield tmp
         try:
             os.rename(tmp, final)
@@ -48,24 +141,32 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, DiskFullError) and is_disk_full(e):
+            raise disk_full_error(final, e, root) from e
         raise
 
 
 @contextlib.contextmanager
-def atomic_file(final: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
-    """Open a temp file beside ``final``; rename into place only when the block succeeds."""
+def atomic_file(final: str | os.PathLike, mode: str = "wb", *,
+                root: str | os.PathLike | None = None) -> Iterator[Any]:
+    """Open a temp file beside ``final``; rename into place only when the block succeeds (after
+    an fsync). A full disk raises :class:`DiskFullError` and leaves neither the temp file nor
+    anything under ``final``'s name (``root`` as in :func:`atomic_dir`)."""
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if not isinstance(e, DiskFullError) and is_disk_full(e):
+            raise disk_full_error(final, e, root) from e
         raise

@@ -79,7 +79,8 @@ def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, ma
         return list(data.train), {"n_in": len(data.train), "n_out": len(data.train)}, None
     res = augment_dataset(data.train, cfg.augment, work_root / "transfer",
                           data_key=f"{data.task.name}:{data_fingerprint(data.train)}",
-                          mask_token=mask_token, pair_mode=cfg.augment.pair_mode)
+                          mask_token=mask_token, pair_mode=cfg.augment.pair_mode, log=log,
+                          task=data.task.name)
     log(f"[augment] {data.task.name}: {res.n_in} -> {res.n_out} examples "
         f"({'reused' if res.reused else f'{res.seconds:.1f}s'})")
     t = pq.read_table(res.path)
@@ -98,15 +99,16 @@ def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, ma
 # soft labels
 
 def label_examples(examples: list[Example], teacher: TeacherRef, cfg: ExperimentConfig,
-                   work_root: Path, log: Callable = print, pool=None):
+                   work_root: Path, log: Callable = print, pool=None, task: str | None = None):
     """Teacher logits for ``examples`` through the soft-label cache and the teacher pool
     (``pool``: a running pool of this teacher, e.g. a multi-task teacher serving several tasks;
-    else one is started for the call)."""
+    else one is started for the call). Progress lines go to ``log``, named by ``task``
+    (default: the teacher's head)."""
     from orchestrator.teacher_pool import TeacherPool
 
     if pool is None:
         with TeacherPool(teacher.path, cfg.pool) as own:
-            return label_examples(examples, teacher, cfg, work_root, log, own)
+            return label_examples(examples, teacher, cfg, work_root, log, own, task)
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
     root = str(work_root / "soft_labels")
@@ -114,7 +116,8 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
     pool.settle_precision(texts_a, texts_b, teacher.head, teacher.max_length, root)
     cache = pool.cache(root, teacher.head, teacher.max_length)
     res = pool.label_texts(texts_a, texts_b, head=teacher.head,
-                           max_length=teacher.max_length, cache=cache)
+                           max_length=teacher.max_length, cache=cache, log=log,
+                           task=task or teacher.head)
     gate = pool.fidelity_metrics()
     gate_note = (f"; {pool.actor_precision} vs fp32 argmax agreement "
                  f"{gate['label_fidelity_agreement']:.2%}, logit RMSE "
@@ -123,6 +126,48 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
         f"{res.misses} labeled in {res.seconds:.1f}s in {res.precision} ({res.truncated} "
         f"truncated{gate_note})")
     return res
+
+
+def data_stage_seconds(cfg: ExperimentConfig, data: dict[str, TaskData],
+                       teachers: dict[str, TeacherRef]) -> dict[str, dict[str, float | None]]:
+    """Per task, the seconds the two data stages spent, each summed over every call and
+    resumption that contributed (what a results report quotes):
+
+    - ``augment``: this config's transfer set (:func:`orchestrator.augment_stage.stage_seconds`);
+      None when augmentation is off, the set is not finished, or it predates the record;
+    - ``label``: all bulk labeling into the task teacher's soft-label cache (its head and max
+      length, every precision), whichever transfer sets it was for (with and without
+      augmentation share the cache; :meth:`orchestrator.cache.SoftLabelCache.labeling_seconds`);
+      0.0 when none was recorded.
+
+    Reads files only: no Ray, no model loaded (each teacher's files are hashed once)."""
+    from orchestrator.augment_stage import augment_cache_key, stage_seconds
+    from orchestrator.cache import namespace_key, read_ledger, resolve_head_name
+    from orchestrator.teacher_model import mask_token as teacher_mask_token
+    from orchestrator.teacher_model import teacher_identity
+
+    work_root = Path(cfg.work_root)
+    identities: dict[str, str] = {}
+    out: dict[str, dict[str, float | None]] = {}
+    for t, d in data.items():
+        ref = teachers[t]
+        aug_s = None
+        if cfg.augment.enabled:
+            # the mask token of the first teacher, as prepare_bundle builds every transfer set
+            mask = teacher_mask_token(next(iter(teachers.values())).path)
+            key = augment_cache_key(cfg.augment, f"{d.task.name}:{data_fingerprint(d.train)}",
+                                    mask, cfg.augment.pair_mode)
+            with contextlib.suppress(FileNotFoundError):
+                aug_s = stage_seconds(work_root / "transfer" / key)
+        if ref.path not in identities:
+            identities[ref.path] = teacher_identity(ref.path)
+        head = resolve_head_name(ref.path, ref.head)
+        label_s = sum(read_ledger(str(work_root / "soft_labels"),
+                                  namespace_key(identities[ref.path], "bundled", ref.max_length,
+                                                head, p))["seconds"]
+                      for p in ("fp32", "bf16", "fp16"))
+        out[t] = {"augment": aug_s, "label": label_s}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,7 +252,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         with contextlib.nullcontext(pool) if pool is not None \
                 else TeacherPool(path, cfg.pool) as running:
             for t in names:
-                res = label_examples(transfer[t], teachers[t], cfg, work_root, log, running)
+                res = label_examples(transfer[t], teachers[t], cfg, work_root, log, running, t)
                 logits[t] = res.logits
                 hits += res.hits
                 misses += res.misses

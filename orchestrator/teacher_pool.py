@@ -12,6 +12,11 @@ Faults: actors are started with ``max_restarts`` and ``max_task_retries``, so a 
 restarted by Ray and its pending calls re-run. When Ray gives up (an actor that cannot restart),
 the pool catches the ``RayActorError``, replaces the actor and resubmits the chunk elsewhere.
 
+Resuming: bulk labeling with a cache writes a shard every ``cache_flush_rows`` new labels or
+``cache_flush_s`` seconds (and on the way out of an error), each with its seconds in the cache's
+ledger. A labeling process killed part-way loses only what it had not flushed; the next call
+finds the flushed texts in the cache and sends only the others to the teacher.
+
 Online: with ``name=...`` the pool also starts :data:`TeacherServer`, a named detached actor
 (0 CPU: it only routes) that merges concurrent requests from many callers (Train workers of
 every trial) into one teacher call, waiting at most a few milliseconds for company. Callers find
@@ -48,9 +53,10 @@ import json
 import logging
 import os
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import ray
@@ -61,6 +67,7 @@ from orchestrator.batching import restore_order, token_budget_batches
 from orchestrator.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
 from orchestrator.config import PoolConfig
 from orchestrator.precision import autocast, resolve
+from orchestrator.progress import StageProgress
 from orchestrator.teacher_model import Teacher, TeacherError, check_teacher_path, load_teacher
 
 log = logging.getLogger(__name__)
@@ -435,7 +442,8 @@ class _ActorLabeler:
     """Bulk labeling over teacher actors with a soft-label cache; shared by :class:`TeacherPool`
     (which owns the actors) and :class:`PoolClient` (which only holds handles to them). Needs
     ``_actors``, ``info``, ``teacher_key``, ``chunk_size``, ``inflight_per_actor``,
-    ``max_chunk_retries``, ``cache_flush_rows``, ``fidelity_threshold``, ``fidelity_sample``,
+    ``max_chunk_retries``, ``cache_flush_rows``, ``cache_flush_s``, ``fidelity_threshold``,
+    ``fidelity_sample``,
     ``_verdicts`` and ``_revive(slot)``."""
 
     _actors: list
@@ -444,6 +452,7 @@ class _ActorLabeler:
     inflight_per_actor: int
     max_chunk_retries: int
     cache_flush_rows: int
+    cache_flush_s: float
     fidelity_threshold: float
     fidelity_sample: int
     _verdicts: dict  # reduced precision -> {"agreement", "rmse", "n", ...} of the gate
@@ -581,9 +590,18 @@ class _ActorLabeler:
 
     def label_texts(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None = None,
                     head: str | None = None, max_length: int = 128,
-                    cache: SoftLabelCache | None = None, progress: bool = True) -> LabelResult:
+                    cache: SoftLabelCache | None = None, progress: bool = True, *,
+                    log: Callable[[str], None] | None = None,
+                    task: str | None = None) -> LabelResult:
         """Logits for every text (pair), in input order: cache hits first, the rest computed
-        across the actors (duplicates once) and written to the cache."""
+        across the actors (duplicates once) and written to the cache.
+
+        With a cache, labels are flushed as shards every ``cache_flush_rows`` texts or
+        ``cache_flush_s`` seconds, each with its seconds in the cache's ledger: a call killed
+        part-way keeps what it flushed, and the next call computes only the rest. ``log``: gets
+        a progress line (distinct texts done of all, rate, time left; texts found in the cache
+        count as done) at most every 30 s and at the end, prefixed ``[label] <task>`` (``task``
+        defaults to the head's name)."""
         t0 = time.perf_counter()
         if not self._actors:
             raise RuntimeError("teacher pool is shut down")
@@ -613,8 +631,11 @@ class _ActorLabeler:
         cached = set(labels)
         todo = [(k, texts_a[first[k]], texts_b[first[k]] if texts_b is not None else None)
                 for k in missing]
+        meter = StageProgress("label", task or head_name, len(first), unit="texts",
+                              done=len(first) - len(todo), log=log)
         truncated, retried = self._compute(todo, head_name, max_length, labels, cache, progress,
-                                           precision)
+                                           precision, meter, t0)
+        meter.finish()
         logits = (np.stack([labels[k] for k in keys]).astype(np.float32, copy=False) if keys
                   else np.zeros((0, n_out), dtype=np.float32))
         hits = sum(1 for k in keys if k in cached)
@@ -624,10 +645,25 @@ class _ActorLabeler:
 
     def _compute(self, todo: list[tuple[str, str, str | None]], head: str, max_length: int,
                  labels: dict, cache: SoftLabelCache | None, progress: bool,
-                 precision: str) -> tuple[int, int]:
+                 precision: str, meter: StageProgress | None = None,
+                 t_start: float | None = None) -> tuple[int, int]:
         if not todo:
             return 0, 0
         from tqdm.auto import tqdm
+
+        call = uuid.uuid4().hex[:12]  # this call's id in the cache's ledger
+        last_flush = time.perf_counter() if t_start is None else t_start
+        unsaved: dict[str, np.ndarray] = {}
+
+        def flush() -> None:
+            # the seconds since the previous flush (the first: since the call began) go to the
+            # ledger with the shard that holds their labels
+            nonlocal unsaved, last_flush
+            if cache is None or not unsaved:
+                return
+            now = time.perf_counter()
+            cache.put(unsaved, seconds=now - last_flush, call=call)
+            unsaved, last_flush = {}, now
 
         # similar lengths in one chunk -> little padding inside the actors' batches
         todo = sorted(todo, key=lambda t: -(len(t[1]) + len(t[2] or "")))
@@ -639,7 +675,6 @@ class _ActorLabeler:
         load = [0] * len(self._actors)
         attempts = [0] * len(chunks)
         truncated = retried = 0
-        unsaved: dict[str, np.ndarray] = {}
         bar = tqdm(total=len(todo), unit="text", desc="teacher labels", disable=not progress,
                    leave=False)
         try:
@@ -675,14 +710,15 @@ class _ActorLabeler:
                         labels[k] = row
                         unsaved[k] = row
                     bar.update(len(out))
+                    if meter is not None:
+                        meter.update(len(out))
                     faults.point("labeling")
-                    if cache is not None and len(unsaved) >= self.cache_flush_rows:
-                        cache.put(unsaved)
-                        unsaved = {}
+                    if (len(unsaved) >= self.cache_flush_rows
+                            or time.perf_counter() - last_flush >= self.cache_flush_s):
+                        flush()
         finally:
             bar.close()
-            if cache is not None and unsaved:
-                cache.put(unsaved)  # keep finished work even when labeling fails part-way
+            flush()  # keep finished work even when labeling fails part-way
         return truncated, retried
 
 
@@ -693,14 +729,17 @@ class TeacherPool(_ActorLabeler):
     serving in ``namespace``. ``chunk_size``: texts per actor call. ``inflight_per_actor``:
     calls queued per actor (2 overlaps transfer and compute). ``max_restarts`` /
     ``max_task_retries``: Ray-level recovery; ``max_chunk_retries``: pool-level resubmissions
-    of one chunk after Ray gives up."""
+    of one chunk after Ray gives up. ``cache_flush_rows`` / ``cache_flush_s``: bulk labeling
+    writes a cache shard after this many new labels or seconds, whichever comes first (what a
+    killed labeling call loses at most)."""
 
     def __init__(self, teacher_path: str | os.PathLike, cfg: PoolConfig | None = None,
                  name: str | None = None, namespace: str = DEFAULT_NAMESPACE, *,
                  chunk_size: int = 256, inflight_per_actor: int = 2, max_restarts: int = 3,
                  max_task_retries: int = 3, max_chunk_retries: int = 3,
                  start_timeout_s: float = 300.0, server_max_wait_s: float = 0.005,
-                 server_max_length: int = 128, cache_flush_rows: int = 50_000, seed: int = 0):
+                 server_max_length: int = 128, cache_flush_rows: int = 50_000,
+                 cache_flush_s: float = 60.0, seed: int = 0):
         self.cfg = cfg or PoolConfig()
         if self.cfg.num_actors < 1 or self.cfg.cpus_per_actor < 0 or self.cfg.gpus_per_actor < 0:
             raise ValueError("pool.num_actors must be >= 1, pool.cpus_per_actor and "
@@ -714,6 +753,7 @@ class TeacherPool(_ActorLabeler):
         self.max_chunk_retries = max_chunk_retries
         self.start_timeout_s = start_timeout_s
         self.cache_flush_rows = cache_flush_rows
+        self.cache_flush_s = float(cache_flush_s)
         self.seed = seed
         self.fidelity_threshold = float(self.cfg.fidelity_threshold)
         self.fidelity_sample = int(self.cfg.fidelity_sample)
@@ -812,7 +852,8 @@ class TeacherPool(_ActorLabeler):
             raise RuntimeError("teacher pool is shut down")
         return PoolClient(self.actors, dict(self.info), self.teacher_key, self.teacher_path,
                           self.chunk_size, self.inflight_per_actor, self.max_chunk_retries,
-                          self.cache_flush_rows, fidelity_threshold=self.fidelity_threshold,
+                          self.cache_flush_rows, cache_flush_s=self.cache_flush_s,
+                          fidelity_threshold=self.fidelity_threshold,
                           fidelity_sample=self.fidelity_sample, verdicts=dict(self._verdicts))
 
     def label_parquet(self, in_path: str, out_path: str, head: str | None = None,
@@ -897,6 +938,7 @@ class PoolClient(_ActorLabeler):
     max_chunk_retries: int = 3
     cache_flush_rows: int = 50_000
     restart_timeout_s: float = 120.0
+    cache_flush_s: float = 60.0
     fidelity_threshold: float = 0.995
     fidelity_sample: int = 512
     verdicts: dict | None = None  # the pool's fidelity verdicts when the client was made
