@@ -51,6 +51,7 @@ from torch import nn
 from orchestrator import tracking
 from orchestrator.config import ConfigError, ExperimentConfig, build_config, parse_override
 from orchestrator.keys import content_key
+from orchestrator.progress import duration
 
 REPORT_VERSION = 2  # 2: students train in report-train runs, a cell run per (row, task)
 KIND_PARENT, KIND_CELL, KIND_TRAIN = "report", "report-cell", "report-train"
@@ -408,7 +409,8 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
         perf, ref_note = _measure(ctx, selected, cells, tasks, data, single_refs, multi_refs,
                                   single_cfg, repeats, warmup, threads)
         stages = stage_seconds(selected, cells, single_refs, multi_refs,
-                               time.time() - t0_measure)
+                               time.time() - t0_measure,
+                               _data_seconds(row_cfgs, single_cfg, data, single_refs, multi_refs))
         flags = _flag(selected, cells, tasks)
         table = build_table(selected, cells, tasks, perf)
         trained = sum(c.status == "trained" for c in cells)
@@ -491,15 +493,9 @@ class _Progress:
         self.ctx.note(
             f"progress: {done}/{total} cells; row {row.num} {row.id} "
             f"{self.done_cells[row.id]}/{self.plan[row.id]}"
-            + (f", about {_duration(left(row.id))} left in the row" if row_left else "")
-            + (f"; about {_duration(sum(left(r) for r in self.plan))} left in all at this "
+            + (f", about {duration(left(row.id))} left in the row" if row_left else "")
+            + (f"; about {duration(sum(left(r) for r in self.plan))} left in all at this "
                "call's pace" if done < total and every else ""))
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, m = divmod(seconds // 60, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{seconds % 60:02d}s"
 
 
 def _teacher_seconds(refs) -> float | None:
@@ -516,14 +512,33 @@ def _teacher_seconds(refs) -> float | None:
     return total
 
 
+def _data_seconds(row_cfgs: dict[str, ExperimentConfig], single_cfg: ExperimentConfig, data,
+                  single_refs, multi_refs) -> dict[str, float | None]:
+    """Augmentation (row 4's transfer sets) and bulk labeling (every teacher's soft-label cache)
+    seconds, summed over tasks and resumptions."""
+    from orchestrator.pipeline import data_stage_seconds
+
+    soft = row_cfgs.get("bilstm_soft", single_cfg)
+    single = data_stage_seconds(soft, data, single_refs)
+    aug = [v["augment"] for v in single.values()]
+    label = sum(v["label"] or 0.0 for v in single.values())
+    if multi_refs is not None:
+        label += sum(v["label"] or 0.0 for v in data_stage_seconds(
+            row_cfgs.get("mkd_bcn", single_cfg), data, multi_refs).values())
+    return {"augment": (float(sum(aug)) if "bilstm_soft" in row_cfgs and None not in aug
+                        else None), "labeling": label}
+
+
 def stage_seconds(selected: list[Row], cells: list[Cell], single_refs, multi_refs,
-                  measure_s: float) -> dict[str, float | None]:
+                  measure_s: float, data_s: dict[str, float | None] | None = None
+                  ) -> dict[str, float | None]:
     """Compute seconds per stage, summed over every call that contributed: the teachers'
-    fine-tuning, then each student row's training (every run it trained, the whole grid), and
-    this call's latency measurement."""
+    fine-tuning, augmentation and labeling, then each student row's training (every run it
+    trained, the whole grid), and this call's latency measurement."""
     out: dict[str, float | None] = {"teacher": _teacher_seconds(single_refs)}
     if multi_refs is not None:
         out["teacher_mkd"] = _teacher_seconds(multi_refs)
+    out.update(data_s or {})
     for r in selected:
         if r.kind == "teacher":
             continue
@@ -834,6 +849,8 @@ def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], 
         t = _train_point(ctx, row, cfg, data, refs, joint, key)
     except Exception as e:  # noqa: BLE001
         return [_failed(ctx, row, task, key, e, log=task == tasks[0]) for task in tasks]
+    if t.status == "reused":
+        ctx.note(f"{row.num} {row.id}: reused joint MLflow run {t.run_id} (FINISHED)")
     tuning = {"lr": cfg.train.lr, "best_epoch": t.best.get("epoch"),
               "epochs_run": t.best.get("epochs_run"), "patience": cfg.train.patience,
               "max_epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
@@ -1143,7 +1160,7 @@ def _tuning_note(selected: list[Row], cells: list[Cell], grid: tuple[float, ...]
 
 
 def _stage_note(stages: dict[str, float | None]) -> str:
-    parts = [f"{k} {'—' if v is None else _duration(v)}" for k, v in stages.items()]
+    parts = [f"{k} {'—' if v is None else duration(v)}" for k, v in stages.items()]
     return ("Compute time per stage, summed over every call that contributed: "
             + ", ".join(parts) + ".")
 
@@ -1181,7 +1198,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         vals.append("—" if size is None else _fmt_params(size))
         vals.append("—" if lat is None else f"{lat:.2f}")
         lines.append("| " + " | ".join(vals) + " |")
-    stages = ", ".join(f"{k} {'—' if v is None else _duration(v)}"
+    stages = ", ".join(f"{k} {'—' if v is None else duration(v)}"
                        for k, v in results["stage_seconds"].items())
     lines += ["", f"Budget `{results['budget']}`, commit `{results['commit']}`, "
               f"{results['date']}, {results['machine']}. Compute time per stage (summed over "

@@ -268,7 +268,6 @@ class FinetuneRun:
             sched.step()
             opt.zero_grad(set_to_none=True)
             state["step"] = step + 1
-            faults.point("teacher_finetune")
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             epoch_end = (step + 1) % self.steps_per_epoch == 0 or step + 1 == self.total
@@ -279,6 +278,7 @@ class FinetuneRun:
                 state["seconds"] = spent0 + time.perf_counter() - t_start
                 self._save(model, opt, sched, state)
                 t_saved = time.perf_counter()
+            faults.point("teacher_finetune")  # after this step's checkpoint, if it wrote one
         bar.close()
         if self.cfg.keep_best_epoch and state["best_model"] is not None:
             model.load_state_dict(state["best_model"])

@@ -26,6 +26,7 @@ from orchestrator.bundle import TaskTensors, load_embeddings, read_meta, read_sp
 from orchestrator.config import ExperimentConfig, build_config
 from orchestrator.mixture import TaskSampler, mixture_weights
 from orchestrator.on_demand_labels import merge_stats
+from orchestrator.progress import duration
 from orchestrator.trial_checkpoints import TrialCheckpoints
 from students.factory import build_student, count_parameters
 from students.losses import distillation_loss
@@ -493,6 +494,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         _report(r, metrics, {"best": best, "bad_epochs": bad_epochs, "done": last}, model,
                 optimizer, cfg, meta, bundle, rank, client, run_id, checkpoints=checkpoints,
                 resume=resume_state())
+        faults.point("trial_reported")  # this report checkpointed: a resume starts after it
         if stop:
             stage1 = r + 1  # stage 2 numbers its reports on from here
             break
@@ -504,7 +506,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     per_task = finetune_copies(_unwrap(model), specs, tc, world, resumed_per_task,
                                resumed.get("optimizers"))
     for r in range(max(start, stage1), stage1 + tc.finetune_epochs):
-        epoch = r - stage1 + tc.epochs
+        epoch = stage1 // evals + r - stage1  # stage 1 may have stopped early
         t0 = time.time()
         losses = {}
         for t, (m, opt) in per_task.items():
@@ -536,13 +538,7 @@ def _progress(r: int, stage1: int, tc, metrics: dict, bad_epochs: int, stop: boo
           f"{metrics['dev_score']:.4f}, best {metrics['best_dev_score']:.4f}, "
           f"{metrics['epoch_seconds']:.0f} s" + (", patience reached" if stop else
                                                   f"; at most {left} more, about "
-                                                  f"{_duration(eta)} at this pace"), flush=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, m = divmod(seconds // 60, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{seconds % 60:02d}s"
+                                                  f"{duration(eta)} at this pace"), flush=True)
 
 
 def finetune_copies(joint, specs: dict[str, TaskSpec], tc, world: int,

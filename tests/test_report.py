@@ -129,17 +129,30 @@ def test_every_cell_is_an_mlflow_run_with_its_tags(report):
                   "report_x_fewer_params_vs_teacher"):
             assert k in m, (row, task, k)
         assert ("distillray.flag" in c.data.tags)
-    # students: single-task cells hold their student; MKD cells point at the joint run
-    _, joint = _runs(report["uri"], **{tracking.TAG_KIND: KIND_TRAIN, TAG_REPORT: NAME})
+    # every student trains in a report-train run holding it: one per single-task cell (no lr
+    # grid in the small budget), one joint run per MKD row; each cell points at its run
+    _, trains = _runs(report["uri"], **{tracking.TAG_KIND: KIND_TRAIN, TAG_REPORT: NAME})
+    joint = [j for j in trains if j.data.tags[TAG_ROW].startswith("mkd_")]
+    single = [j for j in trains if not j.data.tags[TAG_ROW].startswith("mkd_")]
     assert sorted(j.data.tags[TAG_ROW] for j in joint) == ["mkd_bcn", "mkd_transformer"]
-    for j in joint:
-        assert j.data.tags[TAG_TASK] == "sst2,mrpc"
+    students = [r.id for r in ROWS if r.kind == "single"]
+    assert sorted((j.data.tags[TAG_ROW], j.data.tags[TAG_TASK]) for j in single) == sorted(
+        (r, t) for r in students for t in TASKS)
+    for j in trains:
+        assert j.info.status == "FINISHED" and j.data.metrics["compute_seconds"] > 0
         assert "student/model.safetensors" in {a.path for a in client.list_artifacts(
             j.info.run_id, "student")}
+    for j in joint:
+        assert j.data.tags[TAG_TASK] == "sst2,mrpc"
         for t in TASKS:
             assert f"best_{t}_score" in j.data.metrics
-    mkd_cells = [c for c in cells if c.data.tags[TAG_ROW].startswith("mkd_")]
-    assert {c.data.tags["distillray.train_run"] for c in mkd_cells} == {j.info.run_id for j in joint}
+    by_id = {j.info.run_id: j for j in trains}
+    for c in cells:
+        if c.data.tags[TAG_ROW].startswith("teacher"):
+            continue
+        j = by_id[c.data.tags["distillray.train_run"]]
+        assert j.data.tags[TAG_ROW] == c.data.tags[TAG_ROW]
+        assert c.data.tags[TAG_TASK] in j.data.tags[TAG_TASK].split(",")
     kd = next(c for c in cells if c.data.tags[TAG_ROW] == "bilstm_soft")
     assert kd.data.metrics["transfer_size"] > 500  # trained on the augmented transfer set
 

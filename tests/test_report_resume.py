@@ -73,15 +73,15 @@ def runs(tmp_path_factory, tiny_nltk_data):
     _run(ref, tiny_nltk_data, None)
     killed = tmp_path_factory.mktemp("killed")
     stages = {}
-    for fault in ("teacher_finetune", "augment", "labeling", "trial_epoch"):
+    for fault in ("teacher_finetune", "augment_chunk", "labeling", "trial_reported"):
         stages[fault] = _run(killed, tiny_nltk_data, fault)
     _run(killed, tiny_nltk_data, None)
     return {"ref": ref, "killed": killed, "stages": stages}
 
 
 def test_every_stage_was_interrupted(runs):
-    assert runs["stages"] == {"teacher_finetune": True, "augment": True, "labeling": True,
-                              "trial_epoch": True}
+    assert runs["stages"] == {"teacher_finetune": True, "augment_chunk": True, "labeling": True,
+                              "trial_reported": True}
 
 
 def test_same_table_as_an_uninterrupted_report(runs):
@@ -118,4 +118,4 @@ def test_student_resumed_in_its_run_and_no_epoch_ran_twice(runs):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
     assert sorted(steps) == sorted(set(steps)) and len(steps) == 3, steps
     log = (runs["killed"] / "log.txt").read_text()
-    assert "resuming after report" in log
+    assert "resuming after report 1 " in log, "from the checkpoint of its first epoch"

@@ -1,0 +1,43 @@
+"""Cache and run keys stay what they were: a full-budget report spans working sessions, and a
+changed key would silently train a teacher or a student again. The literals were computed on
+fixed inputs; a change that must alter a key bumps that key's version on purpose and updates
+the literal here in the same commit.
+
+(Transfer-set, POS-tag and soft-label keys: tests/test_stage_resume.py; bundle keys:
+tests/test_teacher_embeddings.py.)"""
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.config import build_config
+from orchestrator.multitask_teacher import multitask_teacher_key
+from orchestrator.pipeline import TeacherRef
+from orchestrator.report import ROWS, cell_key, row_config
+from orchestrator.teacher import teacher_key
+from tasks.data import Example
+from tasks.loaders import TaskData
+from tasks.registry import get_task
+
+DATA = {"sst2": TaskData(get_task("sst2"), [Example(0, "the cat", None, 1),
+                                            Example(1, "a dog", None, 0)],
+                         {"dev": [Example(0, "the dog", None, 1)]})}
+TEACHERS = {"sst2": TeacherRef("/t/x", "k0", "default", 128)}
+
+
+def test_teacher_keys_are_unchanged():
+    t = build_config({"teacher": {"model": "some/model", "lr": 5e-5, "max_length": 128,
+                                  "per_task": {"rte": {"epochs": 10}}}}).teacher
+    assert teacher_key(t, get_task("sst2"), "fp0") == "d227937ebb5a5430"
+    assert teacher_key(t, get_task("rte"), "fp0") == "5fb0ecf9d294dab3"
+    assert multitask_teacher_key(t, DATA) == "fc5d52957238a2d5"
+
+
+@pytest.mark.parametrize("row,key", [
+    ("bilstm_gold", "e521a20a4974b2c0"), ("bilstm_kd", "3e1cdfd972fee622"),
+    ("bilstm_soft", "c3bac306c6e16d2a"), ("mkd_bcn", "a20af71faf51ca0a"),
+    ("mkd_transformer", "3a2b879f5f0d1803"), ("bcn_kd", "3dcad4d2ff41f42f"),
+    ("transformer_kd", "fceda1d909cff2fc")])
+def test_report_cell_keys_are_unchanged(row, key):
+    base = build_config({"pool": {"precision": "fp32"}, "train": {"patience": 2}})
+    r = next(x for x in ROWS if x.id == row)
+    assert cell_key(r, row_config(base, r, {}, ["sst2"]), DATA, TEACHERS) == key
