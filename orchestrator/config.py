@@ -212,6 +212,10 @@ class TrainConfig:
     cpus_per_worker: float = knob(1.0, "CPUs per worker (with num_workers=0: the trial's "
                                   "training share).")
     use_gpu: bool = knob(False, "Train students on a GPU.")
+    precision: str = knob("fp32", "Student forward passes and losses under autocast: auto | fp32 "
+                          "| bf16 | fp16 (GPU only); weights, gradients, the optimizer and dev "
+                          "evaluation stay fp32. auto: bf16 on a CPU with native bf16, else "
+                          "fp32. Part of a report cell's key unless it resolves to fp32.")
     torch_threads: int | None = knob(None, "Torch threads per worker; null: cpus_per_worker "
                                      "(at least 1).")
     patience: int | None = knob(None, "Stop a run whose dev score has not improved for this "
@@ -598,12 +602,16 @@ def _validate_precision(cfg: ExperimentConfig) -> None:
 
     p = cfg.pool
     for where, value in (("pool.precision", p.precision), ("teacher.precision",
-                                                           cfg.teacher.precision)):
+                                                           cfg.teacher.precision),
+                         ("train.precision", cfg.train.precision)):
         if value not in PRECISIONS:
             raise ConfigError(f"{where}={value!r}: choose {', '.join(PRECISIONS)}")
     if p.precision == "fp16" and p.gpus_per_actor <= 0:
         raise ConfigError("pool.precision=fp16 needs GPU teacher actors (pool.gpus_per_actor > 0):"
                           " fp16 cannot run on a CPU; use pool.precision=bf16 or auto")
+    if cfg.train.precision == "fp16" and not cfg.train.use_gpu:
+        raise ConfigError("train.precision=fp16 needs GPU workers (train.use_gpu=true): fp16 "
+                          "cannot run on a CPU; use train.precision=bf16 or auto")
     if cfg.teacher.precision == "fp16":
         raise ConfigError("teacher.precision=fp16: teacher fine-tuning runs on the CPU, where "
                           "fp16 cannot run; use teacher.precision=bf16 or auto")

@@ -260,9 +260,13 @@ def cell_key(row: Row, cfg: ExperimentConfig, data, teachers) -> str:
     the student and the training settings (resource-only settings left out)."""
     from orchestrator.pipeline import bundle_key
 
+    from orchestrator.train import student_precision
+
     train = asdict(cfg.train)
-    for k in ("cpus_per_worker", "torch_threads", "use_gpu"):
+    for k in ("cpus_per_worker", "torch_threads", "use_gpu", "precision"):
         train.pop(k, None)
+    if student_precision(cfg.train) != "fp32":  # absent for fp32: keys from before it stay
+        train["precision"] = student_precision(cfg.train)
     student = asdict(cfg.student)
     student.pop("embeddings", None)  # by content, in the bundle key
     return content_key({"v": REPORT_VERSION, "row": row.id, "tasks": sorted(data),

@@ -257,14 +257,27 @@ def load_student(ckpt_dir: str | Path, task: str | None = None):
     return model, info
 
 
+def student_precision(tc) -> str:
+    """``train.precision`` resolved for where the student trains."""
+    from orchestrator.precision import resolve
+
+    return resolve(tc.precision, "cuda" if tc.use_gpu else "cpu", "train.precision")
+
+
 def train_steps(model, optimizer, streams: dict[str, "TaskStream"], tasks: list[str],
-                specs: dict[str, TaskSpec], tc) -> float:
-    """One optimizer step per entry of ``tasks`` (a batch of that task each); mean loss."""
+                specs: dict[str, TaskSpec], tc, precision: str = "fp32") -> float:
+    """One optimizer step per entry of ``tasks`` (a batch of that task each); mean loss. The
+    forward pass runs under ``precision`` autocast (a resolved one); the loss takes fp32."""
+    from orchestrator.precision import autocast
+
     model.train()
     total = 0.0
+    device = "cuda" if tc.use_gpu else "cpu"
     for task in tasks:
         batch = streams[task].next()
-        out = forward(model, batch, task)
+        with autocast(precision, device):
+            out = forward(model, batch, task)
+        out = out.float()
         spec = specs[task]
         gold = batch["label"]
         if not spec.is_regression:
@@ -373,6 +386,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         rank, world = 0, 1
     torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
     torch.manual_seed(tc.seed)
+    precision = student_precision(tc)
     bundle = Path(loop_cfg["bundle"])
     meta, train, dev, specs = load_bundle(bundle, loop_cfg.get("tasks"))
     model, meta, init_layers = build_for_training(cfg, meta, load_embeddings(bundle))
@@ -471,7 +485,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         seg = steps * (k + 1) // evals - steps * k // evals  # this report's share of the epoch
         # the draws of report r depend on r only, so a resumed run draws what it would have
         draws = TaskSampler(probs, seed=tc.seed + 1000 * r).draw(max(1, seg))
-        loss = train_steps(model, optimizer, streams, draws, specs, tc)
+        loss = train_steps(model, optimizer, streams, draws, specs, tc, precision)
         seconds = time.time() - t0
         # mid-epoch: trained, not yet reported (a report may pause the trial at a rung)
         faults.point("trial_epoch")
@@ -511,7 +525,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         losses = {}
         for t, (m, opt) in per_task.items():
             n = max(1, math.ceil(sizes[t] / (tc.batch_size * world)))  # one pass over the task
-            losses[t] = train_steps(m, opt, streams, [t] * min(n, tc.steps_per_epoch or n), specs, tc)
+            losses[t] = train_steps(m, opt, streams, [t] * min(n, tc.steps_per_epoch or n),
+                                    specs, tc, precision)
         for lab in labels.values():
             lab.flush()
         scores = evaluate_per_task({t: _unwrap(m) for t, (m, _) in per_task.items()}, dev, specs)
