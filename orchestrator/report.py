@@ -2,7 +2,8 @@
 
     distillray report --budget small --tasks sst2,mrpc --out report.md
 
-Rows (one fixed model each, no search; every student gets the same epochs, batch size and seed):
+Rows (no search; every student gets the same epoch limit, batch size and seed; with
+``--budget full`` the BiLSTM rows each pick ``train.lr`` from one grid on dev, ``LR_GRID``):
 
     1a  teacher        the base model fine-tuned on each task (``orchestrator.teacher``)
     1b  teacher_mkd    one multi-task teacher refined on all tasks (``orchestrator.multitask_teacher``)
@@ -20,14 +21,18 @@ Each (row, task) is one MLflow run (a *cell*) tagged ``distillray.kind=report-ce
 ``distillray.report=<name>``, ``distillray.row=<row>``, ``distillray.task=<task>`` and
 ``distillray.config_key=<key>``, holding ``report_*`` metrics (the task's dev metrics, ``score``,
 non-embedding params, batch-1 / batch-64 latency and the ratios), under one parent run
-(``distillray.kind=report``) that carries the table as ``report.md``. MKD students train once in
-a ``report-train`` run; their cells point at it (``distillray.train_run``).
+(``distillray.kind=report``) that carries the table as ``report.md``. Every student trains in a
+``report-train`` run (one per learning rate of a tuned cell; one joint run per MKD row) that
+holds its learning curve and best student; the cell points at the one it kept
+(``distillray.train_run``).
 
 Everything expensive is reused: teachers, transfer sets, soft labels and bundles through the
-pipeline's content-keyed caches; a cell whose run for the same config key already FINISHED in
-this report is not trained again (its metrics and student are read back from MLflow). Latency is
-measured again on every call, interleaved across all rows and BERT-base, so the ratios always
-come from one measurement.
+pipeline's content-keyed caches; a train or cell run for the same config key that already
+FINISHED in this report is not trained again (its metrics and student are read back from
+MLflow). A train run a killed call left unfinished is resumed: the same MLflow run, and Ray
+Train's run named by the key restores its last checkpoint (weights, optimizer, batch order, RNG),
+so the student equals an uninterrupted one. Latency is measured again on every call, interleaved
+across all rows and BERT-base, so the ratios always come from one measurement.
 
 Flags: row 4 must beat rows 2 and 3; each MKD row must beat row 3 and the single-task KD of
 its own student (6a, 6b: same transfer data, loss and epochs); row 1b must beat row 1a. A row
