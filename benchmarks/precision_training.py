@@ -34,7 +34,7 @@ ASSETS = Path(os.environ.get("DISTILLRAY_ASSETS", REPO.parent / "shared" / "asse
 
 
 def _sst2(n_train: int | None, max_dev: int | None = None):
-    from orchestrator.config import DataConfig
+    from tasks.config import DataConfig
     from tasks.loaders import load_task_data
     from tasks.registry import get_task
 
@@ -94,7 +94,7 @@ def student_steps(n: int, batch_size: int = 64, length: int = 40) -> dict:
     embeddings, the 3-layer 384-wide Transformer), one SST-2-like batch of word ids a step."""
     import torch
 
-    from orchestrator.config import StudentConfig
+    from students.config import StudentConfig
     from orchestrator.precision import autocast
     from students.factory import build_student
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import (ConfigError, build_config, find_assets,
+from orchestrator.config import (ConfigError, build_config, find_assets, load_space,
                                  parse_override, use_local_assets)
 from orchestrator.preflight import check_inputs
 
@@ -26,8 +26,6 @@ def resolve_run(preset: str, sets: list[str] | None = None, assets: str | None =
                 extra: dict[str, Any] | None = None):
     """Returns (space, cfg, overrides). ``overrides`` carries every resolved value (asset paths
     included) so each trial rebuilds exactly the same base config."""
-    from search_spaces.loader import load_space
-
     space = load_space(preset)
     overrides: dict[str, Any] = dict(extra or {})
     for s in sets or []:

@@ -2,64 +2,34 @@
 
 A preset YAML (``search_spaces/*.yaml``) fills an :class:`ExperimentConfig`; CLI ``--set a.b=v``
 flags override it; each run logs the resolved config. Unknown keys are errors that name the key.
+
+``ExperimentConfig`` composes the sections: ``data`` (:class:`tasks.config.DataConfig`) and
+``student`` (:class:`students.config.StudentConfig`) belong to the packages that read them, the
+others are declared here; the field kit (``knob``, ``section``, ``ConfigError``, ``set_path``) is
+:mod:`knobs`. All of those names are importable from here too. :func:`load_space` and
+:func:`apply_sample` are ``search_spaces.loader``'s, checked against and built into this config.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from knobs import ConfigError, knob, section, set_path
+from search_spaces import loader as _spaces
+from students.config import StudentConfig
+from tasks.config import DataConfig
+
 ASSETS_ENV = "DISTILLRAY_ASSETS"
-
-
-class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or out of range."""
-
-
-def knob(default: Any, help: str) -> Any:
-    """A config field with its help text (``field.metadata["help"]``), which
-    ``scripts/gen_config_docs.py`` turns into docs/configuration.md. Lists and dicts get a
-    ``default_factory``, so no two configs share one."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
-def section(cls: type, help: str) -> Any:
-    """A nested config section (a dataclass), built fresh for each config."""
-    return field(default_factory=cls, metadata={"help": help})
-
-
-@dataclass
-class DataConfig:
-    """Where the task's examples come from and how many are used."""
-    task: str = knob("sst2", "The task when `tasks` is empty: a GLUE task (sst2, mrpc, rte, "
-                     "cola, stsb, ...), or a name of your own for source=custom.")
-    source: str = knob("auto", "auto | glue_dir | hub | custom | generated. auto: a GLUE TSV "
-                       "dir when `glue_dir` is set (or found in the local assets), else the hub "
-                       "dataset `hub_name`.")
-    glue_dir: str | None = knob(None, "GLUE TSV root (holds SST-2/, MRPC/, ...).")
-    hub_name: str = knob("nyu-mll/glue", "Hugging Face hub dataset for source=hub.")
-    train_file: str | None = knob(None, "Own training file (CSV, TSV or JSONL) for "
-                                  "source=custom.")
-    dev_file: str | None = knob(None, "Own dev file for source=custom.")
-    text_columns: list[str] = knob(["text"], "Text column(s) of a custom file: one, or two for "
-                                   "sentence pairs.")
-    label_column: str = knob("label", "Label column of a custom file.")
-    label_names: list[str] | None = knob(None, "Class names of a custom classification task; "
-                                         "null (and regression=false): inferred from the data.")
-    regression: bool = knob(False, "A custom task with a real-valued target instead of classes.")
-    max_train_examples: int | None = knob(None, "Cap on training examples (a seeded subset); "
-                                          "null: all.")
-    max_dev_examples: int | None = knob(None, "Cap on dev examples per dev split; null: all.")
-    seed: int = knob(0, "Seed of the subsets (and of generated data).")
+# the values of pool.precision, teacher.precision and train.precision (orchestrator.precision
+# resolves them for a device)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass
@@ -148,44 +118,6 @@ class AugmentConfig:
     chunk_size: int = knob(2000, "Examples per worker task (does not change the output).")
     max_examples: int | None = knob(None, "Cap on the transfer set after deduplication (a "
                                     "seeded, deterministic subset); null: no cap.")
-
-
-@dataclass
-class StudentConfig:
-    """The student's architecture and input encoding."""
-    arch: str = knob("bilstm", "bilstm (Tang) | bcn (bi-attentive LSTM, MKD) | transformer.")
-    embeddings: str | None = knob(None, "Word vectors (bilstm, bcn): a GloVe/word2vec text "
-                                  "file, \"glove\" for the local GloVe 50d, or \"teacher\": "
-                                  "each word gets the mean of its word pieces' rows in the input "
-                                  "embeddings of `teacher.model` (the pre-trained base model, "
-                                  "not random:*; the size is its input-embedding size, the "
-                                  "hidden size of a BERT: 384 for MiniLM-L6; words only [UNK] "
-                                  "to its tokenizer get the [UNK] row); null: random initialization. Ignored by transformer "
-                                  "students (they use the teacher's tokenizer; see "
-                                  "`init_from_teacher`).")
-    embed_dim: int = knob(300, "Embedding size when `embeddings` is null (else the vectors' "
-                          "size).")
-    trainable_embeddings: bool = knob(True, "Fine-tune the word embeddings.")
-    channels: str = knob("single", "single | multi (a static and a trainable copy of the "
-                         "embeddings).")
-    hidden_size: int = knob(150, "LSTM hidden size per direction (bilstm, bcn).")
-    num_layers: int = knob(1, "LSTM layers (bilstm).")
-    relu_size: int = knob(200, "Size of the ReLU layer before the output (bilstm).")
-    dropout: float = knob(0.1, "Dropout, in [0, 1).")
-    max_length: int = knob(64, "Truncation length in tokens.")
-    vocab_min_freq: int = knob(1, "Least count of a training-set word to enter the vocabulary.")
-    vocab_max_size: int | None = knob(None, "Largest vocabulary (most frequent words first); "
-                                      "null: no cap.")
-    tf_layers: int = knob(3, "Transformer student: layers.")
-    tf_hidden: int = knob(384, "Transformer student: hidden size (the teacher's, to copy its "
-                          "layers).")
-    tf_heads: int = knob(12, "Transformer student: attention heads.")
-    tf_ffn: int = knob(1536, "Transformer student: feed-forward size.")
-    init_from_teacher: str = knob("none", "Transformer student: start from teacher layers: none "
-                                  "| first | even | indices like \"0,2,4\"; tf_hidden, tf_heads "
-                                  "and tf_ffn must then match the teacher.")
-    pooling: list[str] = knob(["max", "mean", "min", "self"], "BCN: poolings of its outputs "
-                              "(max, mean, min, self-attentive).")
 
 
 TEACHER_EMBEDDINGS = "teacher"  # student.embeddings: vectors from the teacher's input embeddings
@@ -392,19 +324,6 @@ def from_dict(cls: type, values: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def set_path(cfg_dict: dict[str, Any], dotted: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, refusing keys the config does not have."""
-    parts = dotted.split(".")
-    node = cfg_dict
-    for p in parts[:-1]:
-        if p not in node or not isinstance(node[p], dict):
-            raise ConfigError(f"unknown key {dotted}: no section {p!r}")
-        node = node[p]
-    if parts[-1] not in node:
-        raise ConfigError(f"unknown key {dotted}; known keys here: {', '.join(sorted(node))}")
-    node[parts[-1]] = value
-
-
 DEPRECATED_HALF = "half_precision_on_gpu"
 
 
@@ -448,6 +367,34 @@ def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None
     cfg = from_dict(ExperimentConfig, merged)
     validate(cfg)
     return cfg
+
+
+class ExperimentSchema:
+    """The experiment config as ``search_spaces.loader`` sees it: a preset is checked against it
+    and a trial's config built from it (the loader cannot import this package)."""
+
+    def defaults(self) -> dict[str, Any]:
+        return ExperimentConfig().to_dict()
+
+    def build(self, values: dict[str, Any],
+              overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+        return build_config(values, overrides)
+
+
+SCHEMA = ExperimentSchema()
+
+
+def load_space(name_or_path: str) -> _spaces.SearchSpace:
+    """A preset (name or YAML path) as a ``search_spaces.loader.SearchSpace``, every value and
+    parameter checked against :class:`ExperimentConfig`."""
+    return _spaces.load_space(name_or_path, SCHEMA)
+
+
+def apply_sample(space: _spaces.SearchSpace, sample: dict[str, Any],
+                 overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """A trial's config: the preset's config and search settings, ``overrides``, then the
+    values Tune sampled (``search_spaces.loader.apply_sample``)."""
+    return _spaces.apply_sample(space, sample, overrides, schema=SCHEMA)
 
 
 def _deep_merge(base: dict[str, Any], new: dict[str, Any], where: str) -> dict[str, Any]:
@@ -598,8 +545,6 @@ def _validate_teacher(t: TeacherConfig) -> None:
 
 def _validate_precision(cfg: ExperimentConfig) -> None:
     """Names, the gate's range, and fp16 without a GPU: refused here, before any work."""
-    from orchestrator.precision import PRECISIONS
-
     p = cfg.pool
     for where, value in (("pool.precision", p.precision), ("teacher.precision",
                                                            cfg.teacher.precision),

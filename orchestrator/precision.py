@@ -19,9 +19,10 @@ import functools
 import logging
 from pathlib import Path
 
+from orchestrator.config import PRECISIONS
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

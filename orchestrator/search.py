@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 
 from orchestrator import faults, outcome, tracking
-from orchestrator.config import ExperimentConfig, SearchConfig, objectives, one_teacher
+from orchestrator.config import (ExperimentConfig, SearchConfig, apply_sample, objectives,
+                                 one_teacher)
 from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.preflight import check_inputs, preflight
 from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                       env_storage_path, init_ray, trial_resources)
 from orchestrator.trial_checkpoints import TrialCheckpoints
-from search_spaces.loader import SearchSpace, apply_sample
+from search_spaces.loader import SearchSpace
 from tasks.loaders import TaskData
 from tasks.metrics import trivial_score
 

@@ -130,7 +130,7 @@ class TrainingWork:
     _dims: dict[str, int] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self, sample: dict) -> float:
-        from search_spaces.loader import apply_sample
+        from orchestrator.config import apply_sample
 
         cfg = apply_sample(self.space, sample, self.overrides)
         return float(cfg.train.epochs) * self.rows(cfg) * self.student_params(cfg)

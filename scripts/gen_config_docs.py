@@ -4,9 +4,10 @@
     python scripts/gen_config_docs.py           # rewrite docs/configuration.md
     python scripts/gen_config_docs.py --check   # exit 1 when it is out of date
 
-Every field of every dataclass in ``orchestrator/config.py`` carries its help in
-``field.metadata["help"]`` (``knob(default, help)``); a field without one is an error, so a new
-key cannot land undocumented. ``tests/test_config_docs.py`` runs the check.
+Every field of every dataclass ``orchestrator.config.ExperimentConfig`` composes (the sections in
+``orchestrator/config.py``, ``data`` in ``tasks/config.py``, ``student`` in ``students/config.py``)
+carries its help in ``field.metadata["help"]`` (``knobs.knob(default, help)``); a field without
+one is an error, so a new key cannot land undocumented. ``tests/test_config_docs.py`` runs the check.
 """
 from __future__ import annotations
 
@@ -86,8 +87,9 @@ def render(root: type | None = None) -> str:
         root = ExperimentConfig
     missing = missing_help(root)
     if missing:
-        raise SystemExit("config fields without help text (give each knob(default, help) in "
-                         f"orchestrator/config.py): {', '.join(missing)}")
+        raise SystemExit("config fields without help text (give each knob(default, help) where "
+                         "its section is declared: orchestrator/config.py, tasks/config.py or "
+                         f"students/config.py): {', '.join(missing)}")
     top, sections = [], []
     for f in dataclasses.fields(root):
         d = _default(f)

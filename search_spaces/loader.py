@@ -14,6 +14,10 @@ Parameter types: uniform, loguniform, int (optional ``log: true``, ``step``), ch
 ``when`` makes a parameter conditional: it is sampled only when the named parameters (sampled
 earlier in the file) take one of the given values. Everything is checked on load; errors name the
 file and key.
+
+The loader knows the config only through a :class:`ConfigSchema` it is given (the experiment
+config's is ``orchestrator.config.SCHEMA``; ``orchestrator.config.load_space`` and
+``apply_sample`` pass it), so this package never imports the orchestrator.
 """
 from __future__ import annotations
 
@@ -22,11 +26,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from orchestrator.config import (ConfigError, ExperimentConfig, build_config, set_path)
+from knobs import ConfigError, set_path
 
 PRESET_DIR = Path(__file__).resolve().parent
 TYPES = ("uniform", "loguniform", "int", "choice")
@@ -36,6 +40,17 @@ TOP_KEYS = {"name", "description", "config", "search", "space"}
 
 class SearchSpaceError(ConfigError):
     pass
+
+
+class ConfigSchema(Protocol):
+    """The config a preset fills: its keys with their defaults, and how a config is built."""
+
+    def defaults(self) -> dict[str, Any]:
+        """Every key at its default, as nested dicts (one per section)."""
+
+    def build(self, values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
+        """Defaults <- ``values`` <- ``overrides`` (dotted keys), validated; raises
+        :class:`ConfigError` naming the key."""
 
 
 @dataclass
@@ -158,7 +173,9 @@ def preset_path(name_or_path: str) -> Path:
     return cand
 
 
-def load_space(name_or_path: str) -> SearchSpace:
+def load_space(name_or_path: str, schema: ConfigSchema) -> SearchSpace:
+    """The preset ``name_or_path`` (a name in this folder or a YAML path), its fixed values and
+    every parameter checked against ``schema``."""
     path = preset_path(name_or_path)
     if not path.is_file():
         raise SearchSpaceError(f"search space file {path} does not exist")
@@ -179,11 +196,11 @@ def load_space(name_or_path: str) -> SearchSpace:
         if not isinstance(v, dict):
             raise SearchSpaceError(f"{path}: '{what}' must be a mapping")
     try:
-        build_config(config | {"search": search})
+        schema.build(config | {"search": search})
     except ConfigError as e:
         raise SearchSpaceError(f"{path}: {e}") from None
     params = [_parse_param(path, k, v) for k, v in space.items()]
-    _check_params(path, params, config | {"search": search})
+    _check_params(path, params, config | {"search": search}, schema)
     name = str(raw.get("name") or path.stem)
     return SearchSpace(name=name, path=str(path), config=config, search=search, params=params,
                        description=str(raw.get("description", "")))
@@ -224,8 +241,9 @@ def _parse_param(path: Path, key: str, spec: Any) -> Param:
     return p
 
 
-def _check_params(path: Path, params: list[Param], fixed: dict[str, Any]) -> None:
-    base = ExperimentConfig().to_dict()
+def _check_params(path: Path, params: list[Param], fixed: dict[str, Any],
+                  schema: ConfigSchema) -> None:
+    base = schema.defaults()
     seen: list[str] = []
     for p in params:
         probe = copy.deepcopy(base)
@@ -240,7 +258,7 @@ def _check_params(path: Path, params: list[Param], fixed: dict[str, Any]) -> Non
                                        "a parameter listed before it")
         for v in p.candidates():
             try:
-                build_config(fixed, {p.key: v})
+                schema.build(fixed, {p.key: v})
             except ConfigError as e:
                 raise SearchSpaceError(f"{path}: space.{p.key}: value {v!r} is invalid: {e}") from None
         seen.append(p.key)
@@ -264,7 +282,7 @@ def _get(d: dict, dotted: str, default: Any) -> Any:
 
 
 def apply_sample(space: SearchSpace, sample: dict[str, Any],
-                 overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+                 overrides: dict[str, Any] | None = None, *, schema: ConfigSchema) -> Any:
     """The trial's config: preset config + search + overrides + sampled values."""
     vals = {k.rstrip("#"): v for k, v in sample.items()}
     keyed = {}
@@ -273,4 +291,4 @@ def apply_sample(space: SearchSpace, sample: dict[str, Any],
             keyed[p.key] = p.values[sample[p.key + "#"]]
         elif p.key in vals:
             keyed[p.key] = vals[p.key]
-    return build_config(space.config | {"search": space.search}, {**(overrides or {}), **keyed})
+    return schema.build(space.config | {"search": space.search}, {**(overrides or {}), **keyed})

@@ -1,17 +1,13 @@
-"""Build a student from a :class:`orchestrator.config.StudentConfig` and count its parameters."""
+"""Build a student from a :class:`students.config.StudentConfig` and count its parameters."""
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
 
 from students.bcn import BCNStudent
 from students.bilstm import BiLSTMStudent
+from students.config import StudentConfig
 from students.transformer import TransformerStudent
-
-if TYPE_CHECKING:
-    from orchestrator.config import StudentConfig
 
 ARCHS = ("bilstm", "bcn", "transformer")
 MAX_POSITION = 512  # BERT's; init_from_bert copies the first rows of a teacher with as many or more

@@ -13,13 +13,11 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
+from tasks.config import DataConfig
 from tasks.data import DataError, Example
 from tasks.registry import TaskSpec, custom_task, get_task, resolve_task_name
-
-if TYPE_CHECKING:  # tasks/ must not depend on orchestrator at run time
-    from orchestrator.config import DataConfig
 
 SOURCES = ("auto", "glue_dir", "hub", "custom", "generated")
 GENERATED_TRAIN_DEFAULT = 512
@@ -430,7 +428,7 @@ class TaskSource:
 
     @classmethod
     def of(cls, cfg: Any, task: str | None = None) -> "TaskSource":
-        """From any object with a DataConfig's fields (e.g. ``orchestrator.config.DataConfig``);
+        """From any object with a DataConfig's fields (e.g. :class:`tasks.config.DataConfig`);
         ``task`` names one task of a multi-task experiment (default ``cfg.task``)."""
         return cls(task=task or cfg.task, source=cfg.source, train_file=cfg.train_file,
                    text_columns=tuple(cfg.text_columns), label_column=cfg.label_column,

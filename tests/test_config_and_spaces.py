@@ -6,8 +6,8 @@ import textwrap
 import optuna
 import pytest
 
-from orchestrator.config import ConfigError, build_config, parse_override
-from search_spaces.loader import SearchSpaceError, apply_sample, load_space
+from orchestrator.config import ConfigError, apply_sample, build_config, load_space, parse_override
+from search_spaces.loader import SearchSpaceError
 
 
 def write(tmp_path, text: str):

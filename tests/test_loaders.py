@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.config import DataConfig
+from tasks.config import DataConfig
 from tasks.data import DataError, Example
 from tasks.generated import generate_task_data, overlap_for_class, relatedness_order
 from tasks.loaders import (

@@ -89,7 +89,7 @@ def test_mixture_errors_surface_at_config_and_preflight_time():
 
 
 def test_preflight_checks_every_mixture_the_space_can_sample(tmp_path):
-    from search_spaces.loader import load_space
+    from orchestrator.config import load_space
 
     f = tmp_path / "space.yaml"
     f.write_text(

@@ -155,7 +155,7 @@ def test_on_demand_labels_equal_the_teachers_and_fill_the_shared_cache(on_demand
     from orchestrator.teacher_pool import TeacherPool
     from mlflow.tracking import MlflowClient
     from orchestrator import tracking
-    from search_spaces.loader import apply_sample
+    from orchestrator.config import apply_sample
 
     uri, _, cfg, space, overrides = on_demand_search
     cfg = apply_sample(space, space.centre_sample(), {**overrides, "train.soft_labels": "precomputed"})

@@ -8,11 +8,10 @@ import pytest
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.config import ConfigError, SearchConfig, build_config
+from orchestrator.config import ConfigError, SearchConfig, build_config, load_space
 from orchestrator.pareto_asha import ParetoASHA
 from orchestrator.search import make_searcher
 from orchestrator.startup_order import CheapestFirst, TrainingWork, startup_batch
-from search_spaces.loader import load_space
 from tasks.data import Example
 from tasks.loaders import TaskData
 from tasks.registry import get_task

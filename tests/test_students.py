@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from orchestrator.config import StudentConfig
+from students.config import StudentConfig
 from students.bcn import BCNStudent
 from students.bilstm import BiLSTMStudent
 from students.factory import build_student, count_parameters
