@@ -31,7 +31,8 @@ from orchestrator.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
                                   base_model_identity, evaluate_teacher, random_base,
                                   training_precision, training_settings)
 from orchestrator.teacher_model import MultiTaskTeacher, TeacherError, save_multitask_teacher
-from tasks.loaders import TaskData, data_fingerprint
+from tasks.data import TaskData
+from tasks.loaders import data_fingerprint
 
 MULTITASK_TEACHER_VERSION = 1
 

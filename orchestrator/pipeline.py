@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 from orchestrator.bundle import write_split, write_texts
 from orchestrator.config import TEACHER_EMBEDDINGS, ExperimentConfig, resolve_embeddings
 from orchestrator.keys import atomic_dir, content_key, file_digest
-from tasks.data import Example
-from tasks.loaders import TaskData, data_fingerprint, load_task_data, task_from_config
+from tasks.data import Example, TaskData
+from tasks.loaders import data_fingerprint, load_task_data, task_from_config
 from tasks.registry import TaskSpec
 
 BUNDLE_VERSION = 1

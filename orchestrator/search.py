@@ -33,7 +33,7 @@ from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_st
                                       env_storage_path, init_ray, trial_resources)
 from orchestrator.trial_checkpoints import TrialCheckpoints
 from search_spaces.loader import SearchSpace
-from tasks.loaders import TaskData
+from tasks.data import TaskData
 from tasks.metrics import trivial_score
 
 OBJECTIVE_LATENCY = "latency_ms"

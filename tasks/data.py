@@ -1,7 +1,10 @@
-"""The one record type every stage passes around: a text (or text pair) with an optional label."""
+"""The record types every stage passes around: a text (or text pair) with an optional label, and
+a task's examples."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tasks.registry import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -20,3 +23,13 @@ class Example:
 
 class DataError(ValueError):
     """Bad input data: names the file (and line) and says what to do."""
+
+
+@dataclass
+class TaskData:
+    """A task's training examples and its dev splits (split name -> examples)."""
+
+    task: TaskSpec
+    train: list[Example]
+    dev: dict[str, list[Example]] = field(default_factory=dict)
+    source: str = ""  # where the data came from: glue_dir | hub | custom | generated

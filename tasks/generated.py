@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import random
 
-from tasks.data import Example
-from tasks.loaders import TaskData
+from tasks.data import Example, TaskData
 from tasks.registry import TaskSpec
 
 FILLER = ("the", "movie", "film", "story", "was", "is", "a", "really", "quite", "this", "it",

@@ -11,12 +11,13 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from tasks.config import DataConfig
-from tasks.data import DataError, Example
+from tasks.data import DataError, Example, TaskData  # TaskData: importable from here too
+from tasks.generated import generate_task_data
 from tasks.registry import TaskSpec, custom_task, get_task, resolve_task_name
 
 SOURCES = ("auto", "glue_dir", "hub", "custom", "generated")
@@ -403,16 +404,6 @@ def _is_number(raw: Any) -> bool:
 # one entry point for a stage: config -> task + data
 
 
-@dataclass
-class TaskData:
-    """A task's training examples and its dev splits (split name -> examples)."""
-
-    task: TaskSpec
-    train: list[Example]
-    dev: dict[str, list[Example]] = field(default_factory=dict)
-    source: str = ""  # where the data came from: glue_dir | hub | custom | generated
-
-
 @dataclass(frozen=True)
 class TaskSource:
     """What decides a task's spec: its name and, for the user's own files, where the texts and
@@ -493,8 +484,6 @@ def load_task_data(cfg: DataConfig, task: TaskSpec) -> TaskData:
     """Train and dev examples for ``task`` as ``cfg`` says, subset to the configured maxima."""
     source = resolve_source(cfg, task)
     if source == "generated":
-        from tasks.generated import generate_task_data
-
         data = generate_task_data(task, cfg.max_train_examples or GENERATED_TRAIN_DEFAULT,
                                   cfg.max_dev_examples or GENERATED_DEV_DEFAULT, cfg.seed)
         return data
