@@ -120,20 +120,6 @@ def graph_inputs(meta: dict) -> list[str]:
     return ["ids_a", "ids_b"] if pair else ["ids_a"]
 
 
-def task_info(meta: dict) -> dict[str, dict]:
-    out = {}
-    for t, m in meta["tasks"].items():
-        n = int(m["num_outputs"])
-        labels = (m.get("spec") or {}).get("label_names")
-        regression = bool(m.get("regression", n == 1))
-        if not regression and (not labels or len(labels) != n):
-            labels = [str(i) for i in range(n)]
-        out[t] = {"num_outputs": n, "pair": bool(m["pair"]), "regression": regression,
-                  "labels": None if regression else [str(x) for x in labels],
-                  "output": f"logits_{t}"}
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # the traceable module
 
@@ -245,8 +231,8 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
     if len(texts) < 2:
         texts = texts + DEFAULT_CHECK_TEXTS[:2]
 
-    from orchestrator.serving import StudentPredictor
     from orchestrator import predict_standalone as ps
+    from orchestrator.serving import StudentPredictor, task_info
 
     eager = StudentPredictor(src)  # the packed, training-time path and tokenizer
     meta = eager.info["meta"]

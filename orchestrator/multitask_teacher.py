@@ -28,9 +28,10 @@ from orchestrator.mixture import TaskSampler, mixture_weights
 from orchestrator.precision import autocast
 from orchestrator.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
                                   _check_base_model, _encode, _length_grouped_batches, _subset,
-                                  base_model_identity, evaluate_teacher, random_base,
-                                  training_precision, training_settings)
-from orchestrator.teacher_model import MultiTaskTeacher, TeacherError, save_multitask_teacher
+                                  evaluate_teacher, random_base, training_precision,
+                                  training_settings)
+from orchestrator.teacher_model import (MultiTaskTeacher, TeacherError, base_model_identity,
+                                        save_multitask_teacher)
 from tasks.data import TaskData
 from tasks.loaders import data_fingerprint
 

@@ -55,12 +55,27 @@ class StudentPredictor:
         """Predictions as the exported ``predict.py`` gives them (one code path:
         :func:`orchestrator.predict_standalone.predictions`): label, probabilities and logits,
         or a score for regression."""
-        from orchestrator.export import task_info
         from orchestrator.predict_standalone import predictions
 
         task = task or self.tasks[0]
         return predictions(task, task_info(self.info["meta"])[task],
                            self.logits(texts_a, texts_b, task))
+
+
+def task_info(meta: dict) -> dict[str, dict]:
+    """Per task of a student's bundle meta: outputs, pair, regression, label names and the
+    graph output's name, as ``export.json`` and ``predict.py`` hold them."""
+    out = {}
+    for t, m in meta["tasks"].items():
+        n = int(m["num_outputs"])
+        labels = (m.get("spec") or {}).get("label_names")
+        regression = bool(m.get("regression", n == 1))
+        if not regression and (not labels or len(labels) != n):
+            labels = [str(i) for i in range(n)]
+        out[t] = {"num_outputs": n, "pair": bool(m["pair"]), "regression": regression,
+                  "labels": None if regression else [str(x) for x in labels],
+                  "output": f"logits_{t}"}
+    return out
 
 
 def _column(frame, *names):

@@ -21,7 +21,8 @@ from orchestrator import faults
 from orchestrator.config import TeacherConfig
 from orchestrator.keys import atomic_dir, atomic_file, content_key
 from orchestrator.precision import autocast, resolve
-from orchestrator.teacher_model import HEADS_FILE, TeacherError, create_random_teacher
+from orchestrator.teacher_model import (HEADS_FILE, TeacherError, base_model_identity,
+                                        create_random_teacher)
 from tasks.data import Example
 from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec
@@ -38,14 +39,6 @@ class TeacherResult:
     metrics: dict[str, float]
     reused: bool
     seconds: float
-
-
-def base_model_identity(name: str) -> str:
-    """A base model's identity for cache keys: a local dir by its content, else its name."""
-    if Path(name).is_dir():
-        from orchestrator.teacher_model import teacher_identity
-        return f"dir:{teacher_identity(name)}"
-    return name
 
 
 def training_precision(cfg: TeacherConfig) -> str:

@@ -85,6 +85,13 @@ def teacher_identity(path: str | Path) -> str:
     return content_key(parts)
 
 
+def base_model_identity(name: str) -> str:
+    """A base model's identity for cache keys: a local dir by its content, else its name."""
+    if Path(name).is_dir():
+        return f"dir:{teacher_identity(name)}"
+    return name
+
+
 def mask_token(path: str | Path) -> str:
     """The teacher tokenizer's mask token, read from its saved config files (loading the
     tokenizer imports transformers, over a second in every trial that builds a transfer set);

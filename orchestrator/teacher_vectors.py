@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config import TEACHER_EMBEDDINGS
-from orchestrator.teacher_model import TeacherError
+from orchestrator.teacher_model import TeacherError, base_model_identity
 from tasks.embeddings import subword_mean_vectors
 from tasks.vocab import Vocab
 
@@ -29,8 +29,6 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
 def key_part(model: str) -> dict:
     """What enters the bundle key for these vectors: the rule's version and the base model's
     identity (a local dir by the content of its files, else its hub name)."""
-    from orchestrator.teacher import base_model_identity
-
     return {"source": TEACHER_EMBEDDINGS, "model": base_model_identity(model), "v": VERSION}
 
 
