@@ -23,8 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from orchestrator.augment_stage import augment_dataset  # noqa: E402
 from orchestrator.config import AugmentConfig, find_assets  # noqa: E402
+from orchestrator.stages.augment_stage import augment_dataset  # noqa: E402
 from tasks.data import Example  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def read_sst2(path: Path, n: int) -> list[Example]:
 def labeling_seconds(teacher: str, texts: Sequence[str], max_length: int = 64) -> float:
     """Seconds a teacher pool (1 actor, 2 threads, no cache) takes to label ``texts``."""
     from orchestrator.config import PoolConfig
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     with TeacherPool(teacher, PoolConfig(num_actors=1, cpus_per_actor=1.0, torch_threads=2)) as pool:
         pool.label_texts(list(texts[:64]), max_length=max_length, progress=False)  # warm-up

@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from orchestrator.cli import resolve_run  # noqa: E402
-from orchestrator.search import run_search  # noqa: E402
+from orchestrator.search.search import run_search  # noqa: E402
 
 ROWS = [
     ("gold", "BiLSTM, gold labels only (CE)", ["train.loss=ce"]),
@@ -32,8 +32,8 @@ ROWS = [
 
 def teacher_metrics(cfg) -> dict:
     """Dev metrics of the (cached) teacher every row shared."""
-    from orchestrator.pipeline import load_data
-    from orchestrator.teacher import teacher_key
+    from orchestrator.stages.pipeline import load_data
+    from orchestrator.stages.teacher import teacher_key
     from tasks.loaders import data_fingerprint
 
     d = next(iter(load_data(cfg).values()))

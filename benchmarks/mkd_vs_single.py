@@ -31,13 +31,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from orchestrator import tracking  # noqa: E402
 from orchestrator.cli import resolve_run  # noqa: E402
-from orchestrator.pipeline import load_data, prepare_bundle  # noqa: E402
-from orchestrator.preflight import preflight  # noqa: E402
-from orchestrator.ray_runtime import init_ray  # noqa: E402
-from orchestrator.search import ensure_teachers  # noqa: E402
-from orchestrator.train import make_trainer  # noqa: E402
+from orchestrator.runtime import tracking  # noqa: E402
+from orchestrator.runtime.ray_runtime import init_ray  # noqa: E402
+from orchestrator.search.search import ensure_teachers  # noqa: E402
+from orchestrator.stages.pipeline import load_data, prepare_bundle  # noqa: E402
+from orchestrator.stages.preflight import preflight  # noqa: E402
+from orchestrator.training.train import make_trainer  # noqa: E402
 
 BENCH = "mkd_vs_single"
 

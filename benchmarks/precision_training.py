@@ -60,7 +60,7 @@ def teacher_steps(n: int, batch_size: int = 32, max_length: int = 64) -> dict:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from orchestrator.precision import autocast
+    from orchestrator.runtime.precision import autocast
 
     path = str(ASSETS / "models" / "minilm-l6-uncased")
     tok = AutoTokenizer.from_pretrained(path)
@@ -95,7 +95,7 @@ def student_steps(n: int, batch_size: int = 64, length: int = 40) -> dict:
     import torch
 
     from students.config import StudentConfig
-    from orchestrator.precision import autocast
+    from orchestrator.runtime.precision import autocast
     from students.factory import build_student
 
     out = {}
@@ -131,7 +131,7 @@ def student_steps(n: int, batch_size: int = 64, length: int = 40) -> dict:
 
 def teacher_dev(work_root: str, n_train: int, epochs: float) -> dict:
     from orchestrator.config import TeacherConfig
-    from orchestrator.teacher import finetune_teacher
+    from orchestrator.stages.teacher import finetune_teacher
     from tasks.loaders import data_fingerprint
     from tasks.registry import get_task
 
@@ -168,7 +168,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     import torch
 
-    from orchestrator.precision import cpu_bf16_support
+    from orchestrator.runtime.precision import cpu_bf16_support
 
     torch.set_num_threads(args.threads)
     print(f"CPU bf16: {cpu_bf16_support()}; {args.threads} torch threads", flush=True)

@@ -79,11 +79,11 @@ def parse_args(argv=None):
 def run_phase(args) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
     from orchestrator.cli import resolve_run
     from orchestrator.config import build_config
-    from orchestrator.pipeline import load_data
-    from orchestrator.search import ensure_teachers, run_search
+    from orchestrator.runtime import tracking
+    from orchestrator.search.search import ensure_teachers, run_search
+    from orchestrator.stages.pipeline import load_data
 
     extra = {"work_root": args.work_root, "tracking.uri": args.tracking_uri}
     space, cfg, overrides = resolve_run(args.preset, args.set, args.assets, extra)
@@ -125,7 +125,7 @@ def _cache_stats(cfg, parent_run_id: str) -> dict[str, float]:
     search's child runs."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
+    from orchestrator.runtime import tracking
 
     client = MlflowClient(tracking.resolve_uri(cfg.tracking.uri))
     parent = client.get_run(parent_run_id)

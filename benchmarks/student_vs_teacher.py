@@ -18,8 +18,8 @@ and of the teacher tokenizer's wordpieces incl. [CLS]/[SEP] (Transformers), meas
 shared assets' SST-2 dev.tsv when present (else 19 words / 23 wordpieces); every row of a batch
 has that length (no padding). Word vocabulary 20,000 words; wordpiece vocabulary 30,522.
 
-Latency and parameters: :func:`orchestrator.probe.measure` (medians of interleaved timed passes
-with a fixed thread count; non-embedding parameters), which trials and the report use too.
+Latency and parameters: :func:`orchestrator.training.probe.measure` (medians of interleaved timed
+passes with a fixed thread count; non-embedding parameters), which trials and the report use too.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from orchestrator.probe import BASE, default_models, measure  # noqa: E402
+from orchestrator.training.probe import BASE, default_models, measure  # noqa: E402
 
 ASSETS = Path(os.environ.get("DISTILLRAY_ASSETS", REPO.parent / "shared" / "assets"))
 TEACHER_DIR = ASSETS / "models" / "minilm-l6-uncased"

@@ -52,8 +52,8 @@ def augmented(sentences: list[str], n: int) -> list[str]:
     """The first ``n`` rows of the transfer set built from ``n/10`` sentences (inline)."""
     import pyarrow.parquet as pq
 
-    from orchestrator.augment_stage import augment_dataset
     from orchestrator.config import AugmentConfig
+    from orchestrator.stages.augment_stage import augment_dataset
     from tasks.data import Example
 
     base = [Example(i, t) for i, t in enumerate(sentences[: max(1, n // 10)])]
@@ -141,7 +141,7 @@ def linear_flops(teacher: str, texts: list[str], max_length: int) -> float:
     import torch
     from transformers import AutoTokenizer
 
-    from orchestrator.teacher_model import load_teacher
+    from orchestrator.teachers.teacher_model import load_teacher
 
     t = load_teacher(teacher)
     per_token = sum(2 * m.in_features * m.out_features for name, m in t.model.named_modules()
@@ -156,8 +156,8 @@ def demo_teacher(work_root: str) -> str:
     import yaml
 
     from orchestrator.config import build_config, find_assets, use_local_assets
-    from orchestrator.pipeline import load_data
-    from orchestrator.teacher import finetune_teacher
+    from orchestrator.stages.pipeline import load_data
+    from orchestrator.stages.teacher import finetune_teacher
     from tasks.loaders import data_fingerprint
 
     preset = yaml.safe_load((REPO / "search_spaces" / "demo.yaml").read_text())["config"]
@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from orchestrator.config import PoolConfig
-    from orchestrator.precision import cpu_bf16_support
-    from orchestrator.teacher_pool import TeacherPool, fidelity
+    from orchestrator.runtime.precision import cpu_bf16_support
+    from orchestrator.teachers.teacher_pool import TeacherPool, fidelity
 
     if args.teacher == "demo":
         args.teacher = demo_teacher(args.work_root)

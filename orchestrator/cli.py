@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.config import (ConfigError, build_config, find_assets, load_space,
                                  parse_override, use_local_assets)
-from orchestrator.preflight import check_inputs
+from orchestrator.stages.preflight import check_inputs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -84,7 +84,7 @@ def _extra(args) -> dict[str, Any]:
 
 
 def cmd_tune(args) -> int:
-    from orchestrator.search import run_search
+    from orchestrator.search.search import run_search
 
     sets = list(args.set)
     if args.cpu_teachers:  # the fallback when the cluster has no GPU / teacher_gpu nodes
@@ -96,8 +96,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_finetune_teacher(args) -> int:
-    from orchestrator.pipeline import load_data
-    from orchestrator.teacher import finetune_teacher
+    from orchestrator.stages.pipeline import load_data
+    from orchestrator.stages.teacher import finetune_teacher
     from tasks.loaders import data_fingerprint
 
     _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
@@ -110,8 +110,8 @@ def cmd_finetune_teacher(args) -> int:
 
 
 def cmd_augment(args) -> int:
-    from orchestrator.augment_stage import augment_dataset
-    from orchestrator.pipeline import load_data
+    from orchestrator.stages.augment_stage import augment_dataset
+    from orchestrator.stages.pipeline import load_data
     from tasks.loaders import data_fingerprint
 
     _, cfg, _ = resolve_run(args.preset, args.set + ["augment.enabled=true"], args.assets, _extra(args))
@@ -128,16 +128,16 @@ def cmd_augment(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from orchestrator.pipeline import TeacherRef, label_examples, load_data
-    from orchestrator.teacher_model import teacher_identity
+    from orchestrator.stages.pipeline import TeacherRef, label_examples, load_data
+    from orchestrator.teachers.teacher_model import teacher_identity
 
     _, cfg, _ = resolve_run(args.preset, args.set, args.assets, _extra(args))
     if not args.teacher:
         raise ConfigError("label needs --teacher DIR (a fine-tuned teacher)")
     check_inputs(cfg, teacher=False)
-    from orchestrator.teacher_model import check_teacher_path
+    from orchestrator.teachers.teacher_model import check_teacher_path
     check_teacher_path(args.teacher)
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime.ray_runtime import init_ray
     init_ray()
     for name, d in load_data(cfg).items():
         ref = TeacherRef(args.teacher, teacher_identity(args.teacher), name, cfg.teacher.max_length)
@@ -147,7 +147,7 @@ def cmd_label(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from orchestrator.registry import best_of_search
+    from orchestrator.record.registry import best_of_search
 
     info = best_of_search(args.search, args.tracking_uri, args.experiment)
     for k, v in info.items():
@@ -159,7 +159,7 @@ def cmd_export(args) -> int:
     """A student dir, or a search's best student from MLflow -> TorchScript + ONNX + predict.py."""
     import tempfile
 
-    from orchestrator.export import export_student
+    from orchestrator.deploy.export import export_student
 
     formats = [f for f in args.formats.split(",") if f.strip()]
     with tempfile.TemporaryDirectory(prefix="distillray-export-") as tmp:
@@ -167,8 +167,8 @@ def cmd_export(args) -> int:
         if student is None:
             from mlflow.tracking import MlflowClient
 
-            from orchestrator.registry import best_child_run, download_student
-            from orchestrator.tracking import resolve_uri
+            from orchestrator.record.registry import best_child_run, download_student
+            from orchestrator.runtime.tracking import resolve_uri
 
             client = MlflowClient(resolve_uri(args.tracking_uri))
             try:
@@ -187,8 +187,9 @@ def cmd_export(args) -> int:
 
 
 def cmd_report(args) -> int:
-    """The results table: every row on every task, one MLflow run per cell (orchestrator.report)."""
-    from orchestrator.report import parse_row_sets, resolve_report, run_report
+    """The results table: every row on every task, one MLflow run per cell
+    (orchestrator.app.report)."""
+    from orchestrator.app.report import parse_row_sets, resolve_report, run_report
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     rows = [r.strip() for r in args.rows.split(",") if r.strip()] if args.rows else None
@@ -205,14 +206,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from orchestrator.tracking import resolve_uri
+    from orchestrator.runtime.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
            "--host", args.host, "--port", str(args.port)]
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.tracking import runs_page
+    from orchestrator.runtime.tracking import runs_page
 
     base = f"http://{args.host}:{args.port}"
     print(f"[ui] MLflow UI on {base} for {uri}")

@@ -27,8 +27,8 @@ from students.config import StudentConfig
 from tasks.config import DataConfig
 
 ASSETS_ENV = "DISTILLRAY_ASSETS"
-# the values of pool.precision, teacher.precision and train.precision (orchestrator.precision
-# resolves them for a device)
+# the values of pool.precision, teacher.precision and train.precision
+# (orchestrator.runtime.precision resolves them for a device)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -651,7 +651,7 @@ def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
 
 def resolve_embeddings(value: str | None, assets: Path | None = None) -> str | None:
     """``"glove"`` names the local GloVe subset in the assets dir; paths and ``"teacher"`` (the
-    teacher's input embeddings, :mod:`orchestrator.teacher_vectors`) pass through."""
+    teacher's input embeddings, :mod:`orchestrator.teachers.teacher_vectors`) pass through."""
     if value != "glove":
         return value
     assets = assets or find_assets()

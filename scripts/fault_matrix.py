@@ -9,7 +9,7 @@ or duplicated.
 The search is the smoke preset (tiny generated data, tiny random teacher) with four draws that
 meet the first rung together and the best student registered, so every stage a kill can cut
 short is on its path. First one uninterrupted run (the reference), then for each point a run
-with the fault armed (``orchestrator.faults``):
+with the fault armed (``orchestrator.runtime.faults``):
 
 - driver points: the driver (with its Ray and every worker) is SIGKILLed when the point is
   reached, and the same command is run again to its end;
@@ -43,7 +43,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator import faults, tracking  # noqa: E402
+from orchestrator.runtime import faults, tracking  # noqa: E402
 
 NUM_SAMPLES = 4
 MODEL = "fault-matrix-student"
@@ -145,7 +145,7 @@ def cache_rows(root: Path) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from orchestrator.cache import logits_matrix
+    from orchestrator.teachers.cache import logits_matrix
 
     rows: dict[str, dict[str, np.ndarray]] = {}
     problems = []

@@ -226,7 +226,7 @@ dashboard_tunnel() {
 job_submit() {
     local upy; upy=$(getent passwd "$LAUNCH_USER" | cut -d: -f6)/distillray-venv/bin/python
     RAY_ADDRESS="http://127.0.0.1:$DASH_PORT" "$RAY" job submit -- "$upy" -c \
-        "from orchestrator.ray_runtime import init_ray; r = init_ray(); print('job sees CPU', r.get('CPU'))" \
+        "from orchestrator.runtime.ray_runtime import init_ray; r = init_ray(); print('job sees CPU', r.get('CPU'))" \
         >"$WORK/job_submit.log" 2>&1
     local rc=$?
     grep -E "joined the cluster|job sees|succeeded|failed" "$WORK/job_submit.log" | head -5

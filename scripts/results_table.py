@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.report import results_markdown  # noqa: E402
+from orchestrator.app.report import results_markdown  # noqa: E402
 
 
 def replace_block(text: str, budget: str, table: str) -> str:

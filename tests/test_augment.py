@@ -1,5 +1,5 @@
 """Heuristic augmentation (Tang et al. 2019): the rules (tasks/augment.py) and the cached,
-Ray-parallel stage (orchestrator/augment_stage.py).
+Ray-parallel stage (orchestrator/stages/augment_stage.py).
 
 Rule tests run on generated text with a dictionary tagger (no assets needed) and, when
 ../shared/assets is present, on real SST-2 sentences with NLTK's tagger.
@@ -16,15 +16,15 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.augment_stage import (
-    COLUMNS,
-    MANIFEST_FILE,
-    TAGS_DIR,
-    TRANSFER_FILE,
-    augment_cache_key,
-    augment_dataset,
-)
 from orchestrator.config import AugmentConfig, find_assets
+from orchestrator.stages.augment_stage import (
+                                               COLUMNS,
+                                               MANIFEST_FILE,
+                                               TAGS_DIR,
+                                               TRANSFER_FILE,
+                                               augment_cache_key,
+                                               augment_dataset,
+                                               )
 from tasks import augment as aug
 from tasks.data import Example
 from tasks.text import tokenize
@@ -350,7 +350,7 @@ def test_disabled_stage_writes_originals_and_is_cached(tmp_path):
 
 
 def test_cap_keeps_originals_first_and_is_deterministic():
-    from orchestrator.augment_stage import _cap
+    from orchestrator.stages.augment_stage import _cap
 
     cols = {c: [] for c in COLUMNS}
     for eid in range(10):
@@ -372,7 +372,7 @@ def test_transfer_sets_of_one_training_set_share_its_pos_tags(tmp_path, monkeypa
     """Tagging runs once per training set: a transfer set with other rule parameters reads the
     tags the first one saved and comes out exactly as if it had tagged; a damaged tags file is
     tagged again."""
-    import orchestrator.augment_stage as stage
+    import orchestrator.stages.augment_stage as stage
 
     calls = []
 

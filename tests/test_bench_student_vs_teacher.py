@@ -1,11 +1,11 @@
-"""orchestrator.probe.measure on tiny models (the table's shape and ratios), as the benchmark,
-the report and each trial's latency use it; and the benchmark's table."""
+"""orchestrator.training.probe.measure on tiny models (the table's shape and ratios), as the
+benchmark, the report and each trial's latency use it; and the benchmark's table."""
 import importlib.util
 from pathlib import Path
 
 import torch
 
-from orchestrator import probe
+from orchestrator.training import probe
 from students.bilstm import BiLSTMStudent
 from students.transformer import TransformerStudent
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.cache import CacheError, SoftLabelCache, text_key, text_keys
+from orchestrator.teachers.cache import CacheError, SoftLabelCache, text_key, text_keys
 
 
 def _labels(n: int, c: int = 3, seed: int = 0) -> dict[str, np.ndarray]:
@@ -111,7 +111,7 @@ def test_corrupt_shard_is_deleted_and_its_texts_are_misses(tmp_path, caplog, dam
         with open(bad_path, "wb") as f:
             f.write(data)
     fresh = _cache(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.cache"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.teachers.cache"):
         found, missing = fresh.lookup(list(good) + list(bad))
     assert sorted(missing) == sorted(bad)
     assert set(found) == set(good)

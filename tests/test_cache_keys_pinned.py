@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
+from orchestrator.app.report import ROWS, cell_key, row_config
 from orchestrator.config import build_config
-from orchestrator.multitask_teacher import multitask_teacher_key
-from orchestrator.pipeline import TeacherRef
-from orchestrator.report import ROWS, cell_key, row_config
-from orchestrator.teacher import teacher_key
+from orchestrator.stages.multitask_teacher import multitask_teacher_key
+from orchestrator.stages.pipeline import TeacherRef
+from orchestrator.stages.teacher import teacher_key
 from tasks.data import Example
 from tasks.loaders import TaskData
 from tasks.registry import get_task

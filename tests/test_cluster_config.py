@@ -11,9 +11,9 @@ import yaml
 
 from orchestrator.cli import _extra, build_parser, resolve_run
 from orchestrator.config import ConfigError
-from orchestrator.ray_runtime import (ResourceError, StorageError, autoscaler_node_types,
-                                      check_budget, check_storage, env_storage_path,
-                                      trial_resources)
+from orchestrator.runtime.ray_runtime import (ResourceError, StorageError, autoscaler_node_types,
+                                              check_budget, check_storage, env_storage_path,
+                                              trial_resources)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_ray_train_settings_reach_every_worker_and_the_users_win(monkeypatch):
     Ray runs no preemption watcher, a cluster keeps Ray's; a variable set by the user wins."""
     import ray
 
-    import orchestrator.ray_runtime as rr
+    import orchestrator.runtime.ray_runtime as rr
 
     seen = []
 
@@ -233,7 +233,7 @@ def test_ray_address_local_never_joins_a_cluster_recorded_on_this_machine(monkey
     Ray beside it instead."""
     import ray
 
-    import orchestrator.ray_runtime as rr
+    import orchestrator.runtime.ray_runtime as rr
 
     seen = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
@@ -268,7 +268,7 @@ def test_two_local_rays_on_one_machine_keep_apart(tmp_path):
 
     import ray
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime.ray_runtime import init_ray
 
     other = subprocess.Popen(
         [sys.executable, "-c",

@@ -19,10 +19,10 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from orchestrator.config import ExperimentConfig, StudentConfig  # noqa: E402
-from orchestrator.export import export_student  # noqa: E402
-from orchestrator.pipeline import _spec_dict  # noqa: E402
-from orchestrator.serving import StudentPredictor  # noqa: E402
-from orchestrator.train import build_from_meta, save_student  # noqa: E402
+from orchestrator.deploy.export import export_student  # noqa: E402
+from orchestrator.deploy.serving import StudentPredictor  # noqa: E402
+from orchestrator.stages.pipeline import _spec_dict  # noqa: E402
+from orchestrator.training.train import build_from_meta, save_student  # noqa: E402
 from students.layers import set_export_mode  # noqa: E402
 from tasks.generated import generate_examples  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
@@ -64,7 +64,7 @@ def dev_texts(glue_dir: Path, folder: str, n: int) -> list[tuple[str, str | None
 
 def make_student(tmp: Path, arch: str, tasks: list[str], texts: list[str], tokenizer_dir=None,
                  seed: int = 0) -> Path:
-    """A random-weight student saved in orchestrator.train.save_student's layout."""
+    """A random-weight student saved in orchestrator.training.train.save_student's layout."""
     bundle = tmp / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
     if arch == "transformer":
@@ -230,7 +230,7 @@ def test_wordpiece_matches_hf_tokenizer(glue_dir):
     """predict.py's WordPiece == the teacher's tokenizer, incl. truncation of pairs."""
     from transformers import AutoTokenizer
 
-    from orchestrator.predict_standalone import WordPieceEncoder
+    from orchestrator.deploy.predict_standalone import WordPieceEncoder
     tok_dir = glue_dir.parent / "models" / "minilm-l6-uncased"
     if not (tok_dir / "tokenizer.json").is_file():
         pytest.skip(f"no tokenizer at {tok_dir}")
@@ -247,7 +247,7 @@ def test_wordpiece_matches_hf_tokenizer(glue_dir):
 
 
 def test_word_tokenizer_matches_tasks_text(glue_dir_or_none):
-    from orchestrator.predict_standalone import word_tokenize
+    from orchestrator.deploy.predict_standalone import word_tokenize
     texts = [a for a, _ in (glue_dir_or_none or generated("sst2", 50))]
     texts += ["Don't [MASK]-ing it's co-op 3.5 x[MASK]y", "", "NAÏVE café's"]
     for t in texts:
@@ -297,8 +297,8 @@ def test_cli_export_best_of_search(tmp_path, monkeypatch):
     """``distillray export --search NAME`` downloads the best trial's student from MLflow."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
     from orchestrator.cli import main
+    from orchestrator.runtime import tracking
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -330,7 +330,7 @@ def test_cli_export_best_of_search(tmp_path, monkeypatch):
 def test_saved_student_with_pretrained_vectors_loads_back(tmp_path, arch):
     """Word vectors (GloVe 50d here) set the embedding size, not student.embed_dim: a saved
     student must rebuild with the bundle's size and reproduce its outputs."""
-    from orchestrator.train import load_student
+    from orchestrator.training.train import load_student
 
     texts = ["a good film", "a bad plot", "good acting , bad plot"]
     vocab = Vocab.build(texts)
@@ -361,8 +361,8 @@ def test_registering_the_same_run_again_adds_no_version(tmp_path):
     after the version was created) finds that version instead of adding another."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.registry import register_best
+    from orchestrator.record.registry import register_best
+    from orchestrator.runtime import tracking
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from orchestrator.config import ConfigError, build_config
-from orchestrator.mixture import MixtureError, TaskSampler, mixture_weights
-from orchestrator.pipeline import TeacherRef
-from orchestrator.preflight import PreflightError, check_teacher_heads, preflight
+from orchestrator.stages.pipeline import TeacherRef
+from orchestrator.stages.preflight import PreflightError, check_teacher_heads, preflight
+from orchestrator.training.mixture import MixtureError, TaskSampler, mixture_weights
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -112,8 +112,8 @@ def smoke(tmp_path_factory):
     """The mkd_smoke preset resolved into a temp work root and MLflow store, its data, and its
     multi-task teacher refined there."""
     from orchestrator.cli import resolve_run
-    from orchestrator.multitask_teacher import refine_multitask_teacher
-    from orchestrator.pipeline import load_data
+    from orchestrator.stages.multitask_teacher import refine_multitask_teacher
+    from orchestrator.stages.pipeline import load_data
 
     root = tmp_path_factory.mktemp("mkd")
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -128,8 +128,8 @@ def smoke(tmp_path_factory):
 
 
 def test_multitask_teacher_has_every_head_and_is_reused(smoke):
-    from orchestrator.multitask_teacher import refine_multitask_teacher
-    from orchestrator.teacher_model import load_teacher
+    from orchestrator.stages.multitask_teacher import refine_multitask_teacher
+    from orchestrator.teachers.teacher_model import load_teacher
 
     res, cfg, data = smoke["teacher"], smoke["cfg"], smoke["data"]
     assert not res.reused
@@ -151,7 +151,7 @@ def test_multitask_teacher_has_every_head_and_is_reused(smoke):
     again = refine_multitask_teacher(cfg.teacher, data, cfg.work_root, log=lambda m: None)
     assert again.reused and again.path == res.path and again.metrics == res.metrics
     # a different task list is a different teacher (its key changes; not trained here)
-    from orchestrator.multitask_teacher import multitask_teacher_key
+    from orchestrator.stages.multitask_teacher import multitask_teacher_key
     assert multitask_teacher_key(cfg.teacher, {t: data[t] for t in ("sst2", "mrpc")}) != res.key
 
 
@@ -159,7 +159,7 @@ def test_multitask_teacher_has_every_head_and_is_reused(smoke):
 def ray_session():
     import ray
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime.ray_runtime import init_ray
     init_ray(num_cpus=2, log=lambda m: None)
     yield
     ray.shutdown()
@@ -167,8 +167,8 @@ def ray_session():
 
 def test_teacher_pool_serves_every_head(smoke, ray_session):
     from orchestrator.config import PoolConfig
-    from orchestrator.teacher_model import load_teacher
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_model import load_teacher
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     path, data = smoke["teacher"].path, smoke["data"]
     teacher = load_teacher(path)
@@ -203,8 +203,8 @@ def _meta_for(teacher_path: Path, tokenizer) -> dict:
 
 
 def test_transformer_student_copies_the_chosen_teacher_layers(smoke):
-    from orchestrator.teacher_model import load_teacher
-    from orchestrator.train import build_for_training, load_student, save_student
+    from orchestrator.teachers.teacher_model import load_teacher
+    from orchestrator.training.train import build_for_training, load_student, save_student
 
     path = smoke["teacher"].path
     teacher = load_teacher(path)
@@ -284,8 +284,8 @@ def test_a_task_without_a_teacher_head_is_an_error(smoke):
 def test_mkd_smoke_search_records_per_task_metrics_in_mlflow(smoke, ray_session):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.search import run_search
+    from orchestrator.runtime import tracking
+    from orchestrator.search.search import run_search
 
     logs: list[str] = []
     out = run_search(smoke["cfg"], smoke["space"], smoke["overrides"], log=logs.append)

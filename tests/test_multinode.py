@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
 from orchestrator.cli import resolve_run
+from orchestrator.runtime import tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -44,7 +44,7 @@ def cluster(tmp_path_factory):
     import ray
     from ray.cluster_utils import Cluster
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime.ray_runtime import init_ray
 
     # A private Ray temp dir: the head records its address in <tmp>/ray/ray_current_cluster,
     # which must not send other Ray users of this machine (ray.init() without an address) here.
@@ -79,7 +79,7 @@ def cluster(tmp_path_factory):
 
 
 def _search(work: Path, name: str, sets: list[str] = (), log=print):
-    from orchestrator.search import run_search
+    from orchestrator.search.search import run_search
 
     uri = f"sqlite:///{work / 'mlflow.db'}"
     # students on Ray Train workers (the smoke preset trains them in the trial's process), so

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.cache import SoftLabelCache
-from orchestrator.on_demand_labels import OnDemandLogits, merge_stats
-from orchestrator.teacher_pool import LabelResult
+from orchestrator.teachers.cache import SoftLabelCache
+from orchestrator.teachers.on_demand_labels import OnDemandLogits, merge_stats
+from orchestrator.teachers.teacher_pool import LabelResult
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -62,8 +62,8 @@ def test_rows_are_labeled_once_when_first_needed_and_cached_at_flush(tmp_path):
 
 
 def test_stream_fetches_a_window_ahead_not_the_whole_split(tmp_path):
-    from orchestrator.bundle import TaskTensors
-    from orchestrator.train import TaskStream
+    from orchestrator.training.bundle import TaskTensors
+    from orchestrator.training.train import TaskStream
 
     n = 400
     texts = [f"text {i}" for i in range(n)]
@@ -98,8 +98,8 @@ def on_demand_search(tmp_path_factory):
     import ray
 
     from orchestrator.cli import resolve_run
-    from orchestrator.ray_runtime import init_ray
-    from orchestrator.search import run_search
+    from orchestrator.runtime.ray_runtime import init_ray
+    from orchestrator.search.search import run_search
 
     init_ray(num_cpus=2)
     work = tmp_path_factory.mktemp("on_demand")
@@ -121,7 +121,7 @@ def on_demand_search(tmp_path_factory):
 def test_search_reports_twice_per_epoch_and_labels_as_it_trains(on_demand_search):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
+    from orchestrator.runtime import tracking
 
     uri, out, cfg, _, _ = on_demand_search
     client = MlflowClient(uri)
@@ -150,12 +150,12 @@ def test_search_reports_twice_per_epoch_and_labels_as_it_trains(on_demand_search
 
 
 def test_on_demand_labels_equal_the_teachers_and_fill_the_shared_cache(on_demand_search):
-    from orchestrator.pipeline import load_data, prepare_bundle
-    from orchestrator.search import ensure_teachers
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.search.search import ensure_teachers
+    from orchestrator.stages.pipeline import load_data, prepare_bundle
+    from orchestrator.teachers.teacher_pool import TeacherPool
     from mlflow.tracking import MlflowClient
-    from orchestrator import tracking
     from orchestrator.config import apply_sample
+    from orchestrator.runtime import tracking
 
     uri, _, cfg, space, overrides = on_demand_search
     cfg = apply_sample(space, space.centre_sample(), {**overrides, "train.soft_labels": "precomputed"})
@@ -164,7 +164,7 @@ def test_on_demand_labels_equal_the_teachers_and_fill_the_shared_cache(on_demand
     teachers = ensure_teachers(cfg, data, client, tracking.experiment_id_for(client, cfg))
     bundle = prepare_bundle(cfg, data, teachers)  # a precomputed bundle of the same rows
     assert bundle.label_stats["label_cache_misses"] == 0, "every label came from the cache"
-    from orchestrator.bundle import read_split
+    from orchestrator.training.bundle import read_split
     cached = read_split(bundle.path / "train-sst2.parquet").logits
     texts = [e.text_a for e in data["sst2"].train]
     ref = teachers["sst2"]

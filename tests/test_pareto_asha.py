@@ -1,5 +1,5 @@
-"""Early stopping on two objectives (orchestrator.pareto_asha), the trivial-predictor floor, and
-the Pareto front of a search's summary."""
+"""Early stopping on two objectives (orchestrator.search.pareto_asha), the trivial-predictor floor,
+and the Pareto front of a search's summary."""
 from __future__ import annotations
 
 import math
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from orchestrator.config import ConfigError, ExperimentConfig, SearchConfig, validate
-from orchestrator.pareto_asha import ParetoASHA, keeps, rung_milestones
-from orchestrator.search import make_scheduler, pareto_front, score_floor
+from orchestrator.search.pareto_asha import ParetoASHA, keeps, rung_milestones
+from orchestrator.search.search import make_scheduler, pareto_front, score_floor
 from tasks.loaders import TaskData
 from tasks.data import Example
 from tasks.metrics import trivial_score
@@ -185,8 +185,8 @@ def test_the_best_trial_does_not_depend_on_the_order_trials_are_listed(tmp_path)
     its trials in another order, names (and registers) the same best trial."""
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.search import summarize
+    from orchestrator.runtime import tracking
+    from orchestrator.search.search import summarize
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "artifacts"))

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import wait_for_health
 
-from orchestrator import tracking
+from orchestrator.runtime import tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 

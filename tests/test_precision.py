@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import ray
 
-import orchestrator.precision as prec
-from orchestrator.cache import SoftLabelCache
+import orchestrator.runtime.precision as prec
 from orchestrator.config import ConfigError, PoolConfig, TeacherConfig, build_config
-from orchestrator.keys import content_key
-from orchestrator.teacher import training_settings
-from orchestrator.teacher_model import create_random_teacher
-from orchestrator.teacher_pool import TeacherPool, fidelity
+from orchestrator.runtime.keys import content_key
+from orchestrator.stages.teacher import training_settings
+from orchestrator.teachers.cache import SoftLabelCache
+from orchestrator.teachers.teacher_model import create_random_teacher
+from orchestrator.teachers.teacher_pool import TeacherPool, fidelity
 
 WORDS = ("the a movie film good bad great terrible plot actor boring fun slow sharp witty dull "
          "story scene music cast ending long short brilliant awful").split()
@@ -51,7 +51,7 @@ def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(cpu_with):
 
 def test_bf16_without_native_support_warns_once_naming_the_instruction_sets(cpu_with, caplog):
     cpu_with({"avx2"})
-    with caplog.at_level(logging.WARNING, logger="orchestrator.precision"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.runtime.precision"):
         assert prec.resolve("bf16", "cpu", "pool.precision") == "bf16"  # works, slowly
         assert prec.resolve("bf16", "cpu", "pool.precision") == "bf16"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -59,7 +59,7 @@ def test_bf16_without_native_support_warns_once_naming_the_instruction_sets(cpu_
     assert "avx512_bf16 and amx_bf16" in warnings[0] and "pool.precision=auto" in warnings[0]
     caplog.clear()
     cpu_with({"avx512_bf16"})
-    with caplog.at_level(logging.WARNING, logger="orchestrator.precision"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.runtime.precision"):
         prec.resolve("bf16", "cpu", "pool.precision")
     assert not caplog.records
 
@@ -167,7 +167,7 @@ def test_gate_falls_back_to_fp32_below_threshold_and_runs_once(ray_cluster, tmp_
 
     # an agreement no labels can reach: the gate must fail bf16 and label in fp32
     impossible = PoolConfig(precision="bf16", fidelity_threshold=1.01, **base)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.teacher_pool"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.teachers.teacher_pool"):
         with TeacherPool(teacher, impossible) as pool:
             assert pool.actor_precision == "bf16" and pool.precision == "bf16"
             cache = pool.cache(root, max_length=32)  # made before the gate: a bf16 cache

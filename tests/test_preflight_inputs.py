@@ -14,9 +14,9 @@ def guarded(tmp_path, monkeypatch):
     """A working dir, and a failure if a teacher is fine-tuned or Ray is started."""
     import ray
 
-    import orchestrator.ray_runtime
-    import orchestrator.search
-    import orchestrator.teacher
+    import orchestrator.runtime.ray_runtime
+    import orchestrator.search.search
+    import orchestrator.stages.teacher
 
     def forbidden(what):
         def f(*a, **k):
@@ -26,9 +26,10 @@ def guarded(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("NLTK_DATA", raising=False)
-    monkeypatch.setattr(orchestrator.teacher, "finetune_teacher", forbidden("finetune_teacher"))
-    monkeypatch.setattr(orchestrator.search, "init_ray", forbidden("init_ray"))
-    monkeypatch.setattr(orchestrator.ray_runtime, "init_ray", forbidden("init_ray"))
+    monkeypatch.setattr(orchestrator.stages.teacher, "finetune_teacher",
+                        forbidden("finetune_teacher"))
+    monkeypatch.setattr(orchestrator.search.search, "init_ray", forbidden("init_ray"))
+    monkeypatch.setattr(orchestrator.runtime.ray_runtime, "init_ray", forbidden("init_ray"))
     monkeypatch.setattr(ray, "init", forbidden("ray.init"))
     assert not ray.is_initialized()
     yield tmp_path

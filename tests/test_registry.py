@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.registry import NotFoundError, download_student
+from orchestrator.record.registry import NotFoundError, download_student
 
 
 def test_download_student_of_a_run_without_one_names_the_run(tmp_path):

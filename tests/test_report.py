@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from orchestrator import tracking
-from orchestrator.report import (BERT_BASE, KIND_CELL, KIND_PARENT, KIND_TRAIN, ROW_IDS, ROWS,
-                                 TAG_CONFIG, TAG_REPORT, TAG_ROW, TAG_TASK, Cell, ReportError,
-                                 _flag, budget_overrides, build_table, cell_key,
-                                 format_markdown, parse_row_sets, resolve_report, run_report,
-                                 select_rows)
+from orchestrator.app.report import (BERT_BASE, KIND_CELL, KIND_PARENT, KIND_TRAIN, ROW_IDS, ROWS,
+                                     TAG_CONFIG, TAG_REPORT, TAG_ROW, TAG_TASK, Cell, ReportError,
+                                     _flag, budget_overrides, build_table, cell_key,
+                                     format_markdown, parse_row_sets, resolve_report, run_report,
+                                     select_rows)
+from orchestrator.runtime import tracking
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -245,8 +245,8 @@ def test_row_selection_and_row_sets_errors():
 
 
 def test_cell_key_follows_what_shapes_the_student():
-    from orchestrator.pipeline import TeacherRef
-    from orchestrator.report import row_config
+    from orchestrator.app.report import row_config
+    from orchestrator.stages.pipeline import TeacherRef
     from tasks.generated import generate_task_data
     from tasks.registry import get_task
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import faults
+from orchestrator.runtime import faults
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -94,7 +94,7 @@ def test_same_table_as_an_uninterrupted_report(runs):
 
 
 def test_teacher_resumed_from_its_checkpoint(runs):
-    from orchestrator.teacher import TRAIN_INFO_FILE
+    from orchestrator.stages.teacher import TRAIN_INFO_FILE
 
     infos = [json.loads(p.read_text()) for p in
              (runs["killed"] / "work" / "teachers").glob(f"*/{TRAIN_INFO_FILE}")]
@@ -106,8 +106,8 @@ def test_teacher_resumed_from_its_checkpoint(runs):
 def test_student_resumed_in_its_run_and_no_epoch_ran_twice(runs):
     from mlflow.tracking import MlflowClient
 
-    from orchestrator import tracking
-    from orchestrator.report import KIND_TRAIN
+    from orchestrator.app.report import KIND_TRAIN
+    from orchestrator.runtime import tracking
 
     client = MlflowClient(f"sqlite:///{runs['killed'] / 'mlflow.db'}")
     exp = client.get_experiment_by_name("distillray")

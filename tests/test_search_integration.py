@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
 from orchestrator.cli import resolve_run
+from orchestrator.runtime import tracking
 from conftest import wait_for_health
 
 pytestmark = pytest.mark.timeout(600)
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(600)
 def ray_session():
     import ray
 
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime.ray_runtime import init_ray
     init_ray(num_cpus=2)
     yield
     ray.shutdown()
@@ -49,7 +49,7 @@ def _runs(uri: str, search: str):
 @pytest.fixture(scope="module")
 def smoke(ray_session, tmp_path_factory):
     """One smoke search shared by the tests that read its record."""
-    from orchestrator.search import run_search
+    from orchestrator.search.search import run_search
 
     work = tmp_path_factory.mktemp("smoke")
     old = os.getcwd()
@@ -101,7 +101,7 @@ def test_smoke_search_records_parent_children_and_artifacts(smoke):
                                      for p in summary["pareto"])
 
     # the best student can be reloaded from its artifacts and predicts like the search measured
-    from orchestrator.registry import best_of_search
+    from orchestrator.record.registry import best_of_search
     info = best_of_search("smoke", uri)
     assert info["trial_id"] == out.best["trial_id"]
     assert abs(info["dev_score"] - out.best["best_dev_score"]) < 1e-9
@@ -130,7 +130,7 @@ def test_experiment_kind_trial_names_and_parent_comparison(smoke):
 
 
 def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
-    from orchestrator.search import run_search
+    from orchestrator.search.search import run_search
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     bad = workdir / "missing-vectors.txt"
@@ -157,7 +157,7 @@ def test_startup_draws_meet_the_first_rung_together(ray_session, workdir, worker
     rung until all have reached it; the kept ones resume their Train run from the checkpoint of
     that report (not from scratch), the others stop; one child run per trial, none left running.
     Both where the students train: in the trial's process (local mode) and on Train workers."""
-    from orchestrator.search import run_search
+    from orchestrator.search.search import run_search
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     space, cfg, overrides = resolve_run("smoke", ["search.num_samples=4", "search.name=together",

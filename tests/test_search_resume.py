@@ -26,9 +26,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import tracking
-from orchestrator.faults import kill_tree as _kill_tree
-from orchestrator.trial_checkpoints import STATE_FILE
+from orchestrator.runtime import tracking
+from orchestrator.runtime.faults import kill_tree as _kill_tree
+from orchestrator.training.trial_checkpoints import STATE_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 

@@ -1,6 +1,6 @@
 """The two data stages between teacher and student resume from what they wrote: Tang
-augmentation (orchestrator/augment_stage.py) and bulk labeling into the soft-label cache
-(orchestrator/teacher_pool.py, orchestrator/cache.py).
+augmentation (orchestrator/stages/augment_stage.py) and bulk labeling into the soft-label cache
+(orchestrator/teachers/teacher_pool.py, orchestrator/teachers/cache.py).
 
 Each test interrupts a stage part-way (SIGKILL of a subprocess, an error raised at a fault
 point, a full disk), runs it again and counts what the second run computed: only the chunks or
@@ -25,15 +25,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import orchestrator.augment_stage as stage
-from orchestrator import faults, keys
-from orchestrator.augment_stage import (MANIFEST_FILE, PARTS_SUFFIX, TAGS_DIR,
-                                        augment_cache_key, augment_dataset, stage_seconds,
-                                        tags_cache_key)
-from orchestrator.cache import LEDGER_DIR, SoftLabelCache, labeling_seconds, text_keys
+import orchestrator.stages.augment_stage as stage
 from orchestrator.config import AugmentConfig
-from orchestrator.keys import DiskFullError, atomic_file
-from orchestrator.progress import StageProgress, duration
+from orchestrator.runtime import faults, keys
+from orchestrator.runtime.keys import DiskFullError, atomic_file
+from orchestrator.runtime.progress import StageProgress, duration
+from orchestrator.stages.augment_stage import (MANIFEST_FILE, PARTS_SUFFIX, TAGS_DIR,
+                                               augment_cache_key, augment_dataset, stage_seconds,
+                                               tags_cache_key)
+from orchestrator.teachers.cache import LEDGER_DIR, SoftLabelCache, labeling_seconds, text_keys
 from tasks.data import Example
 from tasks.generated import CONTENT, CUE_GROUPS, FILLER
 
@@ -130,7 +130,7 @@ _KILL_SCRIPT = """
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
-from orchestrator import faults
+from orchestrator.runtime import faults
 import test_stage_resume as t
 seen = [0]
 def point(name):
@@ -232,7 +232,7 @@ def test_augment_error_mid_tagging_then_mid_sampling_resumes(tmp_path, tiny_nltk
 
 
 class _DiskFullOnce:
-    """Stands in for ``open`` inside orchestrator.keys: the first write-open of a path that
+    """Stands in for ``open`` inside orchestrator.runtime.keys: the first write-open of a path that
     ``match`` accepts writes part of the data, then fails as a full disk would."""
 
     def __init__(self, match):
@@ -422,7 +422,7 @@ WORDS = "the a movie film good bad great plot actor boring fun slow sharp dull s
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
-    from orchestrator.teacher_model import create_random_teacher
+    from orchestrator.teachers.teacher_model import create_random_teacher
 
     return create_random_teacher(tmp_path_factory.mktemp("teacher") / "t", WORDS, num_labels=2,
                                  head_name="sst2", max_position=64, seed=3)
@@ -431,7 +431,7 @@ def teacher_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pool(ray_local, teacher_dir):
     from orchestrator.config import PoolConfig
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     cfg = PoolConfig(num_actors=1, cpus_per_actor=0.5, token_budget=256, max_batch_size=8,
                      precision="fp32")
@@ -459,7 +459,7 @@ def test_labeling_killed_mid_run_resumes_with_only_the_unwritten_texts(pool, cle
                                                                        tmp_path, monkeypatch):
     """A SIGKILL keeps only what was flushed: after the 5th chunk (16 texts each, a shard every
     32), 2 shards are on disk, and the half-flushed 5th chunk is not."""
-    from orchestrator import teacher_pool as tp
+    from orchestrator.teachers import teacher_pool as tp
 
     root = tmp_path / "wr" / "soft_labels"
     cache = pool.cache(str(root), max_length=MAXLEN)
@@ -508,7 +508,7 @@ def test_labeling_killed_mid_run_resumes_with_only_the_unwritten_texts(pool, cle
 
 def test_labeling_error_mid_run_keeps_every_finished_chunk(pool, clean_labels, tmp_path,
                                                            monkeypatch):
-    from orchestrator import teacher_pool as tp
+    from orchestrator.teachers import teacher_pool as tp
 
     root = tmp_path / "soft_labels"
     monkeypatch.setattr(tp.faults, "point", _FaultAt("labeling", 3))
@@ -577,9 +577,9 @@ def test_pipeline_logs_progress_and_reports_both_stages_seconds(pool, tmp_path, 
     """What the report calls: the transfer set and the labels go through the pipeline (its log
     gets the progress lines), then data_stage_seconds reads both stages' seconds back."""
     from orchestrator.config import ExperimentConfig
-    from orchestrator.pipeline import (TeacherRef, data_stage_seconds, label_examples,
-                                       transfer_examples)
-    from orchestrator.teacher_model import mask_token
+    from orchestrator.stages.pipeline import (TeacherRef, data_stage_seconds, label_examples,
+                                              transfer_examples)
+    from orchestrator.teachers.teacher_model import mask_token
     from tasks.generated import generate_task_data
     from tasks.registry import get_task
 

@@ -1,4 +1,4 @@
-"""Startup draws run cheapest first (orchestrator.startup_order): the same configurations as
+"""Startup draws run cheapest first (orchestrator.search.startup_order): the same configurations as
 Optuna draws them, handed out by estimated training work, ids mapped back, queue resumable."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import ConfigError, SearchConfig, build_config, load_space
-from orchestrator.pareto_asha import ParetoASHA
-from orchestrator.search import make_searcher
-from orchestrator.startup_order import CheapestFirst, TrainingWork, startup_batch
+from orchestrator.search.pareto_asha import ParetoASHA
+from orchestrator.search.search import make_searcher
+from orchestrator.search.startup_order import CheapestFirst, TrainingWork, startup_batch
 from tasks.data import Example
 from tasks.loaders import TaskData
 from tasks.registry import get_task
@@ -200,7 +200,7 @@ def test_word_vector_size_read_from_the_embeddings_file(tmp_path):
 
 
 def test_word_vector_size_of_teacher_embeddings_is_the_base_models(tmp_path):
-    from orchestrator.teacher_model import create_random_teacher
+    from orchestrator.teachers.teacher_model import create_random_teacher
 
     base = create_random_teacher(tmp_path / "bert", ["film"], 2, hidden=16)
     assert work_of({"student.embeddings": "teacher", "teacher.model": str(base)}) == \

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.bundle import TaskTensors
 from orchestrator.config import ConfigError, StudentConfig, build_config
-from orchestrator.precision import cpu_bf16_support
-from orchestrator.train import TaskStream, student_precision, train_steps
+from orchestrator.runtime.precision import cpu_bf16_support
+from orchestrator.training.bundle import TaskTensors
+from orchestrator.training.train import TaskStream, student_precision, train_steps
 from students.factory import build_student
 from tasks.registry import get_task
 

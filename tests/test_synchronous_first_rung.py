@@ -12,8 +12,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from orchestrator.config import ConfigError, SearchConfig, build_config
-from orchestrator.pareto_asha import PARKED, CohortLimiter, ParetoASHA
-from orchestrator.search import make_scheduler, synchronous_cohort
+from orchestrator.search.pareto_asha import PARKED, CohortLimiter, ParetoASHA
+from orchestrator.search.search import make_scheduler, synchronous_cohort
 from tests.test_startup_order import TANG_ALONE, Recorder
 
 MAJORITY = 0.5092

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from safetensors.numpy import load_file
 
 from orchestrator.config import ConfigError, build_config
-from orchestrator.pipeline import TeacherRef, bundle_key, prepare_bundle
-from orchestrator.preflight import PreflightError, check_embeddings
-from orchestrator.teacher_model import create_random_teacher
-from orchestrator.teacher_vectors import input_embedding_dim, teacher_word_vectors
+from orchestrator.stages.pipeline import TeacherRef, bundle_key, prepare_bundle
+from orchestrator.stages.preflight import PreflightError, check_embeddings
+from orchestrator.teachers.teacher_model import create_random_teacher
+from orchestrator.teachers.teacher_vectors import input_embedding_dim, teacher_word_vectors
 from tasks.data import Example
 from tasks.loaders import TaskData
 from tasks.registry import get_task
@@ -170,9 +170,9 @@ def test_preflight_checks_the_base_model(tiny_base, tmp_path):
 
 
 def test_bilstm_builds_trains_and_reloads_with_teacher_vectors(tiny_base, tmp_path):
-    from orchestrator.bundle import load_embeddings
-    from orchestrator.train import (build_for_training, forward, load_bundle, load_student,
-                                    make_batch, save_student)
+    from orchestrator.training.bundle import load_embeddings
+    from orchestrator.training.train import (build_for_training, forward, load_bundle, load_student,
+                                             make_batch, save_student)
 
     cfg = _cfg(tiny_base, tmp_path)
     res = prepare_bundle(cfg, _data(), _teachers(tiny_base), log=lambda *_: None)

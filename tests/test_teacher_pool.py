@@ -17,14 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-import orchestrator.teacher_pool as tp
-from orchestrator.batching import (flat_order, inverse_permutation, padded_tokens,
-                                   restore_order, token_budget_batches)
-from orchestrator.cache import text_keys
+import orchestrator.teachers.teacher_pool as tp
 from orchestrator.config import PoolConfig
-from orchestrator.teacher_model import TeacherError, create_random_teacher, load_teacher
-from orchestrator.teacher_pool import (PoolResourceError, TeacherPool, TeacherServerNotFound,
-                                       get_teacher_server)
+from orchestrator.teachers.batching import (flat_order, inverse_permutation, padded_tokens,
+                                            restore_order, token_budget_batches)
+from orchestrator.teachers.cache import text_keys
+from orchestrator.teachers.teacher_model import TeacherError, create_random_teacher, load_teacher
+from orchestrator.teachers.teacher_pool import (PoolResourceError, TeacherPool,
+                                                TeacherServerNotFound, get_teacher_server)
 
 WORDS = ("the a movie film good bad great terrible plot actor boring fun slow sharp witty dull "
          "story scene music cast ending long short brilliant awful").split()
@@ -356,7 +356,7 @@ def test_online_serving_from_two_train_workers(pool, direct, tmp_path):
         import numpy as np
         import ray.train
 
-        from orchestrator.teacher_pool import get_teacher_server
+        from orchestrator.teachers.teacher_pool import get_teacher_server
 
         rank = ray.train.get_context().get_world_rank()
         server = get_teacher_server(config["name"], namespace=config["namespace"])
@@ -409,7 +409,7 @@ def test_shutdown_removes_named_server(ray_cluster, teacher_dir, pool):
 
 def test_token_budget_defaults_to_the_device_and_is_validated(teacher_dir):
     from orchestrator.config import ConfigError, build_config
-    from orchestrator.teacher_pool import DEFAULT_TOKEN_BUDGET, TeacherWorker
+    from orchestrator.teachers.teacher_pool import DEFAULT_TOKEN_BUDGET, TeacherWorker
 
     w = TeacherWorker(str(teacher_dir), PoolConfig(cpus_per_actor=1))
     assert w.device == "cpu" and w.info()["token_budget"] == DEFAULT_TOKEN_BUDGET["cpu"] == 2048
@@ -423,7 +423,7 @@ def test_mask_token_is_read_from_the_tokenizer_files(teacher_dir, tmp_path):
     the same token the tokenizer has; a directory whose files do not name it asks the tokenizer."""
     from transformers import AutoTokenizer
 
-    from orchestrator.teacher_model import mask_token
+    from orchestrator.teachers.teacher_model import mask_token
 
     assert mask_token(teacher_dir) == AutoTokenizer.from_pretrained(str(teacher_dir)).mask_token
     bare = tmp_path / "bare"

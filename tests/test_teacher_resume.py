@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from orchestrator import faults
 from orchestrator.config import ConfigError, TeacherConfig, build_config
-from orchestrator.teacher import TRAIN_INFO_FILE, finetune_teacher, teacher_key
+from orchestrator.runtime import faults
+from orchestrator.stages.teacher import TRAIN_INFO_FILE, finetune_teacher, teacher_key
 from tasks.generated import generate_task_data
 from tasks.registry import get_task
 
@@ -85,7 +85,7 @@ def test_single_task_teacher_resumes_exactly(tmp_path, monkeypatch, task_data):
 
 
 def test_multitask_teacher_resumes_exactly(tmp_path, monkeypatch, task_data):
-    from orchestrator.multitask_teacher import refine_multitask_teacher
+    from orchestrator.stages.multitask_teacher import refine_multitask_teacher
 
     cfg = _cfg(epochs=2.0, multitask=True)
     steps = _count_steps(monkeypatch)

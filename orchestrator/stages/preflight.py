@@ -88,7 +88,7 @@ def _cast(current: Any, value: Any) -> Any:
 
 def check_mixture(cfg: ExperimentConfig, sizes: dict[str, int]) -> None:
     """The mixture the trial's loop will build, built now from the tasks' training sizes."""
-    from orchestrator.mixture import MixtureError, mixture_weights
+    from orchestrator.training.mixture import MixtureError, mixture_weights
 
     t = cfg.train
     if len(sizes) < 2:
@@ -101,7 +101,7 @@ def check_mixture(cfg: ExperimentConfig, sizes: dict[str, int]) -> None:
 
 def check_teacher_heads(teachers: dict) -> None:
     """Every task's teacher can label it: a multi-task teacher must have the task's head."""
-    from orchestrator.teacher_model import HEADS_FILE
+    from orchestrator.teachers.teacher_model import HEADS_FILE
 
     for task, ref in teachers.items():
         f = Path(ref.path) / HEADS_FILE
@@ -215,7 +215,7 @@ def check_tasks(cfg: ExperimentConfig) -> dict:
     """Each task's spec (its name known, own data's labels read) and the first rows of its files."""
     import copy as _copy
 
-    from orchestrator.pipeline import get_task_for
+    from orchestrator.stages.pipeline import get_task_for
     from tasks.data import DataError
     from tasks.loaders import check_task_data
     from tasks.registry import UnknownTaskError
@@ -326,7 +326,7 @@ def check_teacher_embeddings(cfg: ExperimentConfig) -> None:
     """``student.embeddings=teacher``: ``teacher.model`` is a pre-trained model (not
     ``random:*``) and, when a local directory, holds a config, weights and tokenizer files (a
     hub name is checked by :func:`check_teacher_model`)."""
-    from orchestrator.teacher_vectors import TOKENIZER_FILES
+    from orchestrator.teachers.teacher_vectors import TOKENIZER_FILES
 
     name = cfg.teacher.model
     what = ("student.embeddings=teacher reads the input embeddings and the tokenizer of "
@@ -370,8 +370,8 @@ def check_writable(cfg: ExperimentConfig) -> None:
     """The work root (teachers, caches, bundles) and a local tracking store can be written."""
     import os
 
-    from orchestrator.ray_runtime import StorageError, check_storage
-    from orchestrator.tracking import TrackingError, check_reachable, resolve_uri
+    from orchestrator.runtime.ray_runtime import StorageError, check_storage
+    from orchestrator.runtime.tracking import TrackingError, check_reachable, resolve_uri
 
     uri = resolve_uri(cfg.tracking.uri)  # the store first: a failed check leaves nothing behind
     if uri.startswith("sqlite:///"):

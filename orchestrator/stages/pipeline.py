@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 
-from orchestrator.bundle import write_split, write_texts
 from orchestrator.config import TEACHER_EMBEDDINGS, ExperimentConfig, resolve_embeddings
-from orchestrator.keys import atomic_dir, content_key, file_digest
+from orchestrator.runtime.keys import atomic_dir, content_key, file_digest
+from orchestrator.training.bundle import write_split, write_texts
 from tasks.data import Example, TaskData
 from tasks.loaders import data_fingerprint, load_task_data, task_from_config
 from tasks.registry import TaskSpec
@@ -73,7 +73,7 @@ def load_data(cfg: ExperimentConfig) -> dict[str, TaskData]:
 def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, mask_token: str,
                       log: Callable = print) -> tuple[list[Example], dict, Path | None]:
     """The student's training texts: originals, plus Tang augmentation when enabled."""
-    from orchestrator.augment_stage import augment_dataset
+    from orchestrator.stages.augment_stage import augment_dataset
 
     if not cfg.augment.enabled:
         return list(data.train), {"n_in": len(data.train), "n_out": len(data.train)}, None
@@ -104,7 +104,7 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
     (``pool``: a running pool of this teacher, e.g. a multi-task teacher serving several tasks;
     else one is started for the call). Progress lines go to ``log``, named by ``task``
     (default: the teacher's head)."""
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     if pool is None:
         with TeacherPool(teacher.path, cfg.pool) as own:
@@ -133,18 +133,19 @@ def data_stage_seconds(cfg: ExperimentConfig, data: dict[str, TaskData],
     """Per task, the seconds the two data stages spent, each summed over every call and
     resumption that contributed (what a results report quotes):
 
-    - ``augment``: this config's transfer set (:func:`orchestrator.augment_stage.stage_seconds`);
-      None when augmentation is off, the set is not finished, or it predates the record;
+    - ``augment``: this config's transfer set
+      (:func:`orchestrator.stages.augment_stage.stage_seconds`); None when augmentation is off, the set is not finished, or it predates the record;
     - ``label``: all bulk labeling into the task teacher's soft-label cache (its head and max
       length, every precision), whichever transfer sets it was for (with and without
-      augmentation share the cache; :meth:`orchestrator.cache.SoftLabelCache.labeling_seconds`);
-      0.0 when none was recorded.
+      augmentation share the cache;
+      :meth:`orchestrator.teachers.cache.SoftLabelCache.labeling_seconds`); 0.0 when none was
+      recorded.
 
     Reads files only: no Ray, no model loaded (each teacher's files are hashed once)."""
-    from orchestrator.augment_stage import augment_cache_key, stage_seconds
-    from orchestrator.cache import namespace_key, read_ledger, resolve_head_name
-    from orchestrator.teacher_model import mask_token as teacher_mask_token
-    from orchestrator.teacher_model import teacher_identity
+    from orchestrator.stages.augment_stage import augment_cache_key, stage_seconds
+    from orchestrator.teachers.cache import namespace_key, read_ledger, resolve_head_name
+    from orchestrator.teachers.teacher_model import mask_token as teacher_mask_token
+    from orchestrator.teachers.teacher_model import teacher_identity
 
     work_root = Path(cfg.work_root)
     identities: dict[str, str] = {}
@@ -177,7 +178,7 @@ def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[
     s = cfg.student
     emb = None
     if s.embeddings == TEACHER_EMBEDDINGS and s.arch != "transformer":
-        from orchestrator.teacher_vectors import key_part
+        from orchestrator.teachers.teacher_vectors import key_part
 
         emb = key_part(cfg.teacher.model)  # the base model's identity (files or hub name)
     elif s.embeddings and s.arch != "transformer":
@@ -204,7 +205,7 @@ def _label_precision(cfg: ExperimentConfig) -> str:
     which hold no logits). For GPU actors, ``auto`` is resolved with this process's GPU."""
     if cfg.train.soft_labels == "on_demand":
         return "fp32"
-    from orchestrator.precision import resolve
+    from orchestrator.runtime.precision import resolve
 
     return resolve(cfg.pool.precision, "cuda" if cfg.pool.gpus_per_actor > 0 else "cpu",
                    "pool.precision")
@@ -228,7 +229,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         # every label in a reused bundle was computed once, earlier: count them as reused
         return BundleResult(final, key, True, sizes, {"labels_reused": sum(sizes.values())},
                             meta.get("augment_stats", {}), time.time() - t0)
-    from orchestrator.teacher_model import mask_token as teacher_mask_token
+    from orchestrator.teachers.teacher_model import mask_token as teacher_mask_token
 
     first_teacher = next(iter(teachers.values()))
     mask_token = teacher_mask_token(first_teacher.path)
@@ -241,7 +242,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
     gate: dict[str, float] = {}
     logits: dict[str, np.ndarray | None] = {t: None for t in transfer}
     on_demand = cfg.train.soft_labels == "on_demand"
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     by_teacher: dict[str, list[str]] = {}  # one pool per teacher dir, one at a time
     for t in transfer:
@@ -272,7 +273,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
             embed_dim = cfg.student.embed_dim
             if cfg.student.embeddings:
                 if cfg.student.embeddings == TEACHER_EMBEDDINGS:
-                    from orchestrator.teacher_vectors import teacher_word_vectors
+                    from orchestrator.teachers.teacher_vectors import teacher_word_vectors
                     vectors, found = teacher_word_vectors(cfg.teacher.model, vocab)
                     where = f"the input embeddings of teacher.model={cfg.teacher.model} " \
                             "(mean of word pieces; the rest: its [UNK] row)"
@@ -338,7 +339,7 @@ def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], sh
         _check_pool_teacher(shared, teachers)
         yield shared
         return
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
         yield pool.client()

@@ -25,8 +25,8 @@ flight, and the next call with the same key computes only the chunks that are mi
   examples it holds, so a call with another ``chunk_size`` reuses none and mixes none.
 * once the output (or the tags file) is in place, its parts folder is removed.
 
-Output, under ``<out_root>/<key>/`` (written through :func:`orchestrator.keys.atomic_dir`, with
-``manifest.json`` written last):
+Output, under ``<out_root>/<key>/`` (written through
+:func:`orchestrator.runtime.keys.atomic_dir`, with ``manifest.json`` written last):
 
 * ``transfer.parquet``: columns ``example_id`` int64, ``aug_index`` int32 (0 = the original),
   ``text_a`` string, ``text_b`` string (null for single sentences), ``label`` float64 (the gold
@@ -41,13 +41,13 @@ A later call with the same key reuses the output when the manifest's row count a
 match the file; otherwise the folder is removed and rebuilt.
 
 Progress: with a ``log`` callable, each phase logs a line at most every 30 s and at its end
-(:class:`orchestrator.progress.StageProgress`): examples tagged, then samples drawn (``n_iter``
-per example) out of all, the rate of this call and the time left; chunks from earlier calls
-count as done.
+(:class:`orchestrator.runtime.progress.StageProgress`): examples tagged, then samples drawn
+(``n_iter`` per example) out of all, the rate of this call and the time left; chunks from earlier
+calls count as done.
 
 A full disk while writing a chunk, the tags or the output raises
-:class:`orchestrator.keys.DiskFullError` (naming the work root and the space left); the chunks
-already written stay, and the same command resumes once space is freed.
+:class:`orchestrator.runtime.keys.DiskFullError` (naming the work root and the space left); the
+chunks already written stay, and the same command resumes once space is freed.
 
 ``cfg.max_examples`` caps the number of rows: every original is kept first (if the cap is below
 their number, a seeded random subset of originals is kept), then augmented rows in a random
@@ -72,10 +72,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from orchestrator import faults
 from orchestrator.config import AugmentConfig
-from orchestrator.keys import atomic_dir, atomic_file, content_key, file_digest, work_root_of
-from orchestrator.progress import StageProgress
+from orchestrator.runtime import faults
+from orchestrator.runtime.keys import (atomic_dir, atomic_file, content_key, file_digest,
+                                       work_root_of)
+from orchestrator.runtime.progress import StageProgress
 from tasks import augment as aug
 from tasks.data import Example
 from tasks.text import DEFAULT_MASK
@@ -336,7 +337,7 @@ def _remote(name: str):
 
 
 def _ensure_ray() -> None:
-    from orchestrator.ray_runtime import init_ray
+    from orchestrator.runtime.ray_runtime import init_ray
 
     init_ray(log=lambda m: None)  # a no-op when Ray is up; else the same rule as every stage
 
@@ -636,7 +637,8 @@ def augment_dataset(
     (default: ``data_key`` up to its first ``:``); ``progress``: tqdm bars.
     Raises ``ValueError`` naming the field for a bad config,
     :class:`tasks.augment.NltkDataMissingError` before any work when NLTK data is missing, and
-    :class:`orchestrator.keys.DiskFullError` when the disk fills (re-run once space is freed).
+    :class:`orchestrator.runtime.keys.DiskFullError` when the disk fills (re-run once space is
+    freed).
     """
     t0 = time.perf_counter()
     aug.validate_config(cfg, pair_mode)

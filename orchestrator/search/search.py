@@ -3,12 +3,12 @@
 Shape: a Tune *function* trainable per trial builds a ``TorchTrainer`` whose
 workers report each epoch (or ``train.evals_per_epoch`` times per epoch); ``TuneReportCallback``
 forwards those reports to Tune, so ASHA can stop bad trials early (``pareto_asha``: keeping each
-rung's (score, latency) front, :mod:`orchestrator.pareto_asha`). When one teacher labels every
-task, the driver starts one teacher pool for the whole search and hands its client to every trial
-(transfer-set labels, and with ``train.soft_labels=on_demand`` the rows the workers reach as they
-train: :mod:`orchestrator.on_demand_labels`). The driver owns the MLflow parent run; each trial
-owns one child run, found again by its trial id when a trial is retried or a search is resumed, so
-no run is lost or duplicated.
+rung's (score, latency) front, :mod:`orchestrator.search.pareto_asha`). When one teacher labels
+every task, the driver starts one teacher pool for the whole search and hands its client to every
+trial (transfer-set labels, and with ``train.soft_labels=on_demand`` the rows the workers reach as
+they train: :mod:`orchestrator.teachers.on_demand_labels`). The driver owns the MLflow parent
+run; each trial owns one child run, found again by its trial id when a trial is retried or a
+search is resumed, so no run is lost or duplicated.
 """
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator import faults, outcome, tracking
 from orchestrator.config import (ExperimentConfig, SearchConfig, apply_sample, objectives,
                                  one_teacher)
-from orchestrator.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
-from orchestrator.preflight import check_inputs, preflight
-from orchestrator.ray_runtime import (check_budget, check_shared_paths, check_storage,
-                                      env_storage_path, init_ray, trial_resources)
-from orchestrator.trial_checkpoints import TrialCheckpoints
+from orchestrator.record import outcome
+from orchestrator.runtime import faults, tracking
+from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
+                                              env_storage_path, init_ray, trial_resources)
+from orchestrator.stages.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
+from orchestrator.stages.preflight import check_inputs, preflight
+from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from search_spaces.loader import SearchSpace
 from tasks.data import TaskData
 from tasks.metrics import trivial_score
@@ -56,7 +57,7 @@ def ensure_teachers(cfg: ExperimentConfig, data, client, experiment_id: str,
                     log: Callable = print) -> dict[str, TeacherRef]:
     """Fine-tune (or reuse) one teacher per task and record each in its own MLflow run.
     With ``teacher.multitask`` and several tasks: one multi-task teacher (MKD), one head per task."""
-    from orchestrator.teacher import finetune_teacher
+    from orchestrator.stages.teacher import finetune_teacher
     from tasks.loaders import data_fingerprint
 
     if cfg.teacher.multitask and len(data) > 1:
@@ -78,7 +79,7 @@ def ensure_multitask_teacher(cfg: ExperimentConfig, data, client, experiment_id:
                              log: Callable = print) -> dict[str, TeacherRef]:
     """Refine (or reuse) one multi-task teacher on every task of ``data`` (MKD), recorded in its
     own MLflow run; its heads serve the tasks."""
-    from orchestrator.multitask_teacher import refine_multitask_teacher
+    from orchestrator.stages.multitask_teacher import refine_multitask_teacher
 
     res = refine_multitask_teacher(cfg.teacher, data, cfg.work_root, log=log)
     _record_teacher(client, experiment_id, res, f"teacher-mkd-{'-'.join(data)}",
@@ -117,7 +118,7 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.train import make_trainer
+    from orchestrator.training.train import make_trainer
 
     started = time.time()  # this life of the trial (a resume starts another)
     cfg = apply_sample(space, sample, overrides)
@@ -220,7 +221,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     from ray import tune
     from ray.tune.search import ConcurrencyLimiter
 
-    from orchestrator.pareto_asha import CohortLimiter
+    from orchestrator.search.pareto_asha import CohortLimiter
 
     t0 = time.time()
     overrides = dict(overrides or {})
@@ -328,11 +329,11 @@ def make_searcher(s: SearchConfig, space: SearchSpace, overrides: dict[str, Any]
                   data: dict[str, TaskData], seed: int, log: Callable | None = None):
     """Optuna's TPE over ``space`` (both objectives when there are two: a Pareto front), its
     first ``search.startup_trials`` draws random; with ``search.startup_order=cheapest_first``
-    those run in order of estimated training work (:mod:`orchestrator.startup_order`)."""
+    those run in order of estimated training work (:mod:`orchestrator.search.startup_order`)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    from orchestrator.startup_order import CheapestFirst, TrainingWork, startup_batch
+    from orchestrator.search.startup_order import CheapestFirst, TrainingWork, startup_batch
 
     metrics, modes = zip(*objectives(s))
     searcher = OptunaSearch(
@@ -370,7 +371,7 @@ def scheduler_state_path(storage: str, name: str, tag: str) -> str:
 def synchronous_cohort(s: SearchConfig) -> int:
     """The trials that meet the first early-stopping rung together (``search.startup_rung``):
     the random startup draws; 0 when they meet it one by one."""
-    from orchestrator.startup_order import startup_batch
+    from orchestrator.search.startup_order import startup_batch
 
     if s.startup_rung != "synchronous" or s.scheduler != "pareto_asha":
         return 0
@@ -385,8 +386,8 @@ def make_scheduler(s: SearchConfig, reports: int, floor: float | None,
     close its MLflow run."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from orchestrator.pareto_asha import ParetoASHA
-    from orchestrator.train import REPORT
+    from orchestrator.search.pareto_asha import ParetoASHA
+    from orchestrator.training.train import REPORT
 
     if s.scheduler == "pareto_asha":
         (score, score_mode), (cost, cost_mode) = objectives(s)
@@ -424,7 +425,7 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
     """One teacher pool for the whole search when one teacher labels every task: loaded once,
     shared by every trial (and by concurrent trials: one GPU teacher serves them all). Yields its
     picklable client, or None (several teachers: each trial starts its own pools)."""
-    from orchestrator.teacher_pool import TeacherPool
+    from orchestrator.teachers.teacher_pool import TeacherPool
 
     if not one_teacher(cfg):
         yield None
@@ -439,7 +440,7 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
 def _register(client, uri: str, parent: str, exp_id: str, name: str, model_name: str,
               best: dict, data, log: Callable) -> str | None:
     """Log the best student as an MLflow model (signature, input example) and register it."""
-    from orchestrator.registry import NotFoundError, register_best
+    from orchestrator.record.registry import NotFoundError, register_best
 
     runs = tracking.find_runs(client, exp_id, {tracking.TAG_SEARCH: name,
                                                tracking.TAG_TRIAL: str(best["trial_id"])})
@@ -557,8 +558,8 @@ def _settle_child_runs(client, exp_id: str, name: str, parent: str,
     as stopped, not 'running', and tag them early-stopped (or close them as finished, with their
     student, when the stop came at their last epoch). A running run whose trial this search does
     not know was started by a driver that died before Tune recorded the trial: the restored
-    searcher drew its slot again (see ``orchestrator.pareto_asha``), so it is closed as failed and
-    interrupted and soft-deleted, leaving one visible child run per trial of the search (MLflow
+    searcher drew its slot again (see ``orchestrator.search.pareto_asha``), so it is closed as
+    failed and interrupted and soft-deleted, leaving one visible child run per trial of the search (MLflow
     keeps its data; ``mlflow runs restore`` brings it back); so is one that was paused at a rung
     (KILLED) when the driver died. Only this parent run's children are looked at: an earlier
     search of the same name (``--no-resume``) keeps its runs. Returns the lost trials' ids."""

@@ -5,8 +5,9 @@
 Rows (no search; every student gets the same epoch limit, batch size and seed; with
 ``--budget full`` the BiLSTM rows each pick ``train.lr`` from one grid on dev, ``LR_GRID``):
 
-    1a  teacher        the base model fine-tuned on each task (``orchestrator.teacher``)
-    1b  teacher_mkd    one multi-task teacher refined on all tasks (``orchestrator.multitask_teacher``)
+    1a  teacher        the base model fine-tuned on each task (``orchestrator.stages.teacher``)
+    1b  teacher_mkd    one multi-task teacher refined on all tasks
+                       (``orchestrator.stages.multitask_teacher``)
     2   bilstm_gold    BiLSTM (Tang et al. 2019) on gold labels only (``train.loss=ce``)
     3   bilstm_kd      BiLSTM distilled from row 1a (MSE on logits), original training set
     4   bilstm_soft    BiLSTM_SOFT: distilled on the Tang-augmented transfer set
@@ -53,10 +54,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator import tracking
 from orchestrator.config import ConfigError, ExperimentConfig, build_config, parse_override
-from orchestrator.keys import content_key
-from orchestrator.progress import duration
+from orchestrator.runtime import tracking
+from orchestrator.runtime.keys import content_key
+from orchestrator.runtime.progress import duration
 
 REPORT_VERSION = 2  # 2: students train in report-train runs, a cell run per (row, task)
 KIND_PARENT, KIND_CELL, KIND_TRAIN = "report", "report-cell", "report-train"
@@ -263,9 +264,9 @@ def row_config(base: ExperimentConfig, row: Row, row_sets: dict[str, dict[str, A
 def cell_key(row: Row, cfg: ExperimentConfig, data, teachers) -> str:
     """What a trained student depends on: the bundle (data, teacher, transfer set, encoding),
     the student and the training settings (resource-only settings left out)."""
-    from orchestrator.pipeline import bundle_key
+    from orchestrator.stages.pipeline import bundle_key
 
-    from orchestrator.train import student_precision
+    from orchestrator.training.train import student_precision
 
     train = asdict(cfg.train)
     for k in ("cpus_per_worker", "torch_threads", "use_gpu", "precision"):
@@ -306,7 +307,7 @@ class _Report:
     def ensure_ray(self, cfg: ExperimentConfig) -> None:
         if self.ray_ready:
             return
-        from orchestrator.ray_runtime import check_budget, init_ray
+        from orchestrator.runtime.ray_runtime import check_budget, init_ray
         resources = init_ray(self.address, log=self.log)
         check_budget(cfg, resources)
         self.ray_ready = True
@@ -359,8 +360,8 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
                log: Callable = print) -> ReportResult:
     """Train (or reuse) every cell, measure every row, print and record the table.
     ``lr_grid``: the tuned rows' learning rates (default: the budget's, ``LR_GRID``)."""
-    from orchestrator.pipeline import load_data, task_names
-    from orchestrator.preflight import check_inputs, preflight
+    from orchestrator.stages.pipeline import load_data, task_names
+    from orchestrator.stages.preflight import check_inputs, preflight
 
     t0 = time.time()
     if budget not in BUDGETS:
@@ -510,7 +511,7 @@ class _Progress:
 def _teacher_seconds(refs) -> float | None:
     """Fine-tuning seconds of these teachers, summed over the calls that trained each
     (``train_info.json``); None when a teacher predates that record."""
-    from orchestrator.teacher import TRAIN_INFO_FILE
+    from orchestrator.stages.teacher import TRAIN_INFO_FILE
 
     total = 0.0
     for path in {r.path for r in (refs or {}).values()}:
@@ -525,7 +526,7 @@ def _data_seconds(row_cfgs: dict[str, ExperimentConfig], single_cfg: ExperimentC
                   single_refs, multi_refs) -> dict[str, float | None]:
     """Augmentation (row 4's transfer sets) and bulk labeling (every teacher's soft-label cache)
     seconds, summed over tasks and resumptions."""
-    from orchestrator.pipeline import data_stage_seconds
+    from orchestrator.stages.pipeline import data_stage_seconds
 
     soft = row_cfgs.get("bilstm_soft", single_cfg)
     single = data_stage_seconds(soft, data, single_refs)
@@ -624,9 +625,9 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
 
 def _teachers(ctx: _Report, cfg: ExperimentConfig, data, multitask: bool):
     """(refs per task, whether every teacher was already cached)."""
-    from orchestrator.multitask_teacher import multitask_teacher_key
-    from orchestrator.search import ensure_multitask_teacher, ensure_teachers
-    from orchestrator.teacher import teacher_key
+    from orchestrator.search.search import ensure_multitask_teacher, ensure_teachers
+    from orchestrator.stages.multitask_teacher import multitask_teacher_key
+    from orchestrator.stages.teacher import teacher_key
     from tasks.loaders import data_fingerprint
 
     root = Path(cfg.work_root) / "teachers"
@@ -734,10 +735,10 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
     """One student: reused from a FINISHED ``report-train`` run with this key, else trained
     under Ray Train in the newest unfinished run with it (a killed call's, resumed from its
     last checkpoint: the Train run's name is the key's) or a new one."""
-    from orchestrator import outcome
-    from orchestrator.pipeline import on_demand_labeler, prepare_bundle
-    from orchestrator.preflight import preflight
-    from orchestrator.train import make_trainer
+    from orchestrator.record import outcome
+    from orchestrator.stages.pipeline import on_demand_labeler, prepare_bundle
+    from orchestrator.stages.preflight import preflight
+    from orchestrator.training.train import make_trainer
 
     run = ctx.finished(KIND_TRAIN, row.id, task_tag, key, close_unfinished=False)
     if run is not None:
@@ -954,11 +955,11 @@ def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[s
              warmup: int, threads: int | None) -> tuple[pd.DataFrame, str]:
     """Non-embedding params and median batch-1 / batch-64 latency per row (the reference
     task's model), BERT-base and the teacher among them; ratios vs both."""
-    from orchestrator.registry import download_student
-    from orchestrator.teacher_model import load_teacher
-    from orchestrator.train import load_student
+    from orchestrator.record.registry import download_student
+    from orchestrator.teachers.teacher_model import load_teacher
+    from orchestrator.training.train import load_student
 
-    from orchestrator import probe
+    from orchestrator.training import probe
     ref = tasks[0]
     teacher = load_teacher(single_refs[ref].path)
     words_a, words_b, pieces = _reference_lengths(data, ref, teacher.tokenizer,

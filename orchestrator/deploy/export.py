@@ -28,7 +28,7 @@ the valid steps of the forward direction, the backward direction reads each row'
 reversed), which gives the packed path's results. Every export is checked before it is
 written off: the eager packed student, the TorchScript module and onnxruntime must agree within
 ``TOLERANCE`` on the check texts (batched and batch 1), and ``predict.py``'s own tokenization +
-onnxruntime must match :class:`orchestrator.serving.StudentPredictor` (the training-time
+onnxruntime must match :class:`orchestrator.deploy.serving.StudentPredictor` (the training-time
 tokenizer) end to end. A failed check raises :class:`ExportError`.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.train import MODEL_FILE, STUDENT_FILE
+from orchestrator.training.train import MODEL_FILE, STUDENT_FILE
 
 FORMATS = ("torchscript", "onnx")
 FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -108,8 +108,8 @@ def check_student_dir(student_dir: str | Path) -> dict:
     if missing:
         raise FileNotFoundError(f"student dir {d} lacks {', '.join(missing)}: export needs "
                                 f"{MODEL_FILE}, {STUDENT_FILE} and vocab.json (word students) or "
-                                "tokenizer/ (Transformer students), as orchestrator.train.save_student "
-                                "writes them")
+                                "tokenizer/ (Transformer students), as "
+                                "orchestrator.training.train.save_student writes them")
     return info
 
 
@@ -175,7 +175,7 @@ def _tokenizer_spec(tok_dir: Path, check_texts: list[str], max_length: int) -> d
     reproduces the training-time tokenizer on the check texts, else the ``tokenizers`` package."""
     from transformers import AutoTokenizer
 
-    from orchestrator import predict_standalone as ps
+    from orchestrator.deploy import predict_standalone as ps
 
     hf = AutoTokenizer.from_pretrained(str(tok_dir))
     tj = tok_dir / "tokenizer.json"
@@ -231,8 +231,8 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
     if len(texts) < 2:
         texts = texts + DEFAULT_CHECK_TEXTS[:2]
 
-    from orchestrator import predict_standalone as ps
-    from orchestrator.serving import StudentPredictor, task_info
+    from orchestrator.deploy import predict_standalone as ps
+    from orchestrator.deploy.serving import StudentPredictor, task_info
 
     eager = StudentPredictor(src)  # the packed, training-time path and tokenizer
     meta = eager.info["meta"]

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import fsspec
 
-from orchestrator.cache import is_local_fs, write_bytes_atomic
+from orchestrator.teachers.cache import is_local_fs, write_bytes_atomic
 
 STATE_FILE = "state.json"
 

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from orchestrator import tracking
+from orchestrator.runtime import tracking
 
 if TYPE_CHECKING:
-    from orchestrator.trial_checkpoints import TrialCheckpoints
+    from orchestrator.training.trial_checkpoints import TrialCheckpoints
 
 
 def log_final_metrics(client, run_id: str, last: dict) -> None:

@@ -5,7 +5,8 @@ the mixture (a single task draws itself), takes a batch of it, and fits that tas
 with the loss from ``students.losses``. Each epoch (or each ``1 / train.evals_per_epoch`` of one):
 evaluate on dev, report metrics to Ray Train (and through it to Tune), log them to the trial's
 MLflow run, and checkpoint. On-demand bundles carry texts instead of teacher logits: the loop
-fetches them from the teacher pool as batches need them (:mod:`orchestrator.on_demand_labels`).
+fetches them from the teacher pool as batches need them
+(:mod:`orchestrator.teachers.on_demand_labels`).
 """
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator import faults
-from orchestrator.bundle import TaskTensors, load_embeddings, read_meta, read_split
 from orchestrator.config import ExperimentConfig, build_config
-from orchestrator.mixture import TaskSampler, mixture_weights
-from orchestrator.on_demand_labels import merge_stats
-from orchestrator.progress import duration
-from orchestrator.trial_checkpoints import TrialCheckpoints
+from orchestrator.runtime import faults
+from orchestrator.runtime.progress import duration
+from orchestrator.teachers.on_demand_labels import merge_stats
+from orchestrator.training.bundle import TaskTensors, load_embeddings, read_meta, read_split
+from orchestrator.training.mixture import TaskSampler, mixture_weights
+from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from students.factory import build_student, count_parameters
 from students.losses import distillation_loss
 from tasks.metrics import compute_metrics
@@ -80,7 +81,7 @@ def build_for_training(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray
     s = cfg.student
     if s.arch != "transformer" or s.init_from_teacher == "none":
         return build_from_meta(cfg, meta, embeddings), meta, None
-    from orchestrator.teacher_model import load_teacher
+    from orchestrator.teachers.teacher_model import load_teacher
     from students.factory import MAX_POSITION
     from students.transformer import init_from_bert
 
@@ -259,7 +260,7 @@ def load_student(ckpt_dir: str | Path, task: str | None = None):
 
 def student_precision(tc) -> str:
     """``train.precision`` resolved for where the student trains."""
-    from orchestrator.precision import resolve
+    from orchestrator.runtime.precision import resolve
 
     return resolve(tc.precision, "cuda" if tc.use_gpu else "cpu", "train.precision")
 
@@ -268,7 +269,7 @@ def train_steps(model, optimizer, streams: dict[str, "TaskStream"], tasks: list[
                 specs: dict[str, TaskSpec], tc, precision: str = "fp32") -> float:
     """One optimizer step per entry of ``tasks`` (a batch of that task each); mean loss. The
     forward pass runs under ``precision`` autocast (a resolved one); the loss takes fp32."""
-    from orchestrator.precision import autocast
+    from orchestrator.runtime.precision import autocast
 
     model.train()
     total = 0.0
@@ -309,7 +310,7 @@ def _report(report: int, metrics: dict, state: dict, model, optimizer, cfg: Expe
     import ray.train
 
     if client is not None:
-        from orchestrator.tracking import log_metrics
+        from orchestrator.runtime.tracking import log_metrics
         # the scores first: MLflow lists a run's metrics in the order first logged
         first = ("best_dev_score", "dev_score", "latency_ms")
         log_metrics(client, run_id, {**{k: metrics[k] for k in first if k in metrics},
@@ -352,8 +353,8 @@ def on_demand_labels(meta: dict, bundle: Path, train: dict[str, TaskTensors], la
         raise ValueError(f"bundle {bundle} has no teacher logits (train.soft_labels=on_demand) "
                          "and this run was given no teacher pool to ask: start the trainer with "
                          "pipeline.on_demand_labeler(cfg, teachers)")
-    from orchestrator.bundle import read_texts
-    from orchestrator.on_demand_labels import OnDemandLogits
+    from orchestrator.teachers.on_demand_labels import OnDemandLogits
+    from orchestrator.training.bundle import read_texts
 
     out = {}
     for t, data in train.items():
@@ -396,7 +397,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
 
     probe = {}
     if rank == 0:
-        from orchestrator.probe import student_latency_ms
+        from orchestrator.training.probe import student_latency_ms
         first = next(iter(specs))
         pair = meta["tasks"][first]["pair"] and meta["encoding"] == "words"
         probe = {"latency_ms": student_latency_ms(model, 1, 32, pair, meta["vocab_size"], first,

@@ -2,11 +2,11 @@
 
 Bulk: :class:`TeacherPool` starts ``pool.num_actors`` Ray actors (:data:`TeacherActor`), each
 holding one teacher. :meth:`TeacherPool.label_texts` looks texts up in a
-:class:`~orchestrator.cache.SoftLabelCache` first, splits the misses into chunks of similar
+:class:`~orchestrator.teachers.cache.SoftLabelCache` first, splits the misses into chunks of similar
 length, hands the chunks to the actors (a bounded number in flight per actor, collected with
 ``ray.wait``), and writes the new labels back to the cache. Inside an actor, texts are tokenized
 with truncation (truncations are counted, never an error) and grouped by a padded-token budget
-(:mod:`orchestrator.batching`); results always come back in input order.
+(:mod:`orchestrator.teachers.batching`); results always come back in input order.
 
 Faults: actors are started with ``max_restarts`` and ``max_task_retries``, so a killed actor is
 restarted by Ray and its pending calls re-run. When Ray gives up (an actor that cannot restart),
@@ -33,7 +33,7 @@ logs a warning when it would leave less than 1 CPU free. Each actor sets
 actor parallelism buys little: batching by length is what makes the pool fast; more actors pay
 on many cores or with one GPU each.
 
-Precision (``pool.precision``, :mod:`orchestrator.precision`): each actor resolves ``auto``
+Precision (``pool.precision``, :mod:`orchestrator.runtime.precision`): each actor resolves ``auto``
 once, at start, for its device, and labels under ``torch.autocast`` in that precision; a
 precision the device cannot run (fp16 on a CPU) fails the pool's start, never a labeling call.
 Labels in reduced precision are cached under their own key. The first time a teacher labels in
@@ -62,13 +62,14 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from orchestrator import faults
-from orchestrator.batching import restore_order, token_budget_batches
-from orchestrator.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
 from orchestrator.config import PoolConfig
-from orchestrator.precision import autocast, resolve
-from orchestrator.progress import StageProgress
-from orchestrator.teacher_model import Teacher, TeacherError, check_teacher_path, load_teacher
+from orchestrator.runtime import faults
+from orchestrator.runtime.precision import autocast, resolve
+from orchestrator.runtime.progress import StageProgress
+from orchestrator.teachers.batching import restore_order, token_budget_batches
+from orchestrator.teachers.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
+from orchestrator.teachers.teacher_model import (Teacher, TeacherError, check_teacher_path,
+                                                 load_teacher)
 
 log = logging.getLogger(__name__)
 
@@ -506,7 +507,7 @@ class _ActorLabeler:
                 return p  # nothing to sample yet: decided on the first texts
             self._verdicts[p] = self._run_gate(texts_a, texts_b, head, max_length)
             if root is not None:
-                from orchestrator.cache import write_bytes_atomic
+                from orchestrator.teachers.cache import write_bytes_atomic
 
                 fs, path = self._verdict_path(root)
                 fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -764,7 +765,7 @@ class TeacherPool(_ActorLabeler):
         if self.cfg.gpus_per_actor <= 0:  # a CPU precision is checked here, before any actor
             resolve(self.cfg.precision, "cpu", "pool.precision")
         if not ray.is_initialized():
-            from orchestrator.ray_runtime import init_ray
+            from orchestrator.runtime.ray_runtime import init_ray
             init_ray(log=lambda m: None)
         check_pool_resources(self.cfg)
         try:
@@ -841,7 +842,7 @@ class TeacherPool(_ActorLabeler):
     @property
     def teacher_key(self) -> str:
         if self._teacher_key is None:
-            from orchestrator.teacher_model import teacher_identity
+            from orchestrator.teachers.teacher_model import teacher_identity
 
             self._teacher_key = teacher_identity(self.teacher_path)
         return self._teacher_key

@@ -54,8 +54,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
-from orchestrator import faults
-from orchestrator.cache import write_bytes_atomic
+from orchestrator.runtime import faults
+from orchestrator.teachers.cache import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Layout under a root (a local path or any fsspec URI)::
 
     <root>/<namespace>/<sha256 of the shard bytes>.parquet
 
-``namespace`` is :func:`orchestrator.keys.content_key` of (teacher identity, tokenizer, max
+``namespace`` is :func:`orchestrator.runtime.keys.content_key` of (teacher identity, tokenizer, max
 length, head, and the labeling precision unless fp32), so a different teacher, tokenizer,
 truncation length, head or precision never sees another's labels: bf16 labels are never served
 as fp32 ones. fp32 namespaces are keyed as before precisions existed, so fp32 labels cached then
@@ -47,8 +47,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.keys import (DiskFullError, atomic_file, content_key, disk_full_error,
-                               is_disk_full, work_root_of)
+from orchestrator.runtime.keys import (DiskFullError, atomic_file, content_key, disk_full_error,
+                                       is_disk_full, work_root_of)
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,10 @@ def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
                        root: str | None = None) -> None:
     """Write ``data`` to ``path`` so that no reader sees a partial file under that name.
 
-    Local: :func:`orchestrator.keys.atomic_file`. Remote (fsspec): write a temp object, then
-    move it (object stores publish an object only once it is complete). A full disk raises
-    :class:`orchestrator.keys.DiskFullError` naming ``root`` (default: the work root ``path``
-    lies under) and leaves no temporary behind."""
+    Local: :func:`orchestrator.runtime.keys.atomic_file`. Remote (fsspec): write a temp object,
+    then move it (object stores publish an object only once it is complete). A full disk raises
+    :class:`orchestrator.runtime.keys.DiskFullError` naming ``root`` (default: the work root
+    ``path`` lies under) and leaves no temporary behind."""
     if is_local_fs(fs):
         with atomic_file(path, root=root) as f:
             f.write(data)
@@ -192,8 +192,8 @@ class CacheStats:
 class SoftLabelCache:
     """Teacher logits keyed by text, shared by every trial that uses the same teacher setup.
 
-    ``root``: local path or fsspec URI; ``teacher_key``: :func:`~orchestrator.teacher_model.
-    teacher_identity` of the teacher; ``tokenizer_name``: the tokenizer identity (for a teacher
+    ``root``: local path or fsspec URI; ``teacher_key``:
+    :func:`~orchestrator.teachers.teacher_model.teacher_identity` of the teacher; ``tokenizer_name``: the tokenizer identity (for a teacher
     dir that bundles its tokenizer, its files are already in ``teacher_key``); ``max_length``:
     the truncation length; ``head``: the resolved head name; ``precision``: the precision the
     labels were computed in (``fp32 | bf16 | fp16``).
@@ -231,7 +231,7 @@ class SoftLabelCache:
                     head: str | None = None, precision: str = "fp32") -> "SoftLabelCache":
         """A cache for a teacher directory: identity from its files, head resolved like the
         teacher resolves it (single-task teachers have one head whatever the task is called)."""
-        from orchestrator.teacher_model import teacher_identity
+        from orchestrator.teachers.teacher_model import teacher_identity
 
         return cls(root, teacher_identity(teacher_path), "bundled", max_length,
                    resolve_head_name(teacher_path, head), precision)
@@ -427,7 +427,7 @@ def labeling_seconds(cache: SoftLabelCache) -> float:
 
 def resolve_head_name(teacher_path: str | os.PathLike, head: str | None) -> str:
     """The head name a teacher answers ``head`` with, read from its metadata (no model load)."""
-    from orchestrator.teacher_model import HEADS_FILE, TeacherError
+    from orchestrator.teachers.teacher_model import HEADS_FILE, TeacherError
 
     p = Path(teacher_path)
     meta_file = p / HEADS_FILE

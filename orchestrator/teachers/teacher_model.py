@@ -73,7 +73,7 @@ class Teacher:
 
 def teacher_identity(path: str | Path) -> str:
     """Hash of a teacher's weights and configs: the soft-label cache keys on it."""
-    from orchestrator.keys import content_key, file_digest
+    from orchestrator.runtime.keys import content_key, file_digest
 
     p = Path(path)
     parts = {}

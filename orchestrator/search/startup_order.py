@@ -169,7 +169,7 @@ class TrainingWork:
         from tasks.embeddings import vector_dim
 
         if path == TEACHER_EMBEDDINGS:
-            from orchestrator.teacher_vectors import input_embedding_dim
+            from orchestrator.teachers.teacher_vectors import input_embedding_dim
 
             key = f"{TEACHER_EMBEDDINGS}:{teacher_model}"
             if key not in self._dims:

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator import faults
 from orchestrator.config import TeacherConfig
-from orchestrator.keys import atomic_dir, atomic_file, content_key
-from orchestrator.precision import autocast, resolve
-from orchestrator.teacher_model import (HEADS_FILE, TeacherError, base_model_identity,
-                                        create_random_teacher)
+from orchestrator.runtime import faults
+from orchestrator.runtime.keys import atomic_dir, atomic_file, content_key
+from orchestrator.runtime.precision import autocast, resolve
+from orchestrator.teachers.teacher_model import (HEADS_FILE, TeacherError, base_model_identity,
+                                                 create_random_teacher)
 from tasks.data import Example
 from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec

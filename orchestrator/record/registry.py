@@ -6,7 +6,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from orchestrator import faults, tracking
+from orchestrator.runtime import faults, tracking
 
 
 class NotFoundError(LookupError):
@@ -94,7 +94,7 @@ def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_i
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from orchestrator.serving import StudentPredictor, StudentPyfunc
+    from orchestrator.deploy.serving import StudentPredictor, StudentPyfunc
 
     version = registered_version(client, model_name, best_run_id)
     if version is not None:

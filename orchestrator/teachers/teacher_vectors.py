@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.config import TEACHER_EMBEDDINGS
-from orchestrator.teacher_model import TeacherError, base_model_identity
+from orchestrator.teachers.teacher_model import TeacherError, base_model_identity
 from tasks.embeddings import subword_mean_vectors
 from tasks.vocab import Vocab
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from orchestrator.train import load_student, make_batch
-from orchestrator.bundle import TaskTensors
+from orchestrator.training.bundle import TaskTensors
+from orchestrator.training.train import load_student, make_batch
 
 
 class StudentPredictor:
@@ -41,7 +41,7 @@ class StudentPredictor:
     @torch.inference_mode()
     def logits(self, texts_a: list[str], texts_b: list[str] | None = None,
                task: str | None = None) -> np.ndarray:
-        from orchestrator.train import forward
+        from orchestrator.training.train import forward
 
         task = task or self.tasks[0]
         data = self.encode(texts_a, texts_b)
@@ -53,9 +53,9 @@ class StudentPredictor:
     def predict(self, texts_a: list[str], texts_b: list[str] | None = None,
                 task: str | None = None) -> list[dict]:
         """Predictions as the exported ``predict.py`` gives them (one code path:
-        :func:`orchestrator.predict_standalone.predictions`): label, probabilities and logits,
-        or a score for regression."""
-        from orchestrator.predict_standalone import predictions
+        :func:`orchestrator.deploy.predict_standalone.predictions`): label, probabilities and
+        logits, or a score for regression."""
+        from orchestrator.deploy.predict_standalone import predictions
 
         task = task or self.tasks[0]
         return predictions(task, task_info(self.info["meta"])[task],

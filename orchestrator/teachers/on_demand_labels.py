@@ -3,8 +3,8 @@
 With precomputed labels a trial pays the teacher for its whole transfer set before its first
 step, so a trial that ASHA stops a quarter of the way into its first epoch has paid for four
 times the labels it used. Here the Train worker asks the teacher pool (through a
-:class:`~orchestrator.teacher_pool.PoolClient`) for the rows of its next few batches only, looking
-them up in the soft-label cache first. New labels are written back to the cache before every
+:class:`~orchestrator.teachers.teacher_pool.PoolClient`) for the rows of its next few batches
+only, looking them up in the soft-label cache first. New labels are written back to the cache before every
 report to Tune (:meth:`OnDemandLogits.flush`), so what a stopped or killed trial paid for is
 kept for the trials after it.
 
@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from orchestrator.cache import SoftLabelCache, text_keys
+from orchestrator.teachers.cache import SoftLabelCache, text_keys
 
 
 class OnDemandLogits:

@@ -3,7 +3,7 @@
 Written once per (transfer set, teacher labels, student tokenization) by the pipeline and shared
 by every trial that needs the same; read by Ray Train workers without any tokenizer. With
 ``train.soft_labels=on_demand`` the train splits carry no logits: the workers get them from the
-teacher pool as they train (:mod:`orchestrator.on_demand_labels`), from the texts file.
+teacher pool as they train (:mod:`orchestrator.teachers.on_demand_labels`), from the texts file.
 
 Layout::
 

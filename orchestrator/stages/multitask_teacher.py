@@ -3,7 +3,7 @@
 Liu et al. (2019) distill from a *multi-task* teacher: a pre-trained encoder shared by every task,
 with a classification or regression head per task, trained on a mixture of the tasks' batches
 (each batch from one task, drawn in proportion to the tasks' sizes). The result is saved in the
-multi-task teacher format of :mod:`orchestrator.teacher_model` (HF encoder dir +
+multi-task teacher format of :mod:`orchestrator.teachers.teacher_model` (HF encoder dir +
 ``heads.safetensors`` + ``distillray_heads.json``) under ``<work_root>/teachers/<key>/``, where
 the key hashes the base model, the task list, each task's training data and the settings; a second
 call with the same inputs reuses it. The teacher pool serves each head by task name.
@@ -23,15 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from orchestrator.config import TeacherConfig
-from orchestrator.keys import atomic_dir, content_key
-from orchestrator.mixture import TaskSampler, mixture_weights
-from orchestrator.precision import autocast
-from orchestrator.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
-                                  _check_base_model, _encode, _length_grouped_batches, _subset,
-                                  evaluate_teacher, random_base, training_precision,
-                                  training_settings)
-from orchestrator.teacher_model import (MultiTaskTeacher, TeacherError, base_model_identity,
-                                        save_multitask_teacher)
+from orchestrator.runtime.keys import atomic_dir, content_key
+from orchestrator.runtime.precision import autocast
+from orchestrator.stages.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
+                                         _check_base_model, _encode, _length_grouped_batches,
+                                         _subset, evaluate_teacher, random_base,
+                                         training_precision, training_settings)
+from orchestrator.teachers.teacher_model import (MultiTaskTeacher, TeacherError,
+                                                 base_model_identity, save_multitask_teacher)
+from orchestrator.training.mixture import TaskSampler, mixture_weights
 from tasks.data import TaskData
 from tasks.loaders import data_fingerprint
 
