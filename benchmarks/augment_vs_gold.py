@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from orchestrator.cli import resolve_run  # noqa: E402
+from orchestrator.app.run import resolve_run  # noqa: E402
 from orchestrator.search.search import run_search  # noqa: E402
 
 ROWS = [

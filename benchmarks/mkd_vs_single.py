@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from orchestrator.cli import resolve_run  # noqa: E402
+from orchestrator.app.run import resolve_run  # noqa: E402
 from orchestrator.runtime import tracking  # noqa: E402
 from orchestrator.runtime.ray_runtime import init_ray  # noqa: E402
 from orchestrator.search.search import ensure_teachers  # noqa: E402

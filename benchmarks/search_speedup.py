@@ -79,7 +79,7 @@ def parse_args(argv=None):
 def run_phase(args) -> dict:
     from mlflow.tracking import MlflowClient
 
-    from orchestrator.cli import resolve_run
+    from orchestrator.app.run import resolve_run
     from orchestrator.config import build_config
     from orchestrator.runtime import tracking
     from orchestrator.search.search import ensure_teachers, run_search

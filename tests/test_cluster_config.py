@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import _extra, build_parser, resolve_run
+from orchestrator.app.run import resolve_run
+from orchestrator.cli import _extra, build_parser
 from orchestrator.config import ConfigError
 from orchestrator.runtime.ray_runtime import (ResourceError, StorageError, autoscaler_node_types,
                                               check_budget, check_storage, env_storage_path,

@@ -111,7 +111,7 @@ def test_preflight_checks_every_mixture_the_space_can_sample(tmp_path):
 def smoke(tmp_path_factory):
     """The mkd_smoke preset resolved into a temp work root and MLflow store, its data, and its
     multi-task teacher refined there."""
-    from orchestrator.cli import resolve_run
+    from orchestrator.app.run import resolve_run
     from orchestrator.stages.multitask_teacher import refine_multitask_teacher
     from orchestrator.stages.pipeline import load_data
 

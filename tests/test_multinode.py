@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import resolve_run
+from orchestrator.app.run import resolve_run
 from orchestrator.runtime import tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]

@@ -97,7 +97,7 @@ def on_demand_search(tmp_path_factory):
 
     import ray
 
-    from orchestrator.cli import resolve_run
+    from orchestrator.app.run import resolve_run
     from orchestrator.runtime.ray_runtime import init_ray
     from orchestrator.search.search import run_search
 

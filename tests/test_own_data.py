@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.cli import resolve_run
+from orchestrator.app.run import resolve_run
 from orchestrator.stages.pipeline import get_task_for, load_data, task_names
 from tasks.data import DataError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.cli import resolve_run
+from orchestrator.app.run import resolve_run
 from orchestrator.runtime import tracking
 from conftest import wait_for_health
 

@@ -78,7 +78,7 @@ def test_an_unreadable_state_starts_afresh(ck, tmp_path):
 
 def test_local_mode_outside_a_tune_trial_is_a_clear_error(tmp_path):
     """The student would train in this process and report to a Tune session there is not."""
-    from orchestrator.cli import resolve_run
+    from orchestrator.app.run import resolve_run
     from orchestrator.training.train import make_trainer
 
     _, cfg, _ = resolve_run("smoke", ["train.num_workers=0"])

@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from orchestrator.app.run import resolve_run
 from orchestrator.config import ConfigError, ExperimentConfig, build_config, parse_override
 from orchestrator.runtime import tracking
 from orchestrator.runtime.keys import content_key
@@ -179,8 +180,6 @@ def resolve_report(preset: str = "report", budget: str = "small", tasks: list[st
                    sets: list[str] | None = None, assets: str | None = None,
                    extra: dict[str, Any] | None = None) -> ExperimentConfig:
     """The report's base config: preset, then the budget, then ``--set`` (which wins)."""
-    from orchestrator.cli import resolve_run
-
     if budget not in BUDGETS:
         raise ReportError(f"--budget {budget!r}: choose {' or '.join(BUDGETS)}")
     sets = list(sets or [])
