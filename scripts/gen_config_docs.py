@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if not DOC.is_file() or DOC.read_text() != text:
-            print(f"{DOC.relative_to(ROOT)} is out of date with orchestrator/config.py: run "
+            print(f"{DOC.relative_to(ROOT)} is out of date with the config dataclasses: run "
                   "python scripts/gen_config_docs.py", file=sys.stderr)
             return 1
         print(f"{DOC.relative_to(ROOT)} is up to date")
