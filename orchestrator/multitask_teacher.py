@@ -27,11 +27,11 @@ from orchestrator.keys import atomic_dir, content_key
 from orchestrator.mixture import TaskSampler, mixture_weights
 from orchestrator.precision import autocast
 from orchestrator.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
-                                  _check_base_model, _encode, _length_grouped_batches, _subset,
+                                  _check_base_model, _encode, _length_grouped_batches,
                                   base_model_identity, evaluate_teacher, random_base,
                                   training_precision, training_settings)
 from orchestrator.teacher_model import MultiTaskTeacher, TeacherError, save_multitask_teacher
-from tasks.loaders import TaskData, data_fingerprint
+from tasks.loaders import TaskData, data_fingerprint, take_subset
 
 MULTITASK_TEACHER_VERSION = 1
 
@@ -66,7 +66,7 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
     with atomic_dir(final) as tmp:
         encoder, tokenizer = _init_encoder(cfg, data, tmp)
         model = MultiTaskTeacher(encoder, {t: d.task.num_outputs for t, d in data.items()})
-        train = {t: _subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
+        train = {t: take_subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
         log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
         precision = training_precision(cfg)
