@@ -1,5 +1,5 @@
-"""A trained student as a text-in, predictions-out object: used by the MLflow model, export and
-``distillray predict``."""
+"""A trained student as a text-in, predictions-out object: used by the MLflow model and
+export."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -27,13 +27,13 @@ from orchestrator.runtime.keys import atomic_dir, content_key
 from orchestrator.runtime.precision import autocast
 from orchestrator.stages.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
                                          _check_base_model, _encode, _length_grouped_batches,
-                                         _subset, evaluate_teacher, random_base,
-                                         training_precision, training_settings)
+                                         evaluate_teacher, random_base, training_precision,
+                                         training_settings)
 from orchestrator.teachers.teacher_model import (MultiTaskTeacher, TeacherError,
                                                  base_model_identity, save_multitask_teacher)
 from orchestrator.training.mixture import TaskSampler, mixture_weights
 from tasks.data import TaskData
-from tasks.loaders import data_fingerprint
+from tasks.loaders import data_fingerprint, take_subset
 
 MULTITASK_TEACHER_VERSION = 1
 
@@ -68,7 +68,7 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
     with atomic_dir(final) as tmp:
         encoder, tokenizer = _init_encoder(cfg, data, tmp)
         model = MultiTaskTeacher(encoder, {t: d.task.num_outputs for t, d in data.items()})
-        train = {t: _subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
+        train = {t: take_subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
         log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
         precision = training_precision(cfg)

@@ -24,6 +24,7 @@ from orchestrator.runtime.precision import autocast, resolve
 from orchestrator.teachers.teacher_model import (HEADS_FILE, TeacherError, base_model_identity,
                                                  create_random_teacher)
 from tasks.data import Example
+from tasks.loaders import take_subset
 from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec
 from tasks.text import tokenize
@@ -84,7 +85,7 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
     precision = training_precision(cfg)
     with atomic_dir(final) as tmp:
         model, tokenizer = _init_model(cfg, task, train, tmp)
-        examples = _subset(train, cfg.max_train_examples, cfg.seed)
+        examples = take_subset(train, cfg.max_train_examples, cfg.seed)
         log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
             f"{precision}")
@@ -150,14 +151,6 @@ def random_base(cfg: TeacherConfig, train: list[Example], tmp: Path, num_labels:
     words = sorted({w for e in train for t in (e.text_a, e.text_b) if t for w in tokenize(t)})
     return create_random_teacher(tmp / "_init", words, num_labels, head_name, seed=cfg.seed,
                                  max_position=max(cfg.max_length, 128))
-
-
-def _subset(examples: list[Example], n: int | None, seed: int) -> list[Example]:
-    if n is None or n >= len(examples):
-        return list(examples)
-    idx = list(range(len(examples)))
-    random.Random(seed).shuffle(idx)
-    return [examples[i] for i in sorted(idx[:n])]
 
 
 def _encode(tokenizer, batch: list[Example], max_length: int):
