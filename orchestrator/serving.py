@@ -5,4 +5,6 @@ and the pickle names its class by module path: a model registered before the mov
 ``orchestrator.serving.StudentPyfunc`` when it loads (``mlflow models serve``,
 ``mlflow.pyfunc.load_model``). Nothing in the repository imports this module
 (tests/test_moved_modules.py loads such a model)."""
-from orchestrator.deploy.serving import StudentPredictor, StudentPyfunc  # noqa: F401
+from orchestrator.deploy.serving import StudentPredictor, StudentPyfunc
+
+__all__ = ["StudentPredictor", "StudentPyfunc"]

@@ -4,4 +4,6 @@ Tune pickles its searcher into the search's ``tuner.pkl``, naming its classes by
 search killed before the move and resumed after it unpickles
 ``orchestrator.startup_order.CheapestFirst`` and its ``TrainingWork``. Nothing in the repository
 imports this module (tests/test_moved_modules.py)."""
-from orchestrator.search.startup_order import CheapestFirst, TrainingWork  # noqa: F401
+from orchestrator.search.startup_order import CheapestFirst, TrainingWork
+
+__all__ = ["CheapestFirst", "TrainingWork"]
