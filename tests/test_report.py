@@ -54,7 +54,8 @@ def report(tmp_path_factory, tiny_nltk_data):
         with contextlib.redirect_stdout(stdout):
             rc = main(["report", "--preset", "report_smoke", "--tasks", ",".join(TASKS),
                        "--name", NAME, "--tracking-uri", uri, "--work-root", extra["work_root"],
-                       "--out", str(root / "report2.md"), "--repeats", "3", "--repeats-64", "1",
+                       "--out", str(root / "report2.md"), "--json", str(root / "report2.json"),
+                       "--repeats", "3", "--repeats-64", "1",
                        "--set", f"augment.nltk_data={tiny_nltk_data}"])
         second_s = time.time() - t0
     finally:
@@ -176,6 +177,14 @@ def test_second_call_trains_nothing_and_says_what_it_reused(report):
     rows = lambda md: [ln.split(" | ")[:5] for ln in md.splitlines() if ln.startswith("| ")]  # noqa: E731
     assert rows(second) == rows(first.markdown)
     assert report["second_s"] < report["first_s"] / 3, (report["second_s"], report["first_s"])
+    # the JSON of a call that reused everything holds the same cells, tuning included
+    import json
+    again = json.loads((report["root"] / "report2.json").read_text())
+    strip = lambda r: [{k: c[k] for k in ("row", "task", "score", "metrics", "tuning")}  # noqa: E731
+                       for c in r["cells"]]
+    assert strip(again) == strip(first.results)
+    assert {c["row"] for c in again["cells"] if c["tuning"]} == {
+        r.id for r in ROWS if r.kind != "teacher"}
 
 
 # ---------------------------------------------------------------------------------------------

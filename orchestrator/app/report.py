@@ -814,7 +814,7 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
         return Cell(row.id, task, m, run.info.run_id, "reused", key,
                     run.data.tags.get("distillray.train_run"),
                     run.data.metrics.get("transfer_size"),
-                    tuning=json.loads(run.data.params.get("tuning", "{}").replace("'", '"')),
+                    tuning=json.loads(run.data.tags.get("distillray.tuning", "{}")),
                     train_seconds=json.loads(run.data.tags.get("distillray.train_seconds", "{}")))
     trained: list[_Trained] = []
     for lr, pc, pkey in zip(lrs, points, keys):
@@ -836,8 +836,8 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
     seconds = {t.run_id: t.seconds for t in trained}
     rid = ctx.start(KIND_CELL, row, task, key, {
         "distillray.train_run": chosen.run_id,
-        "distillray.train_seconds": json.dumps(seconds)})
-    tracking.log_params(ctx.client, rid, {"train_run": chosen.run_id, "tuning": json.dumps(tuning),
+        "distillray.train_seconds": json.dumps(seconds), "distillray.tuning": json.dumps(tuning)})
+    tracking.log_params(ctx.client, rid, {"train_run": chosen.run_id,
                                           **c.to_dict()})
     tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()}
                          | {"transfer_size": float(sum(chosen.sizes.values()))})
