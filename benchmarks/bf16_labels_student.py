@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     from orchestrator.config import build_config, find_assets, use_local_assets
     from orchestrator.stages.pipeline import TeacherRef, load_data, prepare_bundle
     from orchestrator.teachers.teacher_model import teacher_identity
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import make_trainer
 
     work_root = args.work_root or tempfile.mkdtemp(prefix="distillray-bf16-labels-")
     preset = yaml.safe_load((REPO / "search_spaces" / "sst2_fixed.yaml").read_text())["config"]

@@ -37,7 +37,7 @@ from orchestrator.runtime.ray_runtime import init_ray  # noqa: E402
 from orchestrator.search.search import ensure_teachers  # noqa: E402
 from orchestrator.stages.pipeline import load_data, prepare_bundle  # noqa: E402
 from orchestrator.stages.preflight import preflight  # noqa: E402
-from orchestrator.training.train import make_trainer  # noqa: E402
+from orchestrator.training.distill import make_trainer  # noqa: E402
 
 BENCH = "mkd_vs_single"
 

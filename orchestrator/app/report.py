@@ -738,7 +738,7 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
     from orchestrator.record import outcome
     from orchestrator.stages.pipeline import on_demand_labeler, prepare_bundle
     from orchestrator.stages.preflight import preflight
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import make_trainer
 
     run = ctx.finished(KIND_TRAIN, row.id, task_tag, key, close_unfinished=False)
     if run is not None:

@@ -118,7 +118,7 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
     from mlflow.tracking import MlflowClient
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import make_trainer
 
     started = time.time()  # this life of the trial (a resume starts another)
     cfg = apply_sample(space, sample, overrides)
