@@ -4,6 +4,7 @@ after any report ends as one never cut, patience stops stage 1 where it should (
 resume), stage 2 reports as further epochs, and a finished run trains nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -359,3 +360,40 @@ def test_reporter_logs_and_checkpoints_on_rank_0_only(tmp_path, rank):
     # the scores first (MLflow lists metrics in the order first logged), as step report + 1
     assert run_id == "run-1" and [k for k, _, _ in logged][:2] == ["best_dev_score", "dev_score"]
     assert {s for _, _, s in logged} == {3} and REPORT not in {k for k, _, _ in logged}
+
+
+# ---------------------------------------------------------------------------------------------
+# how distill_one's run ended
+
+def test_distilled_gives_the_last_and_best_checkpoint_in_either_mode(tmp_path):
+    """Local mode: from the trial's TrialCheckpoints; Train workers: from Train's Result."""
+    from orchestrator.training.distill import Distilled
+
+    sent: list = []
+    ck = TrialCheckpoints(str(tmp_path / "s"), "run")
+    _steps(_cfg(epochs=3), _bundle(tmp_path / "b"), ck, sent)
+    with Distilled(None, str(tmp_path / "s"), "run", local=True).checkpoint_dirs() as (last, best):
+        assert json.loads((last / "metrics.json").read_text())[REPORT] == 3
+        best_report = max(sent, key=lambda m: (m["dev_score"], -m[REPORT]))[REPORT]
+        assert json.loads((best / "metrics.json").read_text())[REPORT] == best_report
+
+    class _Ckpt:
+        def __init__(self, d):
+            self.d = d
+
+        def as_directory(self):
+            return contextlib.nullcontext(str(self.d))
+
+    class _Result:
+        checkpoint = _Ckpt(tmp_path / "last")
+
+        def get_best_checkpoint(self, metric, mode):
+            assert (metric, mode) == ("dev_score", "max")
+            return _Ckpt(tmp_path / "best")
+
+    with Distilled(_Result(), "", "run", local=False).checkpoint_dirs() as dirs:
+        assert dirs == (tmp_path / "last", tmp_path / "best")
+    _Result.checkpoint = None
+    _Result.get_best_checkpoint = lambda self, metric, mode: None
+    with Distilled(_Result(), "", "run", local=False).checkpoint_dirs() as dirs:
+        assert dirs == (None, None)  # no report: nothing to log but the curve
