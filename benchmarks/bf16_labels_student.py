@@ -40,7 +40,7 @@ def main(argv=None) -> None:
     from orchestrator.config import build_config, find_assets, use_local_assets
     from orchestrator.stages.pipeline import TeacherRef, load_data, prepare_bundle
     from orchestrator.teachers.teacher_model import teacher_identity
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import distill_one
 
     work_root = args.work_root or tempfile.mkdtemp(prefix="distillray-bf16-labels-")
     preset = yaml.safe_load((REPO / "search_spaces" / "sst2_fixed.yaml").read_text())["config"]
@@ -59,9 +59,9 @@ def main(argv=None) -> None:
             t0 = time.perf_counter()
             bundle = prepare_bundle(cfg, data, teachers)
             label_s = time.perf_counter() - t0
-            result = make_trainer(cfg, bundle.path, None, None, os.path.join(work_root, "train"),
-                                  f"student-{p}").fit()
-            df = result.metrics_dataframe
+            student = distill_one(cfg, bundle.path, storage=os.path.join(work_root, "train"),
+                                  name=f"student-{p}")
+            df = student.result.metrics_dataframe
             out[f"{p}_dev_last"] = float(df["dev_score"].iloc[-1])
             out[f"{p}_dev_best"] = float(df["dev_score"].max())
             out[f"{p}_bundle_s"] = label_s

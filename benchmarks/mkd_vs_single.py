@@ -37,7 +37,7 @@ from orchestrator.runtime.ray_runtime import init_ray  # noqa: E402
 from orchestrator.search.search import ensure_teachers  # noqa: E402
 from orchestrator.stages.pipeline import load_data, prepare_bundle  # noqa: E402
 from orchestrator.stages.preflight import preflight  # noqa: E402
-from orchestrator.training.train import make_trainer  # noqa: E402
+from orchestrator.training.distill import distill_one  # noqa: E402
 
 BENCH = "mkd_vs_single"
 
@@ -80,13 +80,12 @@ def train_student(cfg, bundle, client, exp_id: str, uri: str, storage: str, name
     tracking.log_params(client, run_id, cfg.to_dict())
     t0 = time.time()
     try:
-        result = make_trainer(cfg, bundle.path, run_id, uri, storage, name=name).fit()
-        if result.error:
-            raise result.error
+        student = distill_one(cfg, bundle.path, run_id=run_id, tracking_uri=uri, storage=storage,
+                              name=name)
     except BaseException as e:
         tracking.end_run(client, run_id, False, f"{type(e).__name__}: {e}")
         raise
-    best = best_epoch(result)
+    best = best_epoch(student.result)
     seconds = time.time() - t0
     tracking.log_metrics(client, run_id, {f"best_{k}": float(v) for k, v in best.items()
                                           if isinstance(v, (int, float)) and k != "epoch"}

@@ -79,7 +79,7 @@ def test_an_unreadable_state_starts_afresh(ck, tmp_path):
 def test_local_mode_outside_a_tune_trial_is_a_clear_error(tmp_path):
     """The student would train in this process and report to a Tune session there is not."""
     from orchestrator.app.run import resolve_run
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import make_trainer
 
     _, cfg, _ = resolve_run("smoke", ["train.num_workers=0"])
     with pytest.raises(ValueError, match="train.num_workers=0 trains inside a Tune trial"):

@@ -738,7 +738,7 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
     from orchestrator.record import outcome
     from orchestrator.stages.pipeline import on_demand_labeler, prepare_bundle
     from orchestrator.stages.preflight import preflight
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import distill_one
 
     run = ctx.finished(KIND_TRAIN, row.id, task_tag, key, close_unfinished=False)
     if run is not None:
@@ -769,10 +769,8 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
                      f"{latest.report + 1} (MLflow run {rid})")
         if latest is None or not latest.state.get("done"):
             with on_demand_labeler(cfg, refs) as labeler:  # None unless soft_labels=on_demand
-                result = make_trainer(cfg, bundle.path, rid, ctx.uri, ctx.storage, name=name,
-                                      labeler=labeler).fit()
-            if result.error:
-                raise result.error
+                distill_one(cfg, bundle.path, run_id=rid, tracking_uri=ctx.uri,
+                            storage=ctx.storage, name=name, labeler=labeler)
         latest, best = read_checkpoints(root)
         if best is None:
             raise RuntimeError(f"the student's Train run left no checkpoint under {root}")

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from orchestrator.runtime import tracking
-
-if TYPE_CHECKING:
-    from orchestrator.training.trial_checkpoints import TrialCheckpoints
 
 
 def log_final_metrics(client, run_id: str, last: dict) -> None:
@@ -19,23 +15,6 @@ def log_final_metrics(client, run_id: str, last: dict) -> None:
         f"final_{k}": float(v) for k, v in last.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
         and not k.startswith("final_") and is_dev_metric(k)})
-
-
-def log_train_result(client, run_id: str, result) -> None:
-    """What a Ray Train run ended with: final metrics, learning curve, its best student."""
-    log_final_metrics(client, run_id, result.metrics or {})
-    log_learning_curve(client, run_id)
-    ckpt = result.get_best_checkpoint("dev_score", "max") or result.checkpoint
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            log_student(client, run_id, Path(d))
-
-
-def log_trial_checkpoints(client, run_id: str, checkpoints: "TrialCheckpoints") -> None:
-    """The same for a student trained in the trial's process (local mode), from the checkpoints
-    its lives kept: the last report's metrics and the best report's student."""
-    with checkpoints.local("latest") as latest, checkpoints.local("best") as best:
-        log_checkpoint_dirs(client, run_id, latest, best)
 
 
 def is_dev_metric(key: str) -> bool:
@@ -98,7 +77,9 @@ def log_figure(client, run_id: str, fig, name: str) -> None:
 
 
 def log_checkpoint_dirs(client, run_id: str, latest: Path | None, best: Path | None) -> None:
-    """The same from two checkpoint directories of a run: its last report's and its best's."""
+    """All of it, from two checkpoint directories of the run (local copies): the last
+    report's for the final metrics, the best report's for the student; the learning curve from
+    the metrics the workers logged."""
     log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
                       if latest else {})
     log_learning_curve(client, run_id)

@@ -32,7 +32,6 @@ from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, 
                                               env_storage_path, init_ray, trial_resources)
 from orchestrator.stages.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.stages.preflight import check_inputs, preflight
-from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from search_spaces.loader import SearchSpace
 from tasks.data import TaskData
 from tasks.metrics import trivial_score
@@ -116,9 +115,8 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
     each trial starts its own pools)."""
     import ray.tune
     from mlflow.tracking import MlflowClient
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.training.train import make_trainer
+    from orchestrator.training.distill import distill_one
 
     started = time.time()  # this life of the trial (a resume starts another)
     cfg = apply_sample(space, sample, overrides)
@@ -156,22 +154,15 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
                       "transfer_size": sum(bundle.transfer_sizes.values()),
                       "bundle_reused": float(bundle.reused), **bundle.label_stats})
         client.set_tag(run_id, "distillray.bundle", bundle.key)
-        name, local = f"{search_name}-{trial_id}", cfg.train.num_workers == 0
         # the teacher pool the workers label from: None unless soft_labels=on_demand
         with on_demand_labeler(cfg, teachers, labeler) as on_demand:
-            # local mode reports to Tune itself; Train's workers report through the callback
-            trainer = make_trainer(cfg, bundle.path, run_id, uri, storage_path, name=name,
-                                   callbacks=[] if local else [TuneReportCallback()],
-                                   labeler=on_demand, started_at=started)
-            result = trainer.fit()
+            student = distill_one(cfg, bundle.path, run_id=run_id, tracking_uri=uri,
+                                  storage=storage_path, name=f"{search_name}-{trial_id}",
+                                  labeler=on_demand, started_at=started)
         tracking.log_metrics(client, run_id, stats)
         stats.clear()
-        if result.error:
-            raise result.error
-        if local:
-            outcome.log_trial_checkpoints(client, run_id, TrialCheckpoints(storage_path, name))
-        else:
-            outcome.log_train_result(client, run_id, result)
+        with student.checkpoint_dirs() as (latest, best):
+            outcome.log_checkpoint_dirs(client, run_id, latest, best)
         tracking.end_run(client, run_id, True)
     except BaseException as e:  # noqa: BLE001 - record, then let Tune retry or fail the trial
         if stats:
