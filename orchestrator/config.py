@@ -2,11 +2,13 @@
 
 A preset YAML (``search_spaces/*.yaml``) fills an :class:`ExperimentConfig`; CLI ``--set a.b=v``
 flags override it; each run logs the resolved config. Unknown keys are errors that name the key.
+A config that differs from a built one in some values is a new one, from :func:`with_values`
+(values as given) or :func:`with_overrides` (coerced and validated).
 
 ``ExperimentConfig`` composes the sections: ``data`` (:class:`tasks.config.DataConfig`) and
 ``student`` (:class:`students.config.StudentConfig`) belong to the packages that read them, the
-others are declared here; the field kit (``knob``, ``section``, ``ConfigError``, ``set_path``) is
-:mod:`knobs`. All of those names are importable from here too. :func:`load_space` and
+others are declared here; the field kit (``knob``, ``section``, ``ConfigError``, ``set_path``,
+``with_values``) is :mod:`knobs`. All of those names are importable from here too. :func:`load_space` and
 :func:`apply_sample` are ``search_spaces.loader``'s, checked against and built into this config.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from knobs import ConfigError, knob, section, set_path
+from knobs import ConfigError, knob, section, set_path, with_values
 from search_spaces import loader as _spaces
 from students.config import StudentConfig
 from tasks.config import DataConfig
@@ -369,6 +371,12 @@ def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None
     return cfg
 
 
+def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """A new config: ``cfg`` with ``overrides`` (dotted keys), coerced and validated as
+    :func:`build_config` does; ``cfg`` itself is left as it is."""
+    return build_config(cfg.to_dict(), overrides)
+
+
 class ExperimentSchema:
     """The experiment config as ``search_spaces.loader`` sees it: a preset is checked against it
     and a trial's config built from it (the loader cannot import this package)."""
@@ -636,17 +644,35 @@ def find_assets(explicit: str | None = None) -> Path | None:
     return None
 
 
-def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
-    """Point hub defaults at the local copies in ``assets`` (only where still at defaults)."""
+def local_asset_values(cfg: ExperimentConfig, assets: Path) -> dict[str, Any]:
+    """The values that point ``cfg``'s hub defaults at the local copies in ``assets`` (only
+    where still at defaults), as dotted keys: the GLUE TSVs, the MiniLM-L6 teacher, the NLTK data
+    and the GloVe file for ``student.embeddings=glove``."""
     d = ExperimentConfig()
+    out: dict[str, Any] = {}
     if cfg.data.source in ("auto", "glue_dir") and cfg.data.glue_dir is None:
-        cfg.data.glue_dir = str(assets / "glue")
+        out["data.glue_dir"] = str(assets / "glue")
     if cfg.teacher.model == d.teacher.model:
-        cfg.teacher.model = str(assets / "models" / "minilm-l6-uncased")
-    cfg.student.embeddings = resolve_embeddings(cfg.student.embeddings, assets)
+        out["teacher.model"] = str(assets / "models" / "minilm-l6-uncased")
     if cfg.augment.nltk_data is None and (assets / "nltk_data").is_dir():
-        cfg.augment.nltk_data = str(assets / "nltk_data")
-    return cfg
+        out["augment.nltk_data"] = str(assets / "nltk_data")
+    embeddings = resolve_embeddings(cfg.student.embeddings, assets)
+    if embeddings != cfg.student.embeddings:
+        out["student.embeddings"] = embeddings
+    return out
+
+
+def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
+    """``cfg`` with its hub defaults pointed at the local copies in ``assets``
+    (:func:`local_asset_values`)."""
+    return with_values(cfg, local_asset_values(cfg, assets))
+
+
+def resolved_embeddings(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``student.embeddings=glove`` (e.g. sampled by a search) as the GloVe file it
+    names: what a bundle is built and keyed with, and what its student records."""
+    path = resolve_embeddings(cfg.student.embeddings)
+    return cfg if path == cfg.student.embeddings else with_values(cfg, {"student.embeddings": path})
 
 
 def resolve_embeddings(value: str | None, assets: Path | None = None) -> str | None:

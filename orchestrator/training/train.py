@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from orchestrator.config import ExperimentConfig, build_config
+from orchestrator.config import ExperimentConfig, build_config, resolved_embeddings
 from orchestrator.runtime import faults
 from orchestrator.runtime.progress import duration
 from orchestrator.teachers.on_demand_labels import merge_stats
@@ -244,8 +244,7 @@ def load_student(ckpt_dir: str | Path, task: str | None = None):
         if not (d / f).is_file():
             raise FileNotFoundError(f"student dir {d} lacks {f}: the run's artifacts are incomplete")
     info = json.loads((d / STUDENT_FILE).read_text())
-    cfg = ExperimentConfig()
-    cfg.student = from_dict(StudentConfig, info["student"])
+    cfg = ExperimentConfig(student=from_dict(StudentConfig, info["student"]))
     model = build_from_meta(cfg, info["meta"], None)
     weights = d / MODEL_FILE
     if task is not None:
@@ -629,7 +628,9 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
         failure_config=ray.train.FailureConfig(max_failures=1))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "bundle": str(bundle), "run_id": run_id,
+        # the student records the embeddings file its bundle was built with (not "glove")
+        train_loop_config={"experiment": resolved_embeddings(cfg).to_dict(),
+                           "bundle": str(bundle), "run_id": run_id,
                            "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler,
                            "started_at": started_at,
                            "checkpoints": {"storage": storage_path, "name": name} if local else None},
