@@ -6,8 +6,9 @@ fields with :func:`knob`, so each key carries its help text (``scripts/gen_confi
 it into docs/configuration.md); ``search_spaces/loader.py`` checks preset keys with
 :func:`set_path`. Every bad key or value is a :class:`ConfigError` that names the key.
 
-A config that differs from a built one in a few values is a new one, made with
-:func:`with_values`; the built one is left as it is.
+The sections are frozen dataclasses: a built config never changes. A config that differs in a
+few values is a new one, made with :func:`with_values`. Their lists and dicts are read-only too
+(derived configs share them).
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 A preset YAML (``search_spaces/*.yaml``) fills an :class:`ExperimentConfig`; CLI ``--set a.b=v``
 flags override it; each run logs the resolved config. Unknown keys are errors that name the key.
-A config that differs from a built one in some values is a new one, from :func:`with_values`
-(values as given) or :func:`with_overrides` (coerced and validated).
+A built config never changes (frozen dataclasses): a config that differs in some values is a new
+one, from :func:`with_values` (values as given) or :func:`with_overrides` (coerced and validated).
 
 ``ExperimentConfig`` composes the sections: ``data`` (:class:`tasks.config.DataConfig`) and
 ``student`` (:class:`students.config.StudentConfig`) belong to the packages that read them, the
@@ -34,7 +34,7 @@ ASSETS_ENV = "DISTILLRAY_ASSETS"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherConfig:
     """The teacher's base model and its fine-tuning."""
     model: str = knob("bert-base-uncased", "Hub name, local Hugging Face model dir, or "
@@ -70,7 +70,7 @@ class TeacherConfig:
         return dataclasses.replace(self, **self.per_task.get(task, {}), per_task={})
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolConfig:
     """The teacher actors that label transfer sets."""
     num_actors: int = knob(1, "Teacher actors in the pool.")
@@ -97,7 +97,7 @@ class PoolConfig:
                                 "teacher labels).")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """Tang et al. (2019) augmentation of the transfer set."""
     enabled: bool = knob(False, "Augment the training set; the teacher labels the result and the "
@@ -127,7 +127,7 @@ TEACHER_EMBEDDINGS = "teacher"  # student.embeddings: vectors from the teacher's
 SOFT_LABEL_MODES = ("precomputed", "on_demand")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Student training (Ray Train) and the distillation loss."""
     epochs: int = knob(3, "Training epochs.")
@@ -175,7 +175,7 @@ class TrainConfig:
                                 "the joint student.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     """The Ray Tune search: searcher, early stopping and resources."""
     name: str = knob("search", "Search name: the MLflow parent run and the Tune experiment; "
@@ -217,7 +217,7 @@ class SearchConfig:
                                       "null: not registered.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow."""
     uri: str | None = knob(None, "Tracking URI; null: $MLFLOW_TRACKING_URI or "
@@ -227,7 +227,7 @@ class TrackingConfig:
                                          "http server's own, else <work_root>/mlartifacts.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One run: the sections below, filled from a preset and `--set` overrides."""
     name: str = knob("experiment", "A label for the config, logged with it; a search is named "

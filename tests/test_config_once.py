@@ -1,11 +1,12 @@
 """A run's config is built once, from the preset and the overrides, and never changed after:
-a derived config (a report row, one task's teacher, a trial) is a new object. ``resolve_run``
-and ``resolve_report`` give the configs they gave before: ``tests/data/resolved_configs.json``
-holds their ``to_dict()`` (and ``resolve_run``'s overrides) for a few presets, overrides and
-asset situations, computed by the code that still diffed a mutated config and resolved the
-report twice."""
+every section is a frozen dataclass, a derived config (a report row, one task's teacher, a
+trial) is a new object. ``resolve_run`` and ``resolve_report`` give the configs they gave before:
+``tests/data/resolved_configs.json`` holds their ``to_dict()`` (and ``resolve_run``'s
+overrides) for a few presets, overrides and asset situations, computed by the code that still
+diffed a mutated config and resolved the report twice."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,8 +15,8 @@ import pytest
 import orchestrator.app.run as run_module
 from orchestrator.app.report import resolve_report
 from orchestrator.app.run import resolve_run
-from orchestrator.config import (ASSETS_ENV, TeacherConfig, build_config, resolved_embeddings,
-                                 use_local_assets, with_values)
+from orchestrator.config import (ASSETS_ENV, ExperimentConfig, TeacherConfig, build_config,
+                                 resolved_embeddings, use_local_assets, with_values)
 
 PINNED = Path(__file__).parent / "data" / "resolved_configs.json"
 ASSETS = "<assets>"  # the assets folder in the pinned dicts
@@ -95,6 +96,22 @@ def test_overrides_keep_their_order(tmp_path, monkeypatch):
     want = json.loads(PINNED.read_text())
     for name in want["run"]:
         assert list(got["run"][name]["overrides"]) == list(want["run"][name]["overrides"])
+
+
+def test_a_built_config_cannot_be_changed():
+    cfg = build_config({"tasks": ["sst2", "mrpc"]}, {"train.lr": 3e-4})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.work_root = "elsewhere"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.tasks = ["rte"]
+    for section in ("data", "teacher", "pool", "augment", "student", "train", "search",
+                    "tracking"):
+        part = getattr(cfg, section)
+        name = dataclasses.fields(part)[0].name
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(part, name, getattr(part, name))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ExperimentConfig().student = None
 
 
 def test_derived_configs_are_new_objects():
