@@ -64,10 +64,11 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from orchestrator.config import PoolConfig
 from orchestrator.runtime import faults
+from orchestrator.runtime.keys import write_bytes_atomic
 from orchestrator.runtime.precision import autocast, resolve
 from orchestrator.runtime.progress import StageProgress
 from orchestrator.teachers.batching import restore_order, token_budget_batches
-from orchestrator.teachers.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
+from orchestrator.teachers.cache import SoftLabelCache, list_array, text_keys
 from orchestrator.teachers.teacher_model import (Teacher, TeacherError, check_teacher_path,
                                                  load_teacher)
 
@@ -507,8 +508,6 @@ class _ActorLabeler:
                 return p  # nothing to sample yet: decided on the first texts
             self._verdicts[p] = self._run_gate(texts_a, texts_b, head, max_length)
             if root is not None:
-                from orchestrator.teachers.cache import write_bytes_atomic
-
                 fs, path = self._verdict_path(root)
                 fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 write_bytes_atomic(fs, path, json.dumps(self._verdicts[p], indent=1).encode())
