@@ -67,7 +67,8 @@ from orchestrator.runtime import faults
 from orchestrator.runtime.keys import write_bytes_atomic
 from orchestrator.runtime.precision import autocast, resolve
 from orchestrator.runtime.progress import StageProgress
-from orchestrator.teachers.batching import restore_order, token_budget_batches
+from orchestrator.teachers.batching import (length_sorted_batches, restore_order,
+                                            token_budget_batches)
 from orchestrator.teachers.cache import SoftLabelCache, list_array, text_keys
 from orchestrator.teachers.teacher_model import (Teacher, TeacherError, check_teacher_path,
                                                  load_teacher)
@@ -665,9 +666,7 @@ class _ActorLabeler:
             cache.put(unsaved, seconds=now - last_flush, call=call)
             unsaved, last_flush = {}, now
 
-        # similar lengths in one chunk -> little padding inside the actors' batches
-        todo = sorted(todo, key=lambda t: -(len(t[1]) + len(t[2] or "")))
-        chunks = [todo[i: i + self.chunk_size] for i in range(0, len(todo), self.chunk_size)]
+        chunks = length_chunks(todo, self.chunk_size)
         pairs = any(t[2] is not None for t in todo)
         payload = [([t[1] for t in c], [t[2] for t in c] if pairs else None) for c in chunks]
         queue = deque(range(len(chunks)))
@@ -720,6 +719,14 @@ class _ActorLabeler:
             bar.close()
             flush()  # keep finished work even when labeling fails part-way
         return truncated, retried
+
+
+def length_chunks(todo: list[tuple[str, str, str | None]], size: int) -> list[list[tuple]]:
+    """The ``(key, text_a, text_b)`` items to label in chunks of ``size`` (one actor call each),
+    longest texts first: similar lengths in one chunk leave little padding in the actors'
+    batches."""
+    lengths = [len(a) + len(b or "") for _, a, b in todo]
+    return [[todo[i] for i in c] for c in length_sorted_batches(lengths, size, descending=True)]
 
 
 class TeacherPool(_ActorLabeler):
