@@ -58,6 +58,7 @@ from orchestrator.config import (ConfigError, ExperimentConfig, parse_override, 
                                  with_values)
 from orchestrator.runtime import tracking
 from orchestrator.runtime.keys import content_key
+from orchestrator.runtime.machine import describe as describe_machine
 from orchestrator.runtime.progress import duration
 
 REPORT_VERSION = 2  # 2: students train in report-train runs, a cell run per (row, task)
@@ -553,31 +554,6 @@ def stage_seconds(selected: list[Row], cells: list[Cell], single_refs, multi_ref
     return out
 
 
-def machine() -> str:
-    """This machine in one line: CPU model and count, memory, GPU, torch."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines()
-                      if x.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpus} CPUs ({cpu}){mem}, {gpu}, torch {torch.__version__}"
-
-
 def _commit() -> str:
     import subprocess
 
@@ -607,7 +583,7 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
             "latency_ms_b1": round(float(p["latency_b1_ms"]), 4) if p is not None else None,
             "flag": c.flag, "tuning": c.tuning or None})
     return {"commit": _commit(), "date": datetime.date.today().isoformat(), "budget": budget,
-            "machine": machine(), "stage_seconds": {k: (None if v is None else round(v, 1))
+            "machine": describe_machine(), "stage_seconds": {k: (None if v is None else round(v, 1))
                                                     for k, v in stages.items()},
             "rows": [r.id for r in selected], "cells": out_cells}
 
