@@ -17,8 +17,7 @@ import ray
 
 import orchestrator.teachers.teacher_pool as tp
 from orchestrator.config import PoolConfig
-from orchestrator.teachers.batching import (flat_order, inverse_permutation, padded_tokens,
-                                            restore_order, token_budget_batches)
+from orchestrator.teachers.batching import flat_order, restore_order, token_budget_batches
 from orchestrator.teachers.cache import text_keys
 from orchestrator.teachers.teacher_model import TeacherError, create_random_teacher, load_teacher
 from orchestrator.teachers.teacher_pool import PoolResourceError, TeacherPool
@@ -47,7 +46,6 @@ def test_token_budget_batches_cover_every_index_once_within_budget(seed):
     # longest first, and batches never overlap in length (that is what keeps padding low)
     for prev, nxt in zip(batches, batches[1:]):
         assert min(lengths[i] for i in prev) >= max(lengths[i] for i in nxt)
-    assert padded_tokens(lengths, batches) >= sum(max(1, n) for n in lengths)
 
 
 def test_over_budget_item_gets_its_own_batch_and_order_is_restored():
@@ -58,8 +56,6 @@ def test_over_budget_item_gets_its_own_batch_and_order_is_restored():
     outputs = [np.array([[i, 10 * i] for i in b], dtype=np.float32) for b in batches]
     restored = restore_order(batches, outputs)
     np.testing.assert_array_equal(restored[:, 0], np.arange(len(lengths)))
-    perm = flat_order(batches)
-    assert (np.asarray(perm)[inverse_permutation(perm)] == np.arange(len(perm))).all()
     assert token_budget_batches([], 10, 2) == []
     with pytest.raises(ValueError):
         token_budget_batches([1], 0, 2)

@@ -86,22 +86,9 @@ def token_budget_batches(lengths: Sequence[int], token_budget: int,
     return batches
 
 
-def padded_tokens(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> int:
-    """Total padded tokens the batches cost (``sum(max_len * n)``)."""
-    return sum(max(max(1, int(lengths[i])) for i in b) * len(b) for b in batches if b)
-
-
 def flat_order(batches: Sequence[Sequence[int]]) -> list[int]:
     """The permutation the batches visit: ``flat_order(b)[k]`` is the input index of output k."""
     return [i for b in batches for i in b]
-
-
-def inverse_permutation(perm: Sequence[int]) -> np.ndarray:
-    """``inv[perm[k]] = k``: where each input index ended up."""
-    perm = np.asarray(perm, dtype=np.int64)
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(len(perm), dtype=np.int64)
-    return inv
 
 
 def restore_order(batches: Sequence[Sequence[int]], outputs: Sequence[np.ndarray]) -> np.ndarray:
