@@ -8,8 +8,9 @@ one, from :func:`with_values` (values as given) or :func:`with_overrides` (coerc
 ``ExperimentConfig`` composes the sections: ``data`` (:class:`tasks.config.DataConfig`) and
 ``student`` (:class:`students.config.StudentConfig`) belong to the packages that read them, the
 others are declared here; the field kit (``knob``, ``section``, ``ConfigError``, ``set_path``,
-``with_values``) is :mod:`knobs`. All of those names are importable from here too. :func:`load_space` and
-:func:`apply_sample` are ``search_spaces.loader``'s, checked against and built into this config.
+``with_values``) is :mod:`knobs`. All of those names are importable from here too.
+:func:`load_space` and :func:`apply_sample` are ``search_spaces.loader``'s, checked against and
+built into this config.
 """
 from __future__ import annotations
 

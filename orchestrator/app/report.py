@@ -583,8 +583,8 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
             "latency_ms_b1": round(float(p["latency_b1_ms"]), 4) if p is not None else None,
             "flag": c.flag, "tuning": c.tuning or None})
     return {"commit": _commit(), "date": datetime.date.today().isoformat(), "budget": budget,
-            "machine": describe_machine(), "stage_seconds": {k: (None if v is None else round(v, 1))
-                                                    for k, v in stages.items()},
+            "machine": describe_machine(),
+            "stage_seconds": {k: (None if v is None else round(v, 1)) for k, v in stages.items()},
             "rows": [r.id for r in selected], "cells": out_cells}
 
 

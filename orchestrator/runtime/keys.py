@@ -121,7 +121,7 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
 
 @contextlib.contextmanager
 def _disk_full_named(final: str | os.PathLike, root: str | os.PathLike | None,
-                     remove_temporary: Callable[[], object]) -> Iterator[None]:
+                     remove_temporary: Callable[[], None]) -> Iterator[None]:
     """The failure path every atomic write shares: on any error in the block, remove the
     temporary, then raise a full disk as :class:`DiskFullError` naming the work root (``root``;
     by default :func:`work_root_of` ``final``) and the space left there; other errors pass."""
@@ -146,8 +146,12 @@ def atomic_dir(final: str | os.PathLike, *, root: str | os.PathLike | None = Non
     """
     final = Path(final)
     made: list[Path] = []  # the temporary, once made
-    with _disk_full_named(final, root, lambda: [shutil.rmtree(t, ignore_errors=True)
-                                                for t in made]):
+
+    def remove() -> None:
+        for t in made:
+            shutil.rmtree(t, ignore_errors=True)
+
+    with _disk_full_named(final, root, remove):
         final.parent.mkdir(parents=True, exist_ok=True)
         made.append(Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)))
         yield made[0]
