@@ -22,7 +22,6 @@ logs every run to MLflow with the tags ``distillray.kind=benchmark``,
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from orchestrator.app.run import resolve_run  # noqa: E402
+from orchestrator.config import with_values  # noqa: E402
 from orchestrator.runtime import tracking  # noqa: E402
 from orchestrator.runtime.ray_runtime import init_ray  # noqa: E402
 from orchestrator.search.search import ensure_teachers  # noqa: E402
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     if args.tracking_uri:
         extra["tracking.uri"] = args.tracking_uri
     _, cfg, _ = resolve_run(args.preset, sets, extra=extra)
-    cfg.teacher.multitask = True
+    cfg = with_values(cfg, {"teacher.multitask": True})
     tasks = cfg.tasks or [cfg.data.task]
     archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     uri = tracking.resolve_uri(cfg.tracking.uri)
@@ -120,17 +120,14 @@ def main(argv=None) -> int:
     exp_id = tracking.experiment_id_for(client, cfg, args.experiment)
     data = load_data(cfg)
     for arch in archs:
-        c = copy.deepcopy(cfg)
-        c.student.arch = arch
-        preflight(c, None, data)
+        preflight(with_values(cfg, {"student.arch": arch}), None, data)
 
     t0 = time.time()
     mkd_refs = ensure_teachers(cfg, data, client, exp_id, print)
     if args.same_teacher:
         single_refs = mkd_refs
     else:
-        single_cfg = copy.deepcopy(cfg)
-        single_cfg.teacher.multitask = False
+        single_cfg = with_values(cfg, {"teacher.multitask": False})
         single_refs = ensure_teachers(single_cfg, data, client, exp_id, print)
     teacher_seconds = time.time() - t0
     teacher_scores = {"mkd": _teacher_scores(mkd_refs), "single": _teacher_scores(single_refs)}
@@ -138,8 +135,7 @@ def main(argv=None) -> int:
     rows: dict[tuple[str, str], dict] = {}  # (arch, mode) -> per-task metrics
     seconds: dict[tuple[str, str], float] = {}
     for arch in archs:
-        c = copy.deepcopy(cfg)
-        c.student.arch = arch
+        c = with_values(cfg, {"student.arch": arch})
         preflight(c, None, data, mkd_refs)
         bundle = prepare_bundle(c, data, mkd_refs, print)
         best, s = train_student(c, bundle, client, exp_id, uri, storage, f"{BENCH}-{arch}-mkd",
@@ -147,8 +143,7 @@ def main(argv=None) -> int:
                                  "distillray.task": ",".join(tasks)})
         rows[(arch, "mkd")], seconds[(arch, "mkd")] = best, s
         if args.finetune_epochs:
-            c2 = copy.deepcopy(c)
-            c2.train.finetune_epochs = args.finetune_epochs
+            c2 = with_values(c, {"train.finetune_epochs": args.finetune_epochs})
             best, s = train_student(c2, bundle, client, exp_id, uri, storage,
                                     f"{BENCH}-{arch}-mkd+ft",
                                     {"distillray.mode": "mkd+finetune", "distillray.arch": arch,
@@ -156,8 +151,7 @@ def main(argv=None) -> int:
             rows[(arch, "mkd+ft")], seconds[(arch, "mkd+ft")] = best, s
         merged, total = {}, 0.0
         for t in tasks:
-            cs = copy.deepcopy(c)
-            cs.tasks = [t]
+            cs = with_values(c, {"tasks": [t]})
             preflight(cs, None, {t: data[t]}, {t: single_refs[t]})
             b = prepare_bundle(cs, {t: data[t]}, {t: single_refs[t]}, print)
             best, s = train_student(cs, b, client, exp_id, uri, storage,

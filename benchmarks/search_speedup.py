@@ -80,7 +80,7 @@ def run_phase(args) -> dict:
     from mlflow.tracking import MlflowClient
 
     from orchestrator.app.run import resolve_run
-    from orchestrator.config import build_config
+    from orchestrator.config import with_overrides
     from orchestrator.runtime import tracking
     from orchestrator.search.search import ensure_teachers, run_search
     from orchestrator.stages.pipeline import load_data
@@ -102,8 +102,8 @@ def run_phase(args) -> dict:
                  # a trial alone has the machine share the search splits among its concurrent
                  # trials: max_concurrent x one trial's threads
                  "train.torch_threads": alone_threads(cfg)}
-        overrides.update(fixed)
-        cfg = build_config(space.config | {"search": space.search}, overrides)
+        overrides.update(fixed)  # the trials' configs
+        cfg = with_overrides(cfg, fixed)
     t0 = time.perf_counter()
     out = run_search(cfg, space, overrides, resume=False)
     seconds = time.perf_counter() - t0

@@ -5,10 +5,15 @@
 fields with :func:`knob`, so each key carries its help text (``scripts/gen_config_docs.py`` turns
 it into docs/configuration.md); ``search_spaces/loader.py`` checks preset keys with
 :func:`set_path`. Every bad key or value is a :class:`ConfigError` that names the key.
+
+The sections are frozen dataclasses: a built config never changes. A config that differs in a
+few values is a new one, made with :func:`with_values`. Their lists and dicts are read-only too
+(derived configs share them).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import field
 from typing import Any
 
@@ -42,3 +47,28 @@ def set_path(cfg_dict: dict[str, Any], dotted: str, value: Any) -> None:
     if parts[-1] not in node:
         raise ConfigError(f"unknown key {dotted}; known keys here: {', '.join(sorted(node))}")
     node[parts[-1]] = value
+
+
+def with_values(cfg: Any, values: dict[str, Any], where: str = "") -> Any:
+    """A copy of the config dataclass ``cfg`` with the dotted keys of ``values`` set, e.g.
+    ``{"tasks": ["sst2"], "train.lr": 1e-3}``; ``cfg`` itself is left as it is. Values are taken
+    as given: no coercion, no validation (``orchestrator.config.with_overrides`` does both)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in values.items():
+        head, _, rest = dotted.partition(".")
+        key = f"{where}.{head}" if where else head
+        if head not in names:
+            raise ConfigError(f"unknown key {where + '.' if where else ''}{dotted}; known keys "
+                              f"here: {', '.join(sorted(names))}")
+        if rest:
+            if not dataclasses.is_dataclass(getattr(cfg, head)):
+                raise ConfigError(f"unknown key {key}.{rest}: {key} is not a section")
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in nested.items():
+        direct[head] = with_values(direct.get(head, getattr(cfg, head)), sub,
+                                   f"{where}.{head}" if where else head)
+    return dataclasses.replace(cfg, **direct)

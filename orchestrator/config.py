@@ -2,12 +2,15 @@
 
 A preset YAML (``search_spaces/*.yaml``) fills an :class:`ExperimentConfig`; CLI ``--set a.b=v``
 flags override it; each run logs the resolved config. Unknown keys are errors that name the key.
+A built config never changes (frozen dataclasses): a config that differs in some values is a new
+one, from :func:`with_values` (values as given) or :func:`with_overrides` (coerced and validated).
 
 ``ExperimentConfig`` composes the sections: ``data`` (:class:`tasks.config.DataConfig`) and
 ``student`` (:class:`students.config.StudentConfig`) belong to the packages that read them, the
-others are declared here; the field kit (``knob``, ``section``, ``ConfigError``, ``set_path``) is
-:mod:`knobs`. All of those names are importable from here too. :func:`load_space` and
-:func:`apply_sample` are ``search_spaces.loader``'s, checked against and built into this config.
+others are declared here; the field kit (``knob``, ``section``, ``ConfigError``, ``set_path``,
+``with_values``) is :mod:`knobs`. All of those names are importable from here too.
+:func:`load_space` and :func:`apply_sample` are ``search_spaces.loader``'s, checked against and
+built into this config.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from knobs import ConfigError, knob, section, set_path
+from knobs import ConfigError, knob, section, set_path, with_values
 from search_spaces import loader as _spaces
 from students.config import StudentConfig
 from tasks.config import DataConfig
@@ -32,7 +35,7 @@ ASSETS_ENV = "DISTILLRAY_ASSETS"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherConfig:
     """The teacher's base model and its fine-tuning."""
     model: str = knob("bert-base-uncased", "Hub name, local Hugging Face model dir, or "
@@ -68,7 +71,7 @@ class TeacherConfig:
         return dataclasses.replace(self, **self.per_task.get(task, {}), per_task={})
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolConfig:
     """The teacher actors that label transfer sets."""
     num_actors: int = knob(1, "Teacher actors in the pool.")
@@ -95,7 +98,7 @@ class PoolConfig:
                                 "teacher labels).")
 
 
-@dataclass
+@dataclass(frozen=True)
 class AugmentConfig:
     """Tang et al. (2019) augmentation of the transfer set."""
     enabled: bool = knob(False, "Augment the training set; the teacher labels the result and the "
@@ -125,7 +128,7 @@ TEACHER_EMBEDDINGS = "teacher"  # student.embeddings: vectors from the teacher's
 SOFT_LABEL_MODES = ("precomputed", "on_demand")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Student training (Ray Train) and the distillation loss."""
     epochs: int = knob(3, "Training epochs.")
@@ -173,7 +176,7 @@ class TrainConfig:
                                 "the joint student.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SearchConfig:
     """The Ray Tune search: searcher, early stopping and resources."""
     name: str = knob("search", "Search name: the MLflow parent run and the Tune experiment; "
@@ -215,7 +218,7 @@ class SearchConfig:
                                       "null: not registered.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrackingConfig:
     """MLflow."""
     uri: str | None = knob(None, "Tracking URI; null: $MLFLOW_TRACKING_URI or "
@@ -225,7 +228,7 @@ class TrackingConfig:
                                          "http server's own, else <work_root>/mlartifacts.")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One run: the sections below, filled from a preset and `--set` overrides."""
     name: str = knob("experiment", "A label for the config, logged with it; a search is named "
@@ -367,6 +370,12 @@ def build_config(values: dict[str, Any], overrides: dict[str, Any] | None = None
     cfg = from_dict(ExperimentConfig, merged)
     validate(cfg)
     return cfg
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """A new config: ``cfg`` with ``overrides`` (dotted keys), coerced and validated as
+    :func:`build_config` does; ``cfg`` itself is left as it is."""
+    return build_config(cfg.to_dict(), overrides)
 
 
 class ExperimentSchema:
@@ -636,17 +645,35 @@ def find_assets(explicit: str | None = None) -> Path | None:
     return None
 
 
-def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
-    """Point hub defaults at the local copies in ``assets`` (only where still at defaults)."""
+def local_asset_values(cfg: ExperimentConfig, assets: Path) -> dict[str, Any]:
+    """The values that point ``cfg``'s hub defaults at the local copies in ``assets`` (only
+    where still at defaults), as dotted keys: the GLUE TSVs, the MiniLM-L6 teacher, the NLTK data
+    and the GloVe file for ``student.embeddings=glove``."""
     d = ExperimentConfig()
+    out: dict[str, Any] = {}
     if cfg.data.source in ("auto", "glue_dir") and cfg.data.glue_dir is None:
-        cfg.data.glue_dir = str(assets / "glue")
+        out["data.glue_dir"] = str(assets / "glue")
     if cfg.teacher.model == d.teacher.model:
-        cfg.teacher.model = str(assets / "models" / "minilm-l6-uncased")
-    cfg.student.embeddings = resolve_embeddings(cfg.student.embeddings, assets)
+        out["teacher.model"] = str(assets / "models" / "minilm-l6-uncased")
     if cfg.augment.nltk_data is None and (assets / "nltk_data").is_dir():
-        cfg.augment.nltk_data = str(assets / "nltk_data")
-    return cfg
+        out["augment.nltk_data"] = str(assets / "nltk_data")
+    embeddings = resolve_embeddings(cfg.student.embeddings, assets)
+    if embeddings != cfg.student.embeddings:
+        out["student.embeddings"] = embeddings
+    return out
+
+
+def use_local_assets(cfg: ExperimentConfig, assets: Path) -> ExperimentConfig:
+    """``cfg`` with its hub defaults pointed at the local copies in ``assets``
+    (:func:`local_asset_values`)."""
+    return with_values(cfg, local_asset_values(cfg, assets))
+
+
+def resolved_embeddings(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``student.embeddings=glove`` (e.g. sampled by a search) as the GloVe file it
+    names: what a bundle is built and keyed with, and what its student records."""
+    path = resolve_embeddings(cfg.student.embeddings)
+    return cfg if path == cfg.student.embeddings else with_values(cfg, {"student.embeddings": path})
 
 
 def resolve_embeddings(value: str | None, assets: Path | None = None) -> str | None:

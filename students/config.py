@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from knobs import knob
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudentConfig:
     """The student's architecture and input encoding."""
     arch: str = knob("bilstm", "bilstm (Tang) | bcn (bi-attentive LSTM, MKD) | transformer.")

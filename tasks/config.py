@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from knobs import knob
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the task's examples come from and how many are used."""
     task: str = knob("sst2", "The task when `tasks` is empty: a GLUE task (sst2, mrpc, rte, "

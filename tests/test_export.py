@@ -81,8 +81,8 @@ def make_student(tmp: Path, arch: str, tasks: list[str], texts: list[str], token
                           "regression": s.is_regression, "dev_splits": ["dev"],
                           "spec": _spec_dict(s)} for t, s in specs.items()},
             "encoding": encoding, "vocab_size": vocab_size}
-    cfg = ExperimentConfig()
-    cfg.student = StudentConfig(arch=arch, dropout=0.1, **{"max_length": 20, **TINY[arch]})
+    cfg = ExperimentConfig(student=StudentConfig(arch=arch, dropout=0.1,
+                                                 **{"max_length": 20, **TINY[arch]}))
     torch.manual_seed(seed)
     model = build_from_meta(cfg, meta, None)
     with torch.no_grad():  # padding rows stay zero; everything else non-trivial
@@ -342,8 +342,8 @@ def test_saved_student_with_pretrained_vectors_loads_back(tmp_path, arch):
                                "regression": False, "dev_splits": ["dev"],
                                "spec": _spec_dict(spec)}},
             "encoding": "words", "vocab_size": len(vocab), "embed_dim": 50}
-    cfg = ExperimentConfig()
-    cfg.student = StudentConfig(arch=arch, embed_dim=300, hidden_size=8, relu_size=8)
+    cfg = ExperimentConfig(student=StudentConfig(arch=arch, embed_dim=300, hidden_size=8,
+                                                 relu_size=8))
     vectors = np.random.default_rng(0).normal(size=(len(vocab), 50)).astype(np.float32)
     model = build_from_meta(cfg, meta, vectors).eval()
     out = tmp_path / "student"

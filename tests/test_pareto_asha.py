@@ -111,9 +111,7 @@ def test_scheduler_is_built_from_the_search_config():
     ({"reduction_factor": 1}, "reduction_factor=1"),
 ])
 def test_bad_search_settings_are_refused(change, message):
-    cfg = ExperimentConfig()
-    for k, v in change.items():
-        setattr(cfg.search, k, v)
+    cfg = ExperimentConfig(search=SearchConfig(**change))
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
 

@@ -37,6 +37,21 @@ def cpu_with(monkeypatch):
 # detection, refusals, warnings
 
 
+def test_cpuinfo_is_read_in_one_place(tmp_path, monkeypatch):
+    """The flags precision reads and the CPU name a report quotes come from one reader."""
+    import orchestrator.runtime.machine as machine
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 amx_bf16\n"
+                    "processor\t: 1\nmodel name\t: Test CPU 9000\nflags\t\t: fpu\n")
+    real = machine.Path
+    monkeypatch.setattr(machine, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
+    assert prec.cpu_flags() == {"fpu", "avx2", "amx_bf16"}
+    assert "(Test CPU 9000)" in machine.describe()
+    info.unlink()
+    assert prec.cpu_flags() is None and machine.cpuinfo_value("model name") is None
+
+
 def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(cpu_with):
     cpu_with({"avx2", "fma"})
     assert prec.resolve("auto", "cpu") == "fp32"

@@ -379,6 +379,28 @@ def test_atomic_file_disk_full_keeps_the_previous_file_and_names_the_work_root(t
     assert ckpt.read_bytes() == b"step 10"
 
 
+def test_write_bytes_atomic_disk_full_on_an_fsspec_store_names_the_work_root(monkeypatch):
+    """The remote path of the same helper (a soft-label shard on an object store): the
+    temporary goes, the error names the work root the path lies under."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    folder = "/wr-full/soft_labels/ns"
+    keys.write_bytes_atomic(fs, f"{folder}/old.parquet", b"kept")
+    real_pipe = fs.pipe_file
+
+    def full(path, data, **kw):  # half the bytes land, then the store is out of space
+        real_pipe(path, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(fs, "pipe_file", full)
+    with pytest.raises(DiskFullError, match="work root /wr-full") as info:
+        keys.write_bytes_atomic(fs, f"{folder}/new.parquet", b"0123456789")
+    assert info.value.root == "/wr-full"
+    assert [p.rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)] == ["old.parquet"]
+    fs.rm("/wr-full", recursive=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # progress lines
 

@@ -1,4 +1,5 @@
-"""Teacher pool: batching, order, equality with a direct model call, cache, faults, serving.
+"""Teacher pool: batching, order, equality with a direct model call, cache, faults, labeling
+from Train workers through the pool's client.
 
 One Ray instance for the module (2 CPUs, no dashboard) and one shared 2-actor pool
 (2 x 0.5 CPU), so a 2-worker Train run (2 x 0.5 CPU) fits beside it.
@@ -9,22 +10,17 @@ import hashlib
 import json
 import os
 import time
-import uuid
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import ray
 
 import orchestrator.teachers.teacher_pool as tp
 from orchestrator.config import PoolConfig
-from orchestrator.teachers.batching import (flat_order, inverse_permutation, padded_tokens,
-                                            restore_order, token_budget_batches)
+from orchestrator.teachers.batching import flat_order, restore_order, token_budget_batches
 from orchestrator.teachers.cache import text_keys
 from orchestrator.teachers.teacher_model import TeacherError, create_random_teacher, load_teacher
-from orchestrator.teachers.teacher_pool import (PoolResourceError, TeacherPool,
-                                                TeacherServerNotFound, get_teacher_server)
+from orchestrator.teachers.teacher_pool import PoolResourceError, TeacherPool
 
 WORDS = ("the a movie film good bad great terrible plot actor boring fun slow sharp witty dull "
          "story scene music cast ending long short brilliant awful").split()
@@ -50,7 +46,6 @@ def test_token_budget_batches_cover_every_index_once_within_budget(seed):
     # longest first, and batches never overlap in length (that is what keeps padding low)
     for prev, nxt in zip(batches, batches[1:]):
         assert min(lengths[i] for i in prev) >= max(lengths[i] for i in nxt)
-    assert padded_tokens(lengths, batches) >= sum(max(1, n) for n in lengths)
 
 
 def test_over_budget_item_gets_its_own_batch_and_order_is_restored():
@@ -61,8 +56,6 @@ def test_over_budget_item_gets_its_own_batch_and_order_is_restored():
     outputs = [np.array([[i, 10 * i] for i in b], dtype=np.float32) for b in batches]
     restored = restore_order(batches, outputs)
     np.testing.assert_array_equal(restored[:, 0], np.arange(len(lengths)))
-    perm = flat_order(batches)
-    assert (np.asarray(perm)[inverse_permutation(perm)] == np.arange(len(perm))).all()
     assert token_budget_batches([], 10, 2) == []
     with pytest.raises(ValueError):
         token_budget_batches([1], 0, 2)
@@ -98,8 +91,7 @@ def pool(ray_cluster, teacher_dir):
     # fp32: these tests compare the labels with direct fp32 model calls
     cfg = PoolConfig(num_actors=2, cpus_per_actor=0.5, token_budget=256, max_batch_size=8,
                      precision="fp32")
-    p = TeacherPool(teacher_dir, cfg, name=f"teacher-{uuid.uuid4().hex[:6]}", namespace=NAMESPACE,
-                    chunk_size=16, server_max_wait_s=0.02)
+    p = TeacherPool(teacher_dir, cfg, chunk_size=16)
     yield p
     p.shutdown()
 
@@ -216,22 +208,6 @@ def test_cache_hits_and_corrupt_shards_are_recomputed(pool, tmp_path):
         pool.label_texts(texts, max_length=32, cache=cache, progress=False)
 
 
-def test_label_parquet_adds_logits_column_atomically(pool, tmp_path):
-    texts_a, texts_b = _texts(30, seed=5), _texts(30, seed=6, hi=8)
-    src = tmp_path / "transfer.parquet"
-    pq.write_table(pa.table({"text_a": texts_a, "text_b": texts_b, "label": list(range(30))}), src)
-    out = tmp_path / "labels" / "transfer.logits.parquet"
-    res = pool.label_parquet(str(src), str(out), max_length=MAXLEN, progress=False)
-    table = pq.read_table(out)
-    assert table.column_names == ["text_a", "text_b", "label", "logits"]
-    mat = np.array(table.column("logits").to_pylist(), dtype=np.float32)
-    np.testing.assert_array_equal(mat, res.logits)
-    direct = pool.label_texts(texts_a, texts_b, max_length=MAXLEN, progress=False).logits
-    np.testing.assert_array_equal(mat, direct)
-    assert table.schema.metadata[b"distillray.teacher_key"] == pool.teacher_key.encode()
-    assert os.listdir(out.parent) == [out.name]  # no temp file left behind
-
-
 # ---------------------------------------------------------------------------------------------
 # faults
 
@@ -319,30 +295,13 @@ def test_busy_cpus_fail_with_a_clear_error(pool):
     assert time.monotonic() - t0 < 5
 
 
-def test_server_lookup_errors(ray_cluster):
-    with pytest.raises(TeacherServerNotFound, match="teacher server 'nope' not found.*start the pool"):
-        get_teacher_server("nope", namespace=NAMESPACE)
-
-
 # ---------------------------------------------------------------------------------------------
-# online serving
+# labeling from other processes
 
 
-def test_server_merges_concurrent_requests(pool, direct):
-    server = get_teacher_server(pool.name, namespace=NAMESPACE)
-    before = ray.get(server.stats.remote())
-    texts = _texts(24, seed=8)
-    refs = [server.logits.remote(texts[i: i + 3], None, None, MAXLEN) for i in range(0, 24, 3)]
-    out = np.concatenate(ray.get(refs))
-    np.testing.assert_allclose(out, _direct_logits(direct, texts), atol=1e-5)
-    after = ray.get(server.stats.remote())
-    assert after["requests"] - before["requests"] == 8
-    assert after["teacher_calls"] - before["teacher_calls"] < 8  # merged
-    with pytest.raises(ValueError, match="1 texts_a but 2 texts_b"):
-        ray.get(server.logits.remote(["x"], ["y", "z"]))
-
-
-def test_online_serving_from_two_train_workers(pool, direct, tmp_path):
+def test_two_train_workers_label_through_the_pool_client(pool, direct, tmp_path):
+    """What an on-demand trial's Train workers do: label their rows through the pool's
+    picklable client, concurrently, and get the teacher's logits."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -356,16 +315,14 @@ def test_online_serving_from_two_train_workers(pool, direct, tmp_path):
         import numpy as np
         import ray.train
 
-        from orchestrator.teachers.teacher_pool import get_teacher_server
-
         rank = ray.train.get_context().get_world_rank()
-        server = get_teacher_server(config["name"], namespace=config["namespace"])
+        client = config["client"]
         mine = list(range(rank, len(config["texts"]), 2))
-        refs = [server.logits.remote([config["texts"][i] for i in mine[j: j + 4]],
-                                     [config["pairs"][i] for i in mine[j: j + 4]],
-                                     "sst2", config["max_length"])
-                for j in range(0, len(mine), 4)]
-        got = np.concatenate(ray.get(refs))
+        got = np.concatenate([
+            client.label_texts([config["texts"][i] for i in mine[j: j + 4]],
+                               [config["pairs"][i] for i in mine[j: j + 4]], head="sst2",
+                               max_length=config["max_length"], progress=False).logits
+            for j in range(0, len(mine), 4)])
         err = float(np.abs(got - np.asarray(config["expected"])[mine]).max())
         assert err < 1e-5, f"rank {rank}: max error {err}"
         with open(f"{config['out']}/rank{rank}.json", "w") as f:
@@ -374,7 +331,7 @@ def test_online_serving_from_two_train_workers(pool, direct, tmp_path):
 
     trainer = TorchTrainer(
         loop,
-        train_loop_config={"name": pool.name, "namespace": NAMESPACE, "texts": texts,
+        train_loop_config={"client": pool.client(), "texts": texts,
                            "pairs": pairs, "expected": expected.tolist(), "max_length": MAXLEN,
                            "out": str(tmp_path)},
         scaling_config=ScalingConfig(num_workers=2, use_gpu=False,
@@ -386,25 +343,17 @@ def test_online_serving_from_two_train_workers(pool, direct, tmp_path):
     reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["n"] for r in reports] == [20, 20]
     assert all(r["max_err"] < 1e-5 for r in reports)
-    stats = ray.get(get_teacher_server(pool.name, namespace=NAMESPACE).stats.remote())
-    assert stats["requests"] >= 10
 
 
-def test_shutdown_removes_named_server(ray_cluster, teacher_dir, pool):
-    name = f"short-lived-{uuid.uuid4().hex[:6]}"
-    with TeacherPool(teacher_dir, PoolConfig(num_actors=1, cpus_per_actor=0.5), name=name,
-                     namespace=NAMESPACE) as p:
-        server = get_teacher_server(name, namespace=NAMESPACE)
-        assert ray.get(server.logits.remote(["good film"])).shape == (1, 3)
-        assert len(p.actors) == 1
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            get_teacher_server(name, namespace=NAMESPACE)
-        except TeacherServerNotFound:
-            break
-        assert time.monotonic() < deadline, "server still registered after shutdown"
-        time.sleep(0.2)
+def test_shutdown_kills_the_actors(ray_cluster, teacher_dir, pool):
+    with TeacherPool(teacher_dir, PoolConfig(num_actors=1, cpus_per_actor=0.5)) as p:
+        actor = p.actors[0]
+        assert p.label_texts(["good film"], progress=False).logits.shape == (1, 3)
+    assert p.actors == []
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(actor.info.remote(), timeout=30)
+    with pytest.raises(RuntimeError, match="shut down"):
+        p.client()
 
 
 def test_token_budget_defaults_to_the_device_and_is_validated(teacher_dir):

@@ -41,7 +41,6 @@ that does not is marked in the table and listed, never hidden.
 """
 from __future__ import annotations
 
-import copy
 import json
 import tempfile
 import time
@@ -54,10 +53,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from orchestrator.app.run import resolve_run
-from orchestrator.config import ConfigError, ExperimentConfig, build_config, parse_override
+from orchestrator.app.run import parse_sets, resolve_overrides
+from orchestrator.config import (ConfigError, ExperimentConfig, parse_override, with_overrides,
+                                 with_values)
 from orchestrator.runtime import tracking
 from orchestrator.runtime.keys import content_key
+from orchestrator.runtime.machine import describe as describe_machine
 from orchestrator.runtime.progress import duration
 
 REPORT_VERSION = 2  # 2: students train in report-train runs, a cell run per (row, task)
@@ -183,15 +184,12 @@ def resolve_report(preset: str = "report", budget: str = "small", tasks: list[st
     """The report's base config: preset, then the budget, then ``--set`` (which wins)."""
     if budget not in BUDGETS:
         raise ReportError(f"--budget {budget!r}: choose {' or '.join(BUDGETS)}")
-    sets = list(sets or [])
-    if tasks:
-        sets = [f"tasks=[{','.join(tasks)}]"] + sets
-    _, cfg0, _ = resolve_run(preset, sets, assets, extra)
-    explicit = {parse_override(s)[0] for s in sets}
-    budget_sets = [f"{k}={json.dumps(v) if isinstance(v, (dict, type(None))) else v}"
-                   for k, v in budget_overrides(cfg0, budget).items() if k not in explicit]
-    _, cfg, _ = resolve_run(preset, budget_sets + sets, assets, extra)
-    return cfg
+    given = parse_sets([f"tasks=[{','.join(tasks)}]"] if tasks else []) | parse_sets(sets)
+    _, cfg, _ = resolve_overrides(preset, {**(extra or {}), **given}, assets)
+    # the budget's values go under the --set ones (a key given there keeps its value) and over
+    # the rest; none of them is one the local assets set
+    return with_overrides(cfg, {k: v for k, v in budget_overrides(cfg, budget).items()
+                                if k not in given})
 
 
 def budget_overrides(cfg: ExperimentConfig, budget: str) -> dict[str, Any]:
@@ -255,10 +253,7 @@ def row_config(base: ExperimentConfig, row: Row, row_sets: dict[str, dict[str, A
     if row.lr_scale != 1.0:
         over["train.lr"] = base.train.lr * row.lr_scale
     over.update(row_sets.get(row.id, {}))
-    cfg = build_config(base.to_dict(), over)
-    cfg.tasks = list(tasks)
-    cfg.data.task = tasks[0]
-    return cfg
+    return with_values(with_overrides(base, over), {"tasks": list(tasks), "data.task": tasks[0]})
 
 
 def cell_key(row: Row, cfg: ExperimentConfig, data, teachers) -> str:
@@ -366,15 +361,13 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     t0 = time.time()
     if budget not in BUDGETS:
         raise ReportError(f"budget {budget!r}: choose {' or '.join(BUDGETS)}")
-    cfg = copy.deepcopy(cfg)
-    cfg.work_root = str(Path(cfg.work_root).resolve())
     name = name or f"report-{budget}"
     selected = select_rows(rows)
     row_sets = {r: {**BUDGET_ROW_SETS[budget].get(r, {}), **(row_sets or {}).get(r, {})}
                 for r in {*BUDGET_ROW_SETS[budget], *(row_sets or {})}}
     grid = LR_GRID[budget] if lr_grid is None else tuple(lr_grid)
     tasks = task_names(cfg)
-    cfg.tasks = tasks
+    cfg = with_values(cfg, {"work_root": str(Path(cfg.work_root).resolve()), "tasks": tasks})
     check_inputs(cfg)  # data, teacher, embeddings, NLTK data, stores: before any work or Ray
     ctx = _Report(cfg, name, address, log)
     data = load_data(cfg)
@@ -561,31 +554,6 @@ def stage_seconds(selected: list[Row], cells: list[Cell], single_refs, multi_ref
     return out
 
 
-def machine() -> str:
-    """This machine in one line: CPU model and count, memory, GPU, torch."""
-    import os
-    import platform
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(next(x for x in Path("/proc/meminfo").read_text().splitlines()
-                      if x.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpus} CPUs ({cpu}){mem}, {gpu}, torch {torch.__version__}"
-
-
 def _commit() -> str:
     import subprocess
 
@@ -615,8 +583,8 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
             "latency_ms_b1": round(float(p["latency_b1_ms"]), 4) if p is not None else None,
             "flag": c.flag, "tuning": c.tuning or None})
     return {"commit": _commit(), "date": datetime.date.today().isoformat(), "budget": budget,
-            "machine": machine(), "stage_seconds": {k: (None if v is None else round(v, 1))
-                                                    for k, v in stages.items()},
+            "machine": describe_machine(),
+            "stage_seconds": {k: (None if v is None else round(v, 1)) for k, v in stages.items()},
             "rows": [r.id for r in selected], "cells": out_cells}
 
 
@@ -797,11 +765,10 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
                  grid: tuple[float, ...]) -> Cell:
     """Rows 2-4 and 6: one student per task; a tuned row trains one per ``grid`` learning rate
     and keeps the best on dev (ties: the first)."""
-    c = copy.deepcopy(cfg)
-    c.tasks, c.data.task = [task], task
+    c = with_values(cfg, {"tasks": [task], "data.task": task})
     sub, sub_refs = {task: data[task]}, {task: refs[task]}
     lrs = tuple(grid) if row.tuned and grid else (c.train.lr,)
-    points = [build_config(c.to_dict(), {"train.lr": lr}) for lr in lrs]
+    points = [with_overrides(c, {"train.lr": lr}) for lr in lrs]
     keys = [cell_key(row, pc, sub, sub_refs) for pc in points]
     key = keys[0] if len(keys) == 1 else content_key({"grid": keys})
     run = ctx.finished(KIND_CELL, row.id, task, key)

@@ -4,36 +4,42 @@ the flags that stand for keys, then the local assets where hub defaults remain
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
-from orchestrator.config import (build_config, find_assets, load_space, parse_override,
-                                 use_local_assets)
+from orchestrator.config import (ExperimentConfig, build_config, find_assets, load_space,
+                                 local_asset_values, parse_override, with_values)
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """``--set key=value`` flags as one dict of dotted keys (a later flag for a key wins)."""
+    return dict(parse_override(s) for s in sets or [])
 
 
 def resolve_run(preset: str, sets: list[str] | None = None, assets: str | None = None,
                 extra: dict[str, Any] | None = None):
     """Returns (space, cfg, overrides). ``overrides`` carries every resolved value (asset paths
     included) so each trial rebuilds exactly the same base config."""
+    return resolve_overrides(preset, {**(extra or {}), **parse_sets(sets)}, assets)
+
+
+def resolve_overrides(preset: str, overrides: dict[str, Any], assets: str | None = None):
+    """:func:`resolve_run` with the overrides already parsed (dotted keys, typed values)."""
     space = load_space(preset)
-    overrides: dict[str, Any] = dict(extra or {})
-    for s in sets or []:
-        k, v = parse_override(s)
-        overrides[k] = v
-    base = space.config | {"search": space.search}
-    cfg = build_config(base, overrides)
-    asset_dir = find_assets(assets)
-    before = cfg.to_dict()
+    overrides = dict(overrides)
+    cfg = build_config(space.config | {"search": space.search}, overrides)
+    local = asset_values(cfg, find_assets(assets))
+    overrides.update(local)
+    return space, with_values(cfg, local), overrides
+
+
+def asset_values(cfg: ExperimentConfig, asset_dir: Path | None) -> dict[str, Any]:
+    """What the local assets change in ``cfg`` (dotted keys): hub defaults pointed at the local
+    copies; without assets, ``student.embeddings=glove`` falls back to random embeddings."""
     if asset_dir is not None:
-        cfg = use_local_assets(cfg, asset_dir)
-    elif cfg.student.embeddings == "glove":
+        return local_asset_values(cfg, asset_dir)
+    if cfg.student.embeddings == "glove":
         print("[config] no local assets and student.embeddings=glove: using random embeddings; "
               "pass student.embeddings=<GloVe .txt> for pretrained vectors", file=sys.stderr)
-        cfg.student.embeddings = None
-    after = cfg.to_dict()
-    for section, values in after.items():
-        if isinstance(values, dict):
-            for k, v in values.items():
-                if before[section][k] != v:
-                    overrides[f"{section}.{k}"] = v
-    cfg = build_config(base, overrides)
-    return space, cfg, overrides
+        return {"student.embeddings": None}
+    return {}

@@ -1,9 +1,10 @@
 """Content keys and atomic writes: the two rules every cached artifact follows.
 
-A write that runs out of disk (``ENOSPC``, ``EDQUOT``) inside :func:`atomic_file` or
-:func:`atomic_dir` removes its temporary and raises :class:`DiskFullError`, which names the work
-root and the space left: every stage writes through these helpers, so finished work stays and a
-re-run of the same command resumes once space is freed."""
+A write that runs out of disk (``ENOSPC``, ``EDQUOT``) inside :func:`atomic_file`,
+:func:`atomic_dir` or :func:`write_bytes_atomic` (local or fsspec) removes its temporary and
+raises :class:`DiskFullError`, which names the work root and the space left: every stage writes
+through these helpers, so finished work stays and a re-run of the same command resumes once
+space is freed."""
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,7 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 # the work root's top folders (docs/architecture.md): a path below one of them names its root
 WORK_ROOT_DIRS = ("teachers", "transfer", "soft_labels", "bundles", "tune")
@@ -119,6 +120,21 @@ def file_digest(path: str | os.PathLike, length: int = 16) -> str:
 
 
 @contextlib.contextmanager
+def _disk_full_named(final: str | os.PathLike, root: str | os.PathLike | None,
+                     remove_temporary: Callable[[], None]) -> Iterator[None]:
+    """The failure path every atomic write shares: on any error in the block, remove the
+    temporary, then raise a full disk as :class:`DiskFullError` naming the work root (``root``;
+    by default :func:`work_root_of` ``final``) and the space left there; other errors pass."""
+    try:
+        yield
+    except BaseException as e:
+        remove_temporary()
+        if not isinstance(e, DiskFullError) and is_disk_full(e):
+            raise disk_full_error(final, e, root) from e
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, *, root: str | os.PathLike | None = None
                ) -> Iterator[Path]:
     """Yield a temp dir beside ``final``; on success rename it into place, on error remove it.
@@ -129,24 +145,23 @@ def atomic_dir(final: str | os.PathLike, *, root: str | os.PathLike | None = Non
     default :func:`work_root_of` ``final``).
     """
     final = Path(final)
-    tmp: Path | None = None
-    try:
+    made: list[Path] = []  # the temporary, once made
+
+    def remove() -> None:
+        for t in made:
+            shutil.rmtree(t, ignore_errors=True)
+
+    with _disk_full_named(final, root, remove):
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        yield tmp
+        made.append(Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)))
+        yield made[0]
         try:
-            os.rename(tmp, final)
+            os.rename(made[0], final)
         except OSError:
             if final.exists():  # lost a race to an identical result
-                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(made[0], ignore_errors=True)
             else:
                 raise
-    except BaseException as e:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(e, DiskFullError) and is_disk_full(e):
-            raise disk_full_error(final, e, root) from e
-        raise
 
 
 @contextlib.contextmanager
@@ -157,16 +172,44 @@ def atomic_file(final: str | os.PathLike, mode: str = "wb", *,
     anything under ``final``'s name (``root`` as in :func:`atomic_dir`)."""
     final = Path(final)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+
+    def remove() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+    with _disk_full_named(final, root, remove):
         final.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if not isinstance(e, DiskFullError) and is_disk_full(e):
-            raise disk_full_error(final, e, root) from e
-        raise
+
+
+def is_local_fs(fs) -> bool:
+    """Whether an fsspec filesystem is the local one."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def write_bytes_atomic(fs, path: str, data: bytes, root: str | None = None) -> None:
+    """Write ``data`` to ``path`` on the fsspec filesystem ``fs`` so that no reader sees a
+    partial file under that name.
+
+    Local: :func:`atomic_file`. Remote: write a temp object, then move it (object stores publish
+    an object only once it is complete). A full disk raises :class:`DiskFullError` naming
+    ``root`` (default: the work root ``path`` lies under) and leaves no temporary behind."""
+    if is_local_fs(fs):
+        with atomic_file(path, root=root) as f:
+            f.write(data)
+        return
+    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    tmp = f"{parent + '/' if parent else ''}.{name}.tmp-{uuid.uuid4().hex[:8]}"
+
+    def remove() -> None:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+
+    with _disk_full_named(path, root, remove):
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, path)

@@ -17,9 +17,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from pathlib import Path
 
 from orchestrator.config import PRECISIONS
+from orchestrator.runtime.machine import cpuinfo_value
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,8 @@ def check_name(precision: str, where: str) -> None:
 
 def cpu_flags() -> set[str] | None:
     """The CPU feature flags from ``/proc/cpuinfo`` (Linux); None where there is none."""
-    p = Path("/proc/cpuinfo")
-    if not p.is_file():
-        return None
-    with contextlib.suppress(OSError):
-        for line in p.read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    return None
+    flags = cpuinfo_value("flags", "Features")
+    return None if flags is None else set(flags.split())
 
 
 @functools.lru_cache(maxsize=None)

@@ -55,7 +55,7 @@ from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from orchestrator.runtime import faults
-from orchestrator.teachers.cache import write_bytes_atomic
+from orchestrator.runtime.keys import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 

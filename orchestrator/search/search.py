@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from orchestrator.config import (ExperimentConfig, SearchConfig, apply_sample, objectives,
-                                 one_teacher)
+                                 one_teacher, with_values)
 from orchestrator.record import outcome
 from orchestrator.runtime import faults, tracking
 from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
@@ -218,7 +218,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     overrides = dict(overrides or {})
     s = cfg.search
     work_root = Path(cfg.work_root).resolve()
-    cfg.work_root = str(work_root)
+    cfg = with_values(cfg, {"work_root": str(work_root)})
     overrides["work_root"] = str(work_root)
     uri = tracking.resolve_uri(cfg.tracking.uri)
     # every input (tasks and data files, teacher, embeddings, NLTK data, space, work root,

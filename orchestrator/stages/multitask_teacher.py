@@ -26,7 +26,7 @@ from orchestrator.config import TeacherConfig
 from orchestrator.runtime.keys import atomic_dir, content_key
 from orchestrator.runtime.precision import autocast
 from orchestrator.stages.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
-                                         _check_base_model, _encode, _length_grouped_batches,
+                                         _check_base_model, _encode, shuffled_batches,
                                          evaluate_teacher, random_base, training_precision,
                                          training_settings)
 from orchestrator.teachers.teacher_model import (MultiTaskTeacher, TeacherError,
@@ -132,7 +132,7 @@ def mixture_plan(train: dict[str, list], cfg: TeacherConfig) -> tuple[list, int]
     for task in sampler.draw(total):
         if not queues[task]:
             lengths = [len(e.text_a) + len(e.text_b or "") for e in train[task]]
-            queues[task] = _length_grouped_batches(lengths, cfg.batch_size, rng)
+            queues[task] = shuffled_batches(lengths, cfg.batch_size, rng)
         plan.append((task, queues[task].pop()))
     return plan, steps_per_epoch
 

@@ -6,17 +6,16 @@ Each stage is a function of typed configs that returns where its (cached) result
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from orchestrator.config import TEACHER_EMBEDDINGS, ExperimentConfig, resolve_embeddings
+from orchestrator.config import TEACHER_EMBEDDINGS, ExperimentConfig, resolved_embeddings
 from orchestrator.runtime.keys import atomic_dir, content_key, file_digest
 from orchestrator.training.bundle import write_split, write_texts
 from tasks.data import Example, TaskData
@@ -61,9 +60,7 @@ def load_data(cfg: ExperimentConfig) -> dict[str, TaskData]:
     out = {}
     for name in cfg.tasks or [cfg.data.task]:
         spec = get_task_for(cfg, name)
-        dcfg = copy.deepcopy(cfg.data)
-        dcfg.task = spec.name
-        out[spec.name] = load_task_data(dcfg, spec)
+        out[spec.name] = load_task_data(replace(cfg.data, task=spec.name), spec)
     return out
 
 
@@ -218,7 +215,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
     ``pool``: a running pool (or its client) of the one teacher of every task, e.g. the search's;
     else a pool is started per teacher for the labeling, and stopped."""
     t0 = time.time()
-    cfg.student.embeddings = resolve_embeddings(cfg.student.embeddings)
+    cfg = resolved_embeddings(cfg)
     work_root = Path(cfg.work_root)
     key = bundle_key(cfg, data, teachers)
     final = work_root / "bundles" / key

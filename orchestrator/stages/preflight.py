@@ -15,12 +15,12 @@ it looks at (choices, and both ends of ranges), with conditional (``when``) para
 """
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator.config import TEACHER_EMBEDDINGS, ConfigError, ExperimentConfig
+from orchestrator.config import TEACHER_EMBEDDINGS, ConfigError, ExperimentConfig, with_values
 
 CHECKED_KEYS = ("student.arch", "student.init_from_teacher", "student.tf_layers",
                 "student.tf_hidden", "student.tf_heads", "student.tf_ffn", "student.max_length",
@@ -47,10 +47,7 @@ def candidate_configs(cfg: ExperimentConfig, space=None) -> Iterator[tuple[str, 
         seen += 1
         if seen > MAX_COMBINATIONS:
             return
-        c = copy.deepcopy(cfg)
-        for k, v in combo.items():
-            section, name = k.split(".")
-            setattr(getattr(c, section), name, _cast(getattr(getattr(c, section), name), v))
+        c = with_values(cfg, {k: _cast(_value(cfg, k), v) for k, v in combo.items()})
         yield "sampled " + ", ".join(f"{k}={v}" for k, v in combo.items()), c
 
 
@@ -71,6 +68,11 @@ def _combinations(params, i: int, chosen: dict[str, Any]) -> Iterator[dict[str, 
     del chosen[p.key]
     if len(decided) < len(p.when):  # depends on keys not enumerated here: may be unsampled
         yield from _combinations(params, i + 1, chosen)
+
+
+def _value(cfg: ExperimentConfig, dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def _cast(current: Any, value: Any) -> Any:
@@ -213,8 +215,6 @@ def check_inputs(cfg: ExperimentConfig, space=None, *, teacher: bool = True,
 
 def check_tasks(cfg: ExperimentConfig) -> dict:
     """Each task's spec (its name known, own data's labels read) and the first rows of its files."""
-    import copy as _copy
-
     from orchestrator.stages.pipeline import get_task_for
     from tasks.data import DataError
     from tasks.loaders import check_task_data
@@ -229,10 +229,8 @@ def check_tasks(cfg: ExperimentConfig) -> dict:
             raise PreflightError(f"{key}: {e}") from None
         except DataError as e:
             raise PreflightError(f"task {name}: {e}") from None
-        dcfg = _copy.copy(cfg.data)
-        dcfg.task = spec.name
         try:
-            check_task_data(dcfg, spec)
+            check_task_data(dataclasses.replace(cfg.data, task=spec.name), spec)
         except DataError as e:
             raise PreflightError(f"task {spec.name}: {e}") from None
         specs[spec.name] = spec

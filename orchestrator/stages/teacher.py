@@ -21,6 +21,7 @@ from orchestrator.config import TeacherConfig
 from orchestrator.runtime import faults
 from orchestrator.runtime.keys import atomic_dir, atomic_file, content_key
 from orchestrator.runtime.precision import autocast, resolve
+from orchestrator.teachers.batching import length_grouped_batches, length_sorted_batches
 from orchestrator.teachers.teacher_model import (HEADS_FILE, TeacherError, base_model_identity,
                                                  create_random_teacher)
 from tasks.data import Example
@@ -160,15 +161,12 @@ def _encode(tokenizer, batch: list[Example], max_length: int):
                      return_tensors="pt")
 
 
-def _length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random):
-    """Shuffle, then sort within windows of 50 batches so padding stays small."""
+def shuffled_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of a teacher's batches: indices shuffled, grouped by length within windows of 50
+    batches so padding stays small, the batches shuffled (both shuffles by ``rng``)."""
     idx = list(range(len(lengths)))
     rng.shuffle(idx)
-    window = batch_size * 50
-    batches = []
-    for s in range(0, len(idx), window):
-        chunk = sorted(idx[s:s + window], key=lambda i: lengths[i])
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    batches = length_grouped_batches(idx, lengths, batch_size, window=50)
     rng.shuffle(batches)
     return batches
 
@@ -191,7 +189,7 @@ def single_task_plan(examples: list[Example], cfg: TeacherConfig) -> list[list[i
     total = max(1, int(round(math.ceil(len(examples) / cfg.batch_size) * cfg.epochs)))
     plan: list[list[int]] = []
     while len(plan) < total:
-        plan += _length_grouped_batches(lengths, cfg.batch_size, rng)
+        plan += shuffled_batches(lengths, cfg.batch_size, rng)
     return plan[:total]
 
 
@@ -327,10 +325,9 @@ def predict_logits(model, tokenizer, examples: list[Example], max_length: int,
     """Logits in input order; ``head`` names the task head of a multi-task teacher;
     ``precision``: a resolved one (the model runs on the CPU under its autocast)."""
     model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].text_a) + len(examples[i].text_b or ""))
     out = [None] * len(examples)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+    for idx in length_sorted_batches([len(e.text_a) + len(e.text_b or "") for e in examples],
+                                     batch_size):
         enc = _encode(tokenizer, [examples[i] for i in idx], max_length)
         with autocast(precision, "cpu"):
             raw = model(**enc, head=head) if head is not None else model(**enc).logits

@@ -47,8 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from orchestrator.runtime.keys import (DiskFullError, atomic_file, content_key, disk_full_error,
-                                       is_disk_full, work_root_of)
+from orchestrator.runtime.keys import content_key, work_root_of, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -111,36 +110,6 @@ def logits_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     if (lengths != c).any():
         raise ValueError("logits rows have different lengths")
     return values.reshape(n, c)
-
-
-def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
-def write_bytes_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes,
-                       root: str | None = None) -> None:
-    """Write ``data`` to ``path`` so that no reader sees a partial file under that name.
-
-    Local: :func:`orchestrator.runtime.keys.atomic_file`. Remote (fsspec): write a temp object,
-    then move it (object stores publish an object only once it is complete). A full disk raises
-    :class:`orchestrator.runtime.keys.DiskFullError` naming ``root`` (default: the work root
-    ``path`` lies under) and leaves no temporary behind."""
-    if is_local_fs(fs):
-        with atomic_file(path, root=root) as f:
-            f.write(data)
-        return
-    parent, name = path.rsplit("/", 1) if "/" in path else ("", path)
-    tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if parent else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(Exception):
-            fs.rm(tmp)
-        if not isinstance(e, DiskFullError) and is_disk_full(e):
-            raise disk_full_error(path, e, root) from e
-        raise
 
 
 def namespace_key(teacher_key: str, tokenizer_name: str, max_length: int, head: str,

@@ -1,4 +1,4 @@
-"""A pool of teacher actors that serves soft labels (logits), in bulk and online.
+"""A pool of teacher actors that serves soft labels (logits).
 
 Bulk: :class:`TeacherPool` starts ``pool.num_actors`` Ray actors (:data:`TeacherActor`), each
 holding one teacher. :meth:`TeacherPool.label_texts` looks texts up in a
@@ -17,10 +17,8 @@ Resuming: bulk labeling with a cache writes a shard every ``cache_flush_rows`` n
 ledger. A labeling process killed part-way loses only what it had not flushed; the next call
 finds the flushed texts in the cache and sends only the others to the teacher.
 
-Online: with ``name=...`` the pool also starts :data:`TeacherServer`, a named detached actor
-(0 CPU: it only routes) that merges concurrent requests from many callers (Train workers of
-every trial) into one teacher call, waiting at most a few milliseconds for company. Callers find
-it with :func:`get_teacher_server`.
+Other processes (the Train workers of an on-demand trial) label through the pool's picklable
+:class:`PoolClient`, with the same cache-first bulk labeling.
 
 Sizing: Ray does not fail when resources run short, it waits
 forever. The pool therefore checks, before starting anything, that the cluster has every resource
@@ -45,10 +43,8 @@ runs once per teacher and precision, and is reported in :meth:`_ActorLabeler.fid
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
-import io
 import json
 import logging
 import os
@@ -64,24 +60,20 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from orchestrator.config import PoolConfig
 from orchestrator.runtime import faults
+from orchestrator.runtime.keys import write_bytes_atomic
 from orchestrator.runtime.precision import autocast, resolve
 from orchestrator.runtime.progress import StageProgress
-from orchestrator.teachers.batching import restore_order, token_budget_batches
-from orchestrator.teachers.cache import SoftLabelCache, list_array, text_keys, write_bytes_atomic
+from orchestrator.teachers.batching import (length_sorted_batches, restore_order,
+                                            token_budget_batches)
+from orchestrator.teachers.cache import SoftLabelCache, text_keys
 from orchestrator.teachers.teacher_model import (Teacher, TeacherError, check_teacher_path,
                                                  load_teacher)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAMESPACE = "distillray"
-
 
 class PoolResourceError(RuntimeError):
     """The Ray cluster lacks a resource the teacher actors ask for (would otherwise hang)."""
-
-
-class TeacherServerNotFound(LookupError):
-    """No teacher server of that name is running."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,129 +214,6 @@ class TeacherWorker:
 
 TeacherActor = ray.remote(TeacherWorker)
 """Ray actor class around :class:`TeacherWorker`; start it with ``.options(num_cpus=..., ...)``."""
-
-
-# ---------------------------------------------------------------------------------------------
-# online serving: one named router that merges concurrent requests
-
-
-class _TeacherServer:
-    """Async router: merges concurrent ``logits`` calls (same head and max length) arriving
-    within ``max_wait_s`` (or up to ``max_batch`` texts) into one call to a teacher actor,
-    round-robin over the pool's actors, and splits the result back."""
-
-    def __init__(self, actors: list, max_length: int = 128, max_wait_s: float = 0.005,
-                 max_batch: int = 256, max_retries: int = 3):
-        self._actors = list(actors)
-        self._rr = 0
-        self.max_length = int(max_length)
-        self.max_wait_s = float(max_wait_s)
-        self.max_batch = int(max_batch)
-        self.max_retries = int(max_retries)
-        self._pending: dict[tuple, list] = {}
-        self._sizes: dict[tuple, int] = {}
-        self._timers: dict[tuple, asyncio.TimerHandle] = {}
-        self._tasks: set = set()
-        self._stats = {"requests": 0, "texts": 0, "teacher_calls": 0, "retries": 0}
-        self.precision: str | None = None  # None: the actors' own; fp32 after a failed gate
-
-    def set_precision(self, precision: str | None) -> None:
-        self.precision = precision
-
-    def set_actors(self, actors: list) -> int:
-        self._actors = list(actors)
-        return len(self._actors)
-
-    def stats(self) -> dict:
-        return dict(self._stats, actors=len(self._actors))
-
-    async def logits(self, texts_a: list[str], texts_b: list[str | None] | None = None,
-                     head: str | None = None, max_length: int | None = None) -> np.ndarray:
-        """Teacher logits ``float32 [N, C]`` for the texts, in order."""
-        texts_a = list(texts_a)
-        if texts_b is not None:
-            texts_b = list(texts_b)
-            if len(texts_b) != len(texts_a):
-                raise ValueError(f"{len(texts_a)} texts_a but {len(texts_b)} texts_b")
-        key = (head, int(max_length or self.max_length))
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._stats["requests"] += 1
-        self._stats["texts"] += len(texts_a)
-        self._pending.setdefault(key, []).append((texts_a, texts_b, fut))
-        self._sizes[key] = self._sizes.get(key, 0) + len(texts_a)
-        if self._sizes[key] >= self.max_batch:
-            self._flush(key)
-        elif key not in self._timers:
-            self._timers[key] = loop.call_later(self.max_wait_s, self._flush, key)
-        return await fut
-
-    def _flush(self, key: tuple) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-        items = self._pending.pop(key, [])
-        self._sizes.pop(key, None)
-        if items:
-            task = asyncio.get_running_loop().create_task(self._run(key, items))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, key: tuple, items: list) -> None:
-        head, max_length = key
-        merged_a: list[str] = []
-        merged_b: list[str | None] = []
-        for a, b, _ in items:
-            merged_a += a
-            merged_b += b if b is not None else [None] * len(a)
-        any_pair = any(b is not None for _, b, _ in items)
-        try:
-            out = await self._call(merged_a, merged_b if any_pair else None, head, max_length)
-        except Exception as e:  # noqa: BLE001 - hand every caller the error
-            for _, _, fut in items:
-                if not fut.done():
-                    fut.set_exception(e)
-            return
-        offset = 0
-        for a, _, fut in items:
-            if not fut.done():
-                fut.set_result(out[offset: offset + len(a)])
-            offset += len(a)
-
-    async def _call(self, texts_a, texts_b, head, max_length) -> np.ndarray:
-        if not self._actors:
-            raise RuntimeError("teacher server has no teacher actors: the pool was shut down")
-        last: Exception | None = None
-        for _ in range(self.max_retries + 1):
-            actor = self._actors[self._rr % len(self._actors)]
-            self._rr += 1
-            self._stats["teacher_calls"] += 1
-            try:
-                out, _ = await actor.label.remote(texts_a, texts_b, head, max_length,
-                                                  self.precision)
-                return out
-            except RayActorError as e:
-                self._stats["retries"] += 1
-                last = e
-        raise RuntimeError(f"teacher actors unavailable after {self.max_retries + 1} tries "
-                           f"(is the pool still running?): {last}")
-
-
-TeacherServer = ray.remote(num_cpus=0, max_concurrency=1000)(_TeacherServer)
-"""Named detached actor class for online serving; the pool starts it (``TeacherPool(name=)``)."""
-
-
-def get_teacher_server(name: str, namespace: str = DEFAULT_NAMESPACE):
-    """Handle of a running teacher server: ``ray.get(h.logits.remote(texts_a, texts_b, head))``.
-
-    Works from the driver, Tune trials and Train workers of the same cluster."""
-    try:
-        return ray.get_actor(name, namespace=namespace)
-    except ValueError:
-        raise TeacherServerNotFound(
-            f"teacher server {name!r} not found in Ray namespace {namespace!r}: start the pool "
-            f"first (TeacherPool(teacher_path, cfg, name={name!r}, namespace={namespace!r}))"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -501,19 +370,15 @@ class _ActorLabeler:
                 stored = json.loads(fs.cat_file(path))
                 float(stored["agreement"])
                 self._verdicts[p] = stored
-                self._on_precision(self.precision)
         if p not in self._verdicts:
             if not texts_a:
                 return p  # nothing to sample yet: decided on the first texts
             self._verdicts[p] = self._run_gate(texts_a, texts_b, head, max_length)
             if root is not None:
-                from orchestrator.teachers.cache import write_bytes_atomic
-
                 fs, path = self._verdict_path(root)
                 fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 write_bytes_atomic(fs, path, json.dumps(self._verdicts[p], indent=1).encode())
             v = self._verdicts[p]
-            self._on_precision(self.precision)
             if self._passes(v):
                 log.info("fidelity gate: %s labels agree with fp32 on %.2f%% of %d texts (logit "
                          "RMSE %.4g): labeling in %s", p, 100 * v["agreement"], v["n"],
@@ -525,9 +390,6 @@ class _ActorLabeler:
                     "%.4g): labeling in fp32 instead", p, self.teacher_key,
                     100 * v["agreement"], v["n"], 100 * self.fidelity_threshold, v["rmse"])
         return self.precision
-
-    def _on_precision(self, precision: str) -> None:
-        """Called when the gate has decided the labeling precision."""
 
     def _run_gate(self, texts_a, texts_b, head, max_length) -> dict:
         texts_a = list(texts_a)
@@ -666,9 +528,7 @@ class _ActorLabeler:
             cache.put(unsaved, seconds=now - last_flush, call=call)
             unsaved, last_flush = {}, now
 
-        # similar lengths in one chunk -> little padding inside the actors' batches
-        todo = sorted(todo, key=lambda t: -(len(t[1]) + len(t[2] or "")))
-        chunks = [todo[i: i + self.chunk_size] for i in range(0, len(todo), self.chunk_size)]
+        chunks = length_chunks(todo, self.chunk_size)
         pairs = any(t[2] is not None for t in todo)
         payload = [([t[1] for t in c], [t[2] for t in c] if pairs else None) for c in chunks]
         queue = deque(range(len(chunks)))
@@ -723,23 +583,28 @@ class _ActorLabeler:
         return truncated, retried
 
 
-class TeacherPool(_ActorLabeler):
-    """``cfg.num_actors`` teacher actors; bulk labeling with a shared cache; optional server.
+def length_chunks(todo: list[tuple[str, str, str | None]], size: int) -> list[list[tuple]]:
+    """The ``(key, text_a, text_b)`` items to label in chunks of ``size`` (one actor call each),
+    longest texts first: similar lengths in one chunk leave little padding in the actors'
+    batches."""
+    lengths = [len(a) + len(b or "") for _, a, b in todo]
+    return [[todo[i] for i in c] for c in length_sorted_batches(lengths, size, descending=True)]
 
-    ``name``: also start (or take over) the named detached :data:`TeacherServer` for online
-    serving in ``namespace``. ``chunk_size``: texts per actor call. ``inflight_per_actor``:
+
+class TeacherPool(_ActorLabeler):
+    """``cfg.num_actors`` teacher actors; bulk labeling with a shared cache.
+
+    ``chunk_size``: texts per actor call. ``inflight_per_actor``:
     calls queued per actor (2 overlaps transfer and compute). ``max_restarts`` /
     ``max_task_retries``: Ray-level recovery; ``max_chunk_retries``: pool-level resubmissions
     of one chunk after Ray gives up. ``cache_flush_rows`` / ``cache_flush_s``: bulk labeling
     writes a cache shard after this many new labels or seconds, whichever comes first (what a
     killed labeling call loses at most)."""
 
-    def __init__(self, teacher_path: str | os.PathLike, cfg: PoolConfig | None = None,
-                 name: str | None = None, namespace: str = DEFAULT_NAMESPACE, *,
+    def __init__(self, teacher_path: str | os.PathLike, cfg: PoolConfig | None = None, *,
                  chunk_size: int = 256, inflight_per_actor: int = 2, max_restarts: int = 3,
                  max_task_retries: int = 3, max_chunk_retries: int = 3,
-                 start_timeout_s: float = 300.0, server_max_wait_s: float = 0.005,
-                 server_max_length: int = 128, cache_flush_rows: int = 50_000,
+                 start_timeout_s: float = 300.0, cache_flush_rows: int = 50_000,
                  cache_flush_s: float = 60.0, seed: int = 0):
         self.cfg = cfg or PoolConfig()
         if self.cfg.num_actors < 1 or self.cfg.cpus_per_actor < 0 or self.cfg.gpus_per_actor < 0:
@@ -748,7 +613,6 @@ class TeacherPool(_ActorLabeler):
         if chunk_size < 1 or inflight_per_actor < 1:
             raise ValueError("chunk_size and inflight_per_actor must be >= 1")
         self.teacher_path = str(check_teacher_path(teacher_path).resolve())
-        self.name, self.namespace = name, namespace
         self.chunk_size, self.inflight_per_actor = chunk_size, inflight_per_actor
         self.max_restarts, self.max_task_retries = max_restarts, max_task_retries
         self.max_chunk_retries = max_chunk_retries
@@ -761,7 +625,6 @@ class TeacherPool(_ActorLabeler):
         self._verdicts: dict = {}
         self._teacher_key: str | None = None
         self._actors: list = []
-        self.server = None
         if self.cfg.gpus_per_actor <= 0:  # a CPU precision is checked here, before any actor
             resolve(self.cfg.precision, "cpu", "pool.precision")
         if not ray.is_initialized():
@@ -772,14 +635,6 @@ class TeacherPool(_ActorLabeler):
             self._actors = [self._new_actor() for _ in range(self.cfg.num_actors)]
             infos = self._wait_ready(self._actors)
             self.info = infos[0]
-            if name:
-                self.server = TeacherServer.options(
-                    name=name, namespace=namespace, lifetime="detached", get_if_exists=True,
-                    scheduling_strategy="DEFAULT",
-                ).remote(self._actors, max_length=server_max_length,
-                         max_wait_s=server_max_wait_s, max_batch=self.cfg.max_batch_size)
-                ray.get(self.server.set_actors.remote(self._actors), timeout=start_timeout_s)
-                ray.get(self.server.set_precision.remote(None), timeout=start_timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -814,11 +669,6 @@ class TeacherPool(_ActorLabeler):
     def actors(self) -> list:
         return list(self._actors)
 
-    def _on_precision(self, precision: str) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                ray.get(self.server.set_precision.remote(precision), timeout=30)
-
     def _revive(self, slot: int) -> None:
         """After a RayActorError: keep the actor if Ray restarted it, else replace it."""
         actor = self._actors[slot]
@@ -833,9 +683,6 @@ class TeacherPool(_ActorLabeler):
         fresh = self._new_actor()
         self._wait_ready([fresh])
         self._actors[slot] = fresh
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                ray.get(self.server.set_actors.remote(self._actors), timeout=30)
 
     # -- heads, caches ----------------------------------------------------------------------
 
@@ -857,55 +704,13 @@ class TeacherPool(_ActorLabeler):
                           fidelity_threshold=self.fidelity_threshold,
                           fidelity_sample=self.fidelity_sample, verdicts=dict(self._verdicts))
 
-    def label_parquet(self, in_path: str, out_path: str, head: str | None = None,
-                      max_length: int = 128, cache: SoftLabelCache | None = None,
-                      progress: bool = True) -> LabelResult:
-        """Label a transfer-set Parquet (``text_a``, optional ``text_b``; local or fsspec URI)
-        and write it back with a ``logits`` (``list<float32>``) column added, atomically. The
-        teacher key, head and max length go into the file's metadata."""
-        import fsspec
-        import pyarrow.parquet as pq
-
-        fs_in, p_in = fsspec.core.url_to_fs(in_path)
-        table = pq.read_table(p_in, filesystem=fs_in)
-        if "text_a" not in table.column_names:
-            raise ValueError(f"{in_path} has no text_a column (columns: {table.column_names})")
-        texts_a = table.column("text_a").to_pylist()
-        texts_b = table.column("text_b").to_pylist() if "text_b" in table.column_names else None
-        if any(t is None for t in texts_a):
-            raise ValueError(f"{in_path}: text_a has nulls")
-        res = self.label_texts(texts_a, texts_b, head=head, max_length=max_length, cache=cache,
-                               progress=progress)
-        col = list_array(res.logits)
-        if "logits" in table.column_names:
-            table = table.set_column(table.column_names.index("logits"), "logits", col)
-        else:
-            table = table.append_column("logits", col)
-        meta = dict(table.schema.metadata or {})
-        meta.update({b"distillray.teacher_key": self.teacher_key.encode(),
-                     b"distillray.head": self.resolve_head(head)[0].encode(),
-                     b"distillray.max_length": str(max_length).encode()})
-        table = table.replace_schema_metadata(meta)
-        fs_out, p_out = fsspec.core.url_to_fs(out_path)
-        parent = p_out.rsplit("/", 1)[0] if "/" in p_out else ""
-        if parent:
-            fs_out.makedirs(parent, exist_ok=True)
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
-        write_bytes_atomic(fs_out, p_out, buf.getvalue())
-        return res
-
     # -- lifecycle --------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Kill the server (if this pool runs one) and the actors. Idempotent."""
+        """Kill the actors. Idempotent."""
         if not ray.is_initialized():
-            self._actors, self.server = [], None
+            self._actors = []
             return
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self.server, no_restart=True)
-            self.server = None
         for a in self._actors:
             with contextlib.suppress(Exception):
                 ray.kill(a, no_restart=True)
@@ -920,8 +725,7 @@ class TeacherPool(_ActorLabeler):
         self.shutdown()
 
     def __repr__(self) -> str:
-        return (f"TeacherPool({self.teacher_path!r}, actors={len(self._actors)}, "
-                f"name={self.name!r})")
+        return f"TeacherPool({self.teacher_path!r}, actors={len(self._actors)})"
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from orchestrator.config import ExperimentConfig
+from orchestrator.config import ExperimentConfig, resolved_embeddings
 from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from orchestrator.training.worker import train_loop_per_worker
 
@@ -99,7 +99,9 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
         failure_config=ray.train.FailureConfig(max_failures=1))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": cfg.to_dict(), "bundle": str(bundle), "run_id": run_id,
+        # the student records the embeddings file its bundle was built with (not "glove")
+        train_loop_config={"experiment": resolved_embeddings(cfg).to_dict(),
+                           "bundle": str(bundle), "run_id": run_id,
                            "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler,
                            "started_at": started_at,
                            "checkpoints": {"storage": storage_path, "name": name} if local else None},

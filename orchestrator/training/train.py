@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from orchestrator.config import ExperimentConfig
+from orchestrator.teachers.batching import length_grouped_batches, length_sorted_batches
 from orchestrator.training.bundle import TaskTensors, read_meta, read_split
 from students.factory import build_student
 from students.losses import distillation_loss
@@ -129,13 +130,9 @@ class TaskStream:
     def next(self) -> dict:
         if not self.queue:
             perm = self.rng.permutation(self.shard)
-            # sort inside windows so batches have similar lengths (less padding), then shuffle
-            lens = np.array([len(self.data.ids_a[i]) for i in perm])
-            win = self.bs * 32
-            chunks = []
-            for s in range(0, len(perm), win):
-                w = perm[s:s + win][np.argsort(lens[s:s + win], kind="stable")]
-                chunks += [w[j:j + self.bs] for j in range(0, len(w), self.bs)]
+            # grouped by length inside windows of 32 batches (less padding), then shuffled
+            chunks = [np.asarray(b, dtype=np.int64) for b in length_grouped_batches(
+                perm, lambda i: len(self.data.ids_a[i]), self.bs, window=32)]
             self.rng.shuffle(chunks)
             self.queue = chunks
         idx = self.queue.pop()
@@ -160,13 +157,11 @@ class TaskStream:
 @torch.inference_mode()
 def predict(model, data: TaskTensors, task: str, batch_size: int = 256) -> np.ndarray:
     model.eval()
-    order = np.argsort([len(x) for x in data.ids_a], kind="stable")
     out = None
-    for s in range(0, len(order), batch_size):
-        idx = list(order[s:s + batch_size])
+    for idx in length_sorted_batches([len(x) for x in data.ids_a], batch_size):
         logits = forward(model, make_batch(data, idx), task).float().numpy()
         if out is None:
-            out = np.zeros((len(order), logits.shape[1]), dtype=np.float32)
+            out = np.zeros((len(data.ids_a), logits.shape[1]), dtype=np.float32)
         out[idx] = logits
     return out if out is not None else np.zeros((0, 1), np.float32)
 
@@ -232,8 +227,7 @@ def load_student(ckpt_dir: str | Path, task: str | None = None):
         if not (d / f).is_file():
             raise FileNotFoundError(f"student dir {d} lacks {f}: the run's artifacts are incomplete")
     info = json.loads((d / STUDENT_FILE).read_text())
-    cfg = ExperimentConfig()
-    cfg.student = from_dict(StudentConfig, info["student"])
+    cfg = ExperimentConfig(student=from_dict(StudentConfig, info["student"]))
     model = build_from_meta(cfg, info["meta"], None)
     weights = d / MODEL_FILE
     if task is not None:

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import fsspec
 
-from orchestrator.teachers.cache import is_local_fs, write_bytes_atomic
+from orchestrator.runtime.keys import is_local_fs, write_bytes_atomic
 
 STATE_FILE = "state.json"
 
