@@ -318,6 +318,49 @@ def test_the_top_function_resumes_a_cut_run_as_the_steps_do(tmp_path, monkeypatc
         (_latest(ref) / "model.safetensors").read_bytes()
 
 
+def test_paused_at_a_rung_then_started_again_ends_as_a_run_never_paused(tmp_path, monkeypatch):
+    """``pause_after`` (a grid's rung): the loop stops unfinished after that many reports, a
+    second call with it trains nothing, and a call without it trains on to the same student as
+    a run never paused."""
+    import ray.tune
+
+    b = _bundle(tmp_path / "b")
+    cfg = _cfg(epochs=3)
+    ref = TrialCheckpoints(str(tmp_path / "s"), "ref")
+    _steps(cfg, b, ref, [])
+    sent: list = []
+    monkeypatch.setattr(ray.tune, "report", sent.append)
+    loop_cfg = {"experiment": cfg.to_dict(), "bundle": str(b), "run_id": None,
+                "tracking_uri": None, "tasks": None, "labeler": None, "started_at": None,
+                "checkpoints": {"storage": str(tmp_path / "s"), "name": "rung"},
+                "pause_after": 1}
+    worker.train_loop_per_worker(loop_cfg)
+    rung = TrialCheckpoints(str(tmp_path / "s"), "rung")
+    assert [m[REPORT] for m in sent] == [1]
+    assert json.loads((_latest(rung) / "train_state.json").read_text())["done"] is False
+    worker.train_loop_per_worker(loop_cfg)  # the rung again: already there
+    assert len(sent) == 1
+    worker.train_loop_per_worker({**loop_cfg, "pause_after": None})
+    assert [m[REPORT] for m in sent] == [1, 2, 3]
+    assert json.loads((_latest(rung) / "train_state.json").read_text())["done"] is True
+    assert (_latest(rung) / "model.safetensors").read_bytes() == \
+        (_latest(ref) / "model.safetensors").read_bytes()
+
+
+def test_run_stage1_until_returns_none_when_it_paused_and_the_count_when_it_ended(tmp_path):
+    b = _bundle(tmp_path / "b")
+    cfg = _cfg(epochs=2)
+    ck = TrialCheckpoints(str(tmp_path / "s"), "run")
+    w = setup(cfg, b)
+    progress = Progress()
+    data = batches(w, progress)
+    sent: list = []
+    report = Reporter(w, ToTune(ck, sent.append))
+    assert run_stage1(w, progress, data, report, until=1) is None and len(sent) == 1
+    progress.start = 1
+    assert run_stage1(w, progress, data, report, until=5) == 2 and len(sent) == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # the report step
 

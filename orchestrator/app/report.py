@@ -128,6 +128,11 @@ BUDGETS = ("small", "full")
 # the tuned rows' train.lr grid, the same for the gold-label and the distilled BiLSTMs (each
 # cell trains every value and keeps the best on dev; epochs by patience within each)
 LR_GRID = {"small": (), "full": (5e-4, 1e-3, 2e-3)}
+# the grid's rung: every learning rate trains this many reports (epochs), the best dev score so
+# far picks one, and only that one trains on (with patience); the others stop there. It costs
+# one epoch per losing point instead of a whole training: what makes the three BiLSTM rows'
+# grids affordable on the 20x Tang-augmented SST-2 transfer set
+GRID_RUNG = {"small": None, "full": 1}
 # settings of single rows per budget (``--row-set`` wins): MKD's second stage, each task
 # fine-tuning its own copy of the jointly distilled student
 BUDGET_ROW_SETS = {"small": {}, "full": {"mkd_bcn": {"train.finetune_epochs": 2},
@@ -366,6 +371,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     row_sets = {r: {**BUDGET_ROW_SETS[budget].get(r, {}), **(row_sets or {}).get(r, {})}
                 for r in {*BUDGET_ROW_SETS[budget], *(row_sets or {})}}
     grid = LR_GRID[budget] if lr_grid is None else tuple(lr_grid)
+    rung = GRID_RUNG[budget]
     tasks = task_names(cfg)
     cfg = with_values(cfg, {"work_root": str(Path(cfg.work_root).resolve()), "tasks": tasks})
     check_inputs(cfg)  # data, teacher, embeddings, NLTK data, stores: before any work or Ray
@@ -402,7 +408,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
             elif r.kind == "single":
                 for t in tasks:
                     t0_cell = time.time()
-                    cells.append(_single_cell(ctx, r, c, t, data, refs, grid))
+                    cells.append(_single_cell(ctx, r, c, t, data, refs, grid, rung))
                     progress.done(r, cells[-1:], time.time() - t0_cell)
             else:
                 new = _mkd_cells(ctx, r, c, tasks, data, refs)
@@ -421,7 +427,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
         failed = sum(c.status == "failed" for c in cells)
         seconds = time.time() - t0
         md = format_markdown(name, table, selected, tasks, data, flags, notes=[
-            describe_budget(budget, cfg, data), _tuning_note(selected, cells, grid, cfg),
+            describe_budget(budget, cfg, data), _tuning_note(selected, cells, grid, cfg, rung),
             ref_note, _stage_note(stages), _reuse_note(cells, teachers_reused, seconds),
             f"MLflow: experiment `{cfg.tracking.experiment}` at `{ctx.uri}`, parent run "
             f"`{ctx.parent}`; every cell is a run: filter `tags.\"{TAG_REPORT}\" = '{name}' and "
@@ -688,7 +694,7 @@ class _Trained:
     best: dict[str, float]  # the best report's metrics
     sizes: dict[str, float]
     seconds: float  # compute seconds of its epochs, over every call that trained it
-    status: str  # trained | reused
+    status: str  # trained | reused | paused (stopped at a grid's rung)
 
 
 def _history_sum(client, run_id: str, key: str) -> float:
@@ -699,16 +705,27 @@ def _history_sum(client, run_id: str, key: str) -> float:
 
 
 def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task_tag: str,
-                 key: str) -> _Trained:
+                 key: str, pause_after: int | None = None) -> _Trained:
     """One student: reused from a FINISHED ``report-train`` run with this key, else trained
     under Ray Train in the newest unfinished run with it (a killed call's, resumed from its
-    last checkpoint: the Train run's name is the key's) or a new one."""
+    last checkpoint: the Train run's name is the key's) or a new one. ``pause_after``: train
+    only that many reports (a grid's rung); the run is then left KILLED, tagged
+    ``distillray.paused_at``, and a later call without it trains on from its checkpoint."""
     from orchestrator.record import outcome
     from orchestrator.stages.pipeline import on_demand_labeler, prepare_bundle
     from orchestrator.stages.preflight import preflight
     from orchestrator.training.distill import distill_one
 
     run = ctx.finished(KIND_TRAIN, row.id, task_tag, key, close_unfinished=False)
+    if run is None and pause_after is not None:  # paused at this rung by an earlier call
+        run = next((r for r in ctx.find(KIND_TRAIN, row.id, task_tag, key)
+                    if r.info.status == "KILLED"
+                    and int(r.data.tags.get("distillray.paused_at", "0")) >= pause_after), None)
+    if run is not None and pause_after is not None:
+        return _Trained(run.info.run_id, _rung_best(ctx.client, run.info.run_id, pause_after),
+                        {k[len("transfer_size_"):]: v for k, v in run.data.metrics.items()
+                         if k.startswith("transfer_size_")},
+                        _history_sum(ctx.client, run.info.run_id, "epoch_seconds"), "reused")
     if run is not None:
         m = run.data.metrics
         return _Trained(run.info.run_id, {k[len("best_"):]: v for k, v in m.items()
@@ -732,18 +749,27 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
                 "transfer_size": sum(bundle.transfer_sizes.values()),
                 "bundle_reused": float(bundle.reused)})
         latest, _ = read_checkpoints(root)
-        if latest is not None:
+        reached = latest is not None and (latest.state.get("done") or (
+            pause_after is not None and latest.report + 1 >= pause_after))
+        if latest is not None and not reached:
             ctx.note(f"{row.num} {row.id}/{task_tag}: resuming after report "
                      f"{latest.report + 1} (MLflow run {rid})")
-        if latest is None or not latest.state.get("done"):
+        if not reached:
             with on_demand_labeler(cfg, refs) as labeler:  # None unless soft_labels=on_demand
                 distill_one(cfg, bundle.path, run_id=rid, tracking_uri=ctx.uri,
-                            storage=ctx.storage, name=name, labeler=labeler)
+                            storage=ctx.storage, name=name, labeler=labeler,
+                            pause_after=pause_after)
         latest, best = read_checkpoints(root)
         if best is None:
             raise RuntimeError(f"the student's Train run left no checkpoint under {root}")
-        outcome.log_checkpoint_dirs(ctx.client, rid, latest.dir, best.dir)
         seconds = _history_sum(ctx.client, rid, "epoch_seconds")
+        if pause_after is not None and not latest.state.get("done"):
+            ctx.client.set_tag(rid, "distillray.paused_at", str(latest.report + 1))
+            ctx.client.set_terminated(rid, "KILLED")
+            return _Trained(rid, _rung_best(ctx.client, rid, pause_after),
+                            {t: float(n) for t, n in bundle.transfer_sizes.items()}, seconds,
+                            "paused")
+        outcome.log_checkpoint_dirs(ctx.client, rid, latest.dir, best.dir)
         numeric = {k: float(v) for k, v in best.metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tracking.log_metrics(ctx.client, rid, {f"best_{k}": v for k, v in numeric.items()}
@@ -757,20 +783,37 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
                     {t: float(n) for t, n in bundle.transfer_sizes.items()}, seconds, "trained")
 
 
+def _rung_best(client, run_id: str, reports: int) -> dict[str, float]:
+    """The best dev metrics among a train run's first ``reports`` reports (MLflow steps
+    1..reports), as a paused and a finished run both hold them."""
+    hist = {}
+    for key in ("dev_score", "epoch"):
+        hist[key] = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                      key=lambda m: m.timestamp)
+                     if m.step <= reports}
+    if not hist["dev_score"]:
+        return {"dev_score": -np.inf}
+    step = max(hist["dev_score"], key=lambda k: (hist["dev_score"][k], -k))
+    return {"dev_score": hist["dev_score"][step], "epoch": hist["epoch"].get(step, np.nan)}
+
+
 def _fmt_lr(v: float) -> str:
     return f"{v:g}"
 
 
 def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs,
-                 grid: tuple[float, ...]) -> Cell:
+                 grid: tuple[float, ...], rung: int | None = None) -> Cell:
     """Rows 2-4 and 6: one student per task; a tuned row trains one per ``grid`` learning rate
-    and keeps the best on dev (ties: the first)."""
+    and keeps the best on dev (ties: the first). ``rung``: each learning rate first trains that
+    many reports, and only the best of them at that point trains on (:data:`GRID_RUNG`)."""
     c = with_values(cfg, {"tasks": [task], "data.task": task})
     sub, sub_refs = {task: data[task]}, {task: refs[task]}
     lrs = tuple(grid) if row.tuned and grid else (c.train.lr,)
+    rung = rung if len(lrs) > 1 else None
     points = [with_overrides(c, {"train.lr": lr}) for lr in lrs]
     keys = [cell_key(row, pc, sub, sub_refs) for pc in points]
-    key = keys[0] if len(keys) == 1 else content_key({"grid": keys})
+    key = (keys[0] if len(keys) == 1 else
+           content_key({"grid": keys, **({"rung": rung} if rung else {})}))
     run = ctx.finished(KIND_CELL, row.id, task, key)
     if run is not None:
         m = _read_metrics(run, task)
@@ -785,17 +828,31 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
     for lr, pc, pkey in zip(lrs, points, keys):
         ctx.note(f"{row.num} {row.id}/{task}: "
                  + (f"lr {_fmt_lr(lr)} ({len(trained) + 1}/{len(lrs)}), " if len(lrs) > 1 else "")
-                 + f"config key {pkey}")
+                 + (f"first {rung} report(s), " if rung else "") + f"config key {pkey}")
         try:
-            trained.append(_train_point(ctx, row, pc, sub, sub_refs, task, pkey))
+            trained.append(_train_point(ctx, row, pc, sub, sub_refs, task, pkey, rung))
         except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
             return _failed(ctx, row, task, key, e)
     scores = [t.best.get(f"{task}_score", t.best.get("dev_score", -np.inf)) for t in trained]
     pick = int(np.argmax(scores))
+    rung_scores = None
+    if rung:  # the rung's winner trains on to the end (resumed from its checkpoint)
+        rung_scores = scores
+        ctx.note(f"{row.num} {row.id}/{task}: after {rung} report(s) lr {_fmt_lr(lrs[pick])} "
+                 f"leads ({', '.join(f'{x:.4f}' for x in scores)}); training it on")
+        try:
+            final = _train_point(ctx, row, points[pick], sub, sub_refs, task, keys[pick])
+        except Exception as e:  # noqa: BLE001
+            return _failed(ctx, row, task, key, e)
+        trained[pick] = final
+        scores = [float(x) if i != pick else
+                  final.best.get(f"{task}_score", final.best.get("dev_score", -np.inf))
+                  for i, x in enumerate(scores)]
     chosen = trained[pick]
     m = _task_metrics(chosen.best, task)
     tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
-              "grid_scores": [float(x) for x in scores] if len(lrs) > 1 else None,
+              "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung else None,
+              "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None,
               "best_epoch": chosen.best.get("epoch"), "epochs_run": chosen.best.get("epochs_run"),
               "patience": c.train.patience, "max_epochs": c.train.epochs}
     seconds = {t.run_id: t.seconds for t in trained}
@@ -807,10 +864,12 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
     tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()}
                          | {"transfer_size": float(sum(chosen.sizes.values()))})
     tracking.end_run(ctx.client, rid, True)
-    status = "trained" if any(t.status == "trained" for t in trained) else "reused"
+    status = ("trained" if any(t.status in ("trained", "paused") for t in trained)
+              else "reused")
     ctx.note(f"{row.num} {row.id}/{task}: {status}, score {m.get('score', float('nan')):.4f}"
-             + (f" (lr {_fmt_lr(lrs[pick])} of {', '.join(map(_fmt_lr, lrs))}: "
-                f"{', '.join(f'{x:.4f}' for x in scores)})" if len(lrs) > 1 else ""))
+             + (f" (lr {_fmt_lr(lrs[pick])} of {', '.join(map(_fmt_lr, lrs))}"
+                + (f", picked after {rung} report(s)" if rung else "") + ": "
+                + f"{', '.join(f'{x:.4f}' for x in scores)})" if len(lrs) > 1 else ""))
     return Cell(row.id, task, m, rid, status, key, chosen.run_id,
                 float(sum(chosen.sizes.values())), tuning=tuning, train_seconds=seconds)
 
@@ -1122,15 +1181,18 @@ def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: 
 
 
 def _tuning_note(selected: list[Row], cells: list[Cell], grid: tuple[float, ...],
-                 cfg: ExperimentConfig) -> str:
+                 cfg: ExperimentConfig, rung: int | None = None) -> str:
     t = cfg.train
     epochs = (f"up to {t.epochs} epochs, stopped after {t.patience} without a better dev score, "
               "the best epoch kept" if t.patience is not None else
               f"{t.epochs} epochs, the best epoch on dev kept")
     tuned = [r.num for r in selected if r.tuned]
     lr = (f"rows {', '.join(tuned)} each pick train.lr from {{{', '.join(map(_fmt_lr, grid))}}} "
-          "on dev (the same grid for the gold-label and the distilled BiLSTMs); the others use "
-          "the fixed lr above" if grid and tuned else "every student row uses the fixed lr above")
+          "on dev (the same grid for the gold-label and the distilled BiLSTMs"
+          + (f"; each lr trains {rung} epoch(s), then only the one with the best dev score so far "
+             "trains on" if rung else "")
+          + "); the others use the fixed lr above" if grid and tuned else
+          "every student row uses the fixed lr above")
     return f"Tuning: students train {epochs}; {lr}. Teachers keep their best epoch on dev."
 
 

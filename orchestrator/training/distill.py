@@ -46,12 +46,15 @@ class Distilled:
 def distill_one(cfg: ExperimentConfig, bundle: str | Path, *, storage: str, name: str,
                 run_id: str | None = None, tracking_uri: str | None = None,
                 tasks: list[str] | None = None, labeler=None, started_at: float | None = None,
-                callbacks: list | None = None) -> Distilled:
+                callbacks: list | None = None, pause_after: int | None = None) -> Distilled:
     """Train one student on ``bundle`` as ``cfg`` says, as the Ray Train run ``name`` under
     ``storage``; raises what the training raised. ``run_id``: the MLflow run each report is
-    logged to (at ``tracking_uri``). Other arguments as :func:`make_trainer`'s."""
+    logged to (at ``tracking_uri``). ``pause_after``: stop once that many reports are made,
+    unfinished (a later call with the same ``name`` trains on from there). Other arguments as
+    :func:`make_trainer`'s."""
     result = make_trainer(cfg, bundle, run_id, tracking_uri, storage, name, callbacks=callbacks,
-                          tasks=tasks, labeler=labeler, started_at=started_at).fit()
+                          tasks=tasks, labeler=labeler, started_at=started_at,
+                          pause_after=pause_after).fit()
     if result.error:
         raise result.error
     return Distilled(result, storage, name, cfg.train.num_workers == 0)
@@ -60,7 +63,7 @@ def distill_one(cfg: ExperimentConfig, bundle: str | Path, *, storage: str, name
 def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
                  tracking_uri: str | None, storage_path: str, name: str,
                  callbacks: list | None = None, tasks: list[str] | None = None, labeler=None,
-                 started_at: float | None = None):
+                 started_at: float | None = None, pause_after: int | None = None):
     """A TorchTrainer for one student: workers and resources from ``cfg.train``. ``tasks``: the
     bundle's tasks to train (default all). ``labeler``: the teacher pool's client for an
     on-demand bundle (:func:`pipeline.on_demand_labeler`). ``started_at``: when the caller's run
@@ -103,6 +106,6 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
         train_loop_config={"experiment": resolved_embeddings(cfg).to_dict(),
                            "bundle": str(bundle), "run_id": run_id,
                            "tracking_uri": tracking_uri, "tasks": tasks, "labeler": labeler,
-                           "started_at": started_at,
+                           "started_at": started_at, "pause_after": pause_after,
                            "checkpoints": {"storage": storage_path, "name": name} if local else None},
         scaling_config=scaling, run_config=run_config)

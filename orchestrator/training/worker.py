@@ -71,8 +71,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     w = setup(cfg, loop_cfg["bundle"], loop_cfg.get("tasks"), rank, world)
     with _latest_checkpoint(checkpoints) as ckpt_dir:
         progress = resume(w, ckpt_dir)
-    if progress.done:  # every report was made before this start: nothing is trained twice
-        return
+    # ``pause_after``: stop, unfinished, once that many reports are made (a rung of a grid
+    # whose points are compared after their first reports; the winner is started again)
+    pause = loop_cfg.get("pause_after")
+    if progress.done or (pause is not None and progress.start >= pause):
+        return  # nothing is trained twice
     prepare = _prepare_model if world > 1 else None
     if prepare is not None:
         w.model = prepare(w.model, len(w.specs) > 1)
@@ -81,7 +84,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     report = Reporter(w, ToTrain() if checkpoints is None else ToTune(checkpoints),
                       _mlflow_client(rank, loop_cfg), loop_cfg.get("run_id"))
     startup = startup_metrics(loop_cfg.get("started_at"), data.labels, labeler)
-    stage1 = run_stage1(w, progress, data, report, startup)
+    stage1 = run_stage1(w, progress, data, report, startup, until=pause)
+    if stage1 is None:  # paused at ``pause_after`` reports: a later start trains on from there
+        return
     run_stage2(w, progress, data, stage1, report, prepare)
 
 
@@ -298,16 +303,18 @@ def stage1_reports(tc, progress: Progress) -> int:
 
 
 def run_stage1(w: Worker, progress: Progress, data: Batches, report: "Reporter",
-               startup: dict | None = None) -> int:
+               startup: dict | None = None, until: int | None = None) -> int | None:
     """Joint distillation from report ``progress.start`` on: a task drawn by the mixture for
     each step; ``evals_per_epoch`` reports per epoch (report r ends at epoch
     (r + 1) / evals_per_epoch), each with dev metrics and a checkpoint; with ``patience``, it
     ends once that many epochs pass without a better dev score. ``startup`` joins the first
-    report's metrics. Returns the reports stage 1 made, from which stage 2 numbers its own."""
+    report's metrics. Returns the reports stage 1 made, from which stage 2 numbers its own, or
+    None when it paused: ``until`` reports were made before stage 1 ended."""
     tc = w.tc
     evals = tc.evals_per_epoch
     stage1 = stage1_reports(tc, progress)
-    for r in range(progress.start, stage1):
+    end = stage1 if until is None else min(stage1, until)
+    for r in range(progress.start, end):
         t0 = time.time()
         k = r % evals
         seg = data.steps * (k + 1) // evals - data.steps * k // evals  # this report's share
@@ -340,7 +347,7 @@ def run_stage1(w: Worker, progress: Progress, data: Batches, report: "Reporter",
         faults.point("trial_reported")  # this report checkpointed: a resume starts after it
         if stop:
             return r + 1  # stage 2 numbers its reports on from here
-    return stage1
+    return stage1 if end == stage1 else None
 
 
 def _progress_line(r: int, stage1: int, tc, metrics: dict, bad_epochs: int, stop: bool) -> None:
