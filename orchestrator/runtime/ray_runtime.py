@@ -30,7 +30,9 @@ class StorageError(RuntimeError):
 # Ray Train settings every worker gets unless the environment sets them. The Train controller
 # checks its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (Ray's default 2 s), and only then
 # sees a run end: with one short trial after another, that wait is paid at every trial.
-TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# Train also patches print() in its workers to log each line, and then prints it as well
+# (Ray wraps the workers' stdout), so every progress line reached the driver twice: not patched.
+TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 # On a local Ray (started here, one machine) no node can be preempted: no watcher actor per run
 LOCAL_TRAIN_ENV_DEFAULTS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
