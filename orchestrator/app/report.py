@@ -219,9 +219,14 @@ def describe_budget(budget: str, cfg: ExperimentConfig, data) -> str:
             f"{BUDGET_CAPS['small']['augment.n_iter']} rounds and <= "
             f"{BUDGET_CAPS['small']['augment.max_examples']} examples per task)"
             if budget == "small" else " (full data)")
+    tt = cfg.teacher
+    per_task = "; ".join(f"{t}: " + ", ".join(f"{k} {v:g}" if isinstance(v, (int, float))
+                                              else f"{k} {v}" for k, v in over.items())
+                         for t, over in (tt.per_task or {}).items() if t in data)
     return (f"budget {budget}{caps}. Train/dev examples per task: {sizes}. Teacher: "
-            f"{cfg.teacher.model.rstrip('/').split('/')[-1]}, {cfg.teacher.epochs:g} epochs, "
-            f"max_length {cfg.teacher.max_length}. Students: {cfg.train.epochs} epochs, batch "
+            f"{tt.model.rstrip('/').split('/')[-1]}, {tt.epochs:g} epochs, lr {tt.lr:g}, "
+            f"max_length {tt.max_length}" + (f" ({per_task})" if per_task else "")
+            + f". Students: {cfg.train.epochs} epochs, batch "
             f"{cfg.train.batch_size}, lr {cfg.train.lr:g} (Transformer x0.1), seed "
             f"{cfg.train.seed}. Augmentation (row 4): n_iter "
             f"{a.n_iter if a.n_iter is not None else 'Tang default (20 single / 10 pairs)'}, "
