@@ -399,6 +399,13 @@ def load_space(name_or_path: str) -> _spaces.SearchSpace:
     return _spaces.load_space(name_or_path, SCHEMA)
 
 
+def trial_config(run: ExperimentConfig, space: _spaces.SearchSpace,
+                 sample: dict[str, Any]) -> ExperimentConfig:
+    """A trial's config: the search's own config (built once from preset and overrides) with the
+    values Tune sampled, as a new config."""
+    return with_overrides(run, _spaces.sampled_values(space, sample))
+
+
 def apply_sample(space: _spaces.SearchSpace, sample: dict[str, Any],
                  overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """A trial's config: the preset's config and search settings, ``overrides``, then the

@@ -281,14 +281,22 @@ def _get(d: dict, dotted: str, default: Any) -> Any:
     return node
 
 
-def apply_sample(space: SearchSpace, sample: dict[str, Any],
-                 overrides: dict[str, Any] | None = None, *, schema: ConfigSchema) -> Any:
-    """The trial's config: preset config + search + overrides + sampled values."""
+def sampled_values(space: SearchSpace, sample: dict[str, Any]) -> dict[str, Any]:
+    """Tune's sample as config values by dotted key (list and dict choices, sampled by index,
+    restored)."""
     vals = {k.rstrip("#"): v for k, v in sample.items()}
     keyed = {}
-    for p in space.params:  # restore list/dict choices sampled by index
+    for p in space.params:
         if p.key + "#" in sample:
             keyed[p.key] = p.values[sample[p.key + "#"]]
         elif p.key in vals:
             keyed[p.key] = vals[p.key]
-    return schema.build(space.config | {"search": space.search}, {**(overrides or {}), **keyed})
+    return keyed
+
+
+def apply_sample(space: SearchSpace, sample: dict[str, Any],
+                 overrides: dict[str, Any] | None = None, *, schema: ConfigSchema) -> Any:
+    """A trial's config from scratch: preset config + search + overrides + sampled values (a
+    running search derives it from its own config instead: ``orchestrator.config.trial_config``)."""
+    return schema.build(space.config | {"search": space.search},
+                        {**(overrides or {}), **sampled_values(space, sample)})

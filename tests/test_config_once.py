@@ -152,3 +152,17 @@ def test_a_sampled_glove_file_is_resolved_in_a_new_config(tmp_path, monkeypatch)
                                               "glove.6B.50d.glue.txt")
     assert resolved_embeddings(resolved) is resolved
 
+
+
+@pytest.mark.parametrize("preset", ["tang", "smoke", "mkd"])
+def test_a_trial_config_derived_from_the_runs_equals_one_rebuilt_from_the_preset(
+        tmp_path, monkeypatch, preset):
+    """A search's trial takes its config from the search's own (``trial_config``); it is the
+    config the preset, the overrides and the sample would build from scratch."""
+    from orchestrator.config import apply_sample, trial_config
+
+    assets = _fake_assets(tmp_path / "assets")
+    space, cfg, overrides = resolve_run(preset, ["train.seed=3"], str(assets))
+    for sample in (space.defaults_sample(), space.centre_sample()):
+        assert trial_config(cfg, space, sample).to_dict() == \
+            apply_sample(space, sample, overrides).to_dict()

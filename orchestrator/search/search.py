@@ -24,8 +24,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from orchestrator.config import (ExperimentConfig, SearchConfig, apply_sample, objectives,
-                                 one_teacher, with_values)
+from orchestrator.config import (ExperimentConfig, SearchConfig, objectives, one_teacher,
+                                 trial_config, with_values)
 from orchestrator.record import outcome
 from orchestrator.runtime import faults, tracking
 from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
@@ -108,7 +108,7 @@ def _record_teacher(client, experiment_id: str, res, name: str, tags: dict[str, 
 # ---------------------------------------------------------------------------------------------
 # one trial
 
-def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, Any],
+def _trial(sample: dict[str, Any], *, run_cfg: ExperimentConfig, space: SearchSpace,
            data, teachers: dict[str, TeacherRef], parent_run_id: str, experiment_id: str,
            uri: str, storage_path: str, search_name: str, labeler=None) -> None:
     """One trial. ``labeler``: the client of the search's teacher pool (None: several teachers,
@@ -119,7 +119,7 @@ def _trial(sample: dict[str, Any], *, space: SearchSpace, overrides: dict[str, A
     from orchestrator.training.distill import distill_one
 
     started = time.time()  # this life of the trial (a resume starts another)
-    cfg = apply_sample(space, sample, overrides)
+    cfg = trial_config(run_cfg, space, sample)
     trial_id = ray.tune.get_context().get_trial_id()
     client = MlflowClient(uri)
     existing = tracking.find_runs(client, experiment_id, {tracking.TAG_SEARCH: search_name,
@@ -258,7 +258,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                                     "config": cfg.to_dict()}, "search_space.yaml")
 
         trainable = tune.with_parameters(
-            _trial, space=space, overrides=overrides, data=data, teachers=teachers,
+            _trial, run_cfg=cfg, space=space, data=data, teachers=teachers,
             parent_run_id=parent, experiment_id=exp_id, uri=uri, storage_path=storage,
             search_name=s.name, labeler=labeler)
         trainable = tune.with_resources(trainable, trial_resources(cfg))
