@@ -126,7 +126,7 @@ BUDGET_FULL = {"data.max_train_examples": None, "data.max_dev_examples": None,
                "augment.max_examples": None}
 BUDGETS = ("small", "full")
 # the tuned rows' train.lr grid, the same for the gold-label and the distilled BiLSTMs (each
-# cell trains every value and keeps the best on dev; epochs by patience within each)
+# cell keeps the value with the best dev score; epochs by patience)
 LR_GRID = {"small": (), "full": (5e-4, 1e-3, 2e-3)}
 # the grid's rung: every learning rate trains this many reports (epochs), the best dev score so
 # far picks one, and only that one trains on (with patience); the others stop there. It costs
