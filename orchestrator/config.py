@@ -35,6 +35,10 @@ ASSETS_ENV = "DISTILLRAY_ASSETS"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+# the teacher.per_task entry of the multi-task teacher (no GLUE task has this name)
+MULTITASK_ENTRY = "multitask"
+
+
 @dataclass(frozen=True)
 class TeacherConfig:
     """The teacher's base model and its fine-tuning."""
@@ -59,7 +63,8 @@ class TeacherConfig:
                                                 "the ones above, e.g. {rte: {epochs: 10}} "
                                                 "(epochs, lr, batch_size, weight_decay, "
                                                 "warmup_ratio, max_train_examples, seed). The "
-                                                "multi-task teacher uses the shared settings.")
+                                                "entry `multitask` holds the multi-task "
+                                                "teacher's own, e.g. {multitask: {epochs: 2}}.")
     keep_best_epoch: bool = knob(True, "Evaluate on dev after every epoch and keep the best "
                                  "epoch's weights (multi-task: the best mean score).")
     checkpoint_minutes: float = knob(10.0, "Write a resumable fine-tuning checkpoint at least "
@@ -67,7 +72,8 @@ class TeacherConfig:
                                      "from it.")
 
     def for_task(self, task: str) -> "TeacherConfig":
-        """The settings one task's teacher trains with: ``per_task[task]`` over the shared ones."""
+        """The settings one task's teacher trains with: ``per_task[task]`` over the shared ones
+        (``task`` = :data:`MULTITASK_ENTRY`: the multi-task teacher's)."""
         return dataclasses.replace(self, **self.per_task.get(task, {}), per_task={})
 
 

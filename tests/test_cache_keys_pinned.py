@@ -7,6 +7,8 @@ the literal here in the same commit.
 tests/test_teacher_embeddings.py.)"""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orchestrator.app.report import ROWS, cell_key, row_config
@@ -30,6 +32,18 @@ def test_teacher_keys_are_unchanged():
     assert teacher_key(t, get_task("sst2"), "fp0") == "d227937ebb5a5430"
     assert teacher_key(t, get_task("rte"), "fp0") == "5fb0ecf9d294dab3"
     assert multitask_teacher_key(t, DATA) == "fc5d52957238a2d5"
+
+
+def test_the_multitask_entry_of_per_task_keys_only_the_multitask_teacher():
+    """``teacher.per_task.multitask`` is the multi-task teacher's own setting: its key is the
+    one the shared setting would give, and the single-task teachers' keys do not move."""
+    base = {"model": "some/model", "lr": 5e-5, "max_length": 128}
+    own = build_config({"teacher": {**base, "per_task": {"multitask": {"epochs": 2}}}}).teacher
+    plain = build_config({"teacher": base}).teacher
+    shared = dataclasses.replace(plain, epochs=2)  # as given: per_task values are not coerced
+    assert multitask_teacher_key(own, DATA) == multitask_teacher_key(shared, DATA)
+    assert multitask_teacher_key(own, DATA) != multitask_teacher_key(plain, DATA)
+    assert teacher_key(own, get_task("sst2"), "fp0") == teacher_key(plain, get_task("sst2"), "fp0")
 
 
 @pytest.mark.parametrize("row,key", [

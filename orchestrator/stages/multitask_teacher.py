@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from orchestrator.config import TeacherConfig
+from orchestrator.config import MULTITASK_ENTRY, TeacherConfig
 from orchestrator.runtime.keys import atomic_dir, content_key
 from orchestrator.runtime.precision import autocast
 from orchestrator.stages.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
@@ -39,7 +39,9 @@ MULTITASK_TEACHER_VERSION = 1
 
 
 def multitask_teacher_key(cfg: TeacherConfig, data: dict[str, TaskData]) -> str:
-    """Content key: base model, tasks (names, label sets, training data) and settings."""
+    """Content key: base model, tasks (names, label sets, training data) and settings (the
+    shared ones under ``teacher.per_task.multitask``)."""
+    cfg = cfg.for_task(MULTITASK_ENTRY)
     return content_key({
         "v": MULTITASK_TEACHER_VERSION, "kind": "multitask",
         "model": base_model_identity(cfg.model),
@@ -58,6 +60,7 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
     if not data:
         raise TeacherError("a multi-task teacher needs at least one task")
     key = multitask_teacher_key(cfg, data)
+    cfg = cfg.for_task(MULTITASK_ENTRY)
     final = Path(work_root) / "teachers" / key
     if (final / "metrics.json").is_file():
         metrics = json.loads((final / "metrics.json").read_text())
