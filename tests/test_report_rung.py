@@ -112,3 +112,42 @@ def test_the_rung_score_is_the_best_dev_score_within_its_reports(tmp_path):
     assert report._rung_best(client, rid, 3)["dev_score"] == 0.9
     assert report._rung_best(client, client.create_run(exp).info.run_id, 1) == {
         "dev_score": -np.inf}
+
+
+@pytest.mark.slow
+def test_a_real_report_with_a_rung_pauses_the_loser_and_resumes_the_winner(tmp_path,
+                                                                            monkeypatch):
+    """``report_smoke``, row 3 on SST-2, two learning rates, a rung of 1 report: the loser's
+    train run ends KILLED at report 1, the winner's run is reopened once and finishes, and a
+    second call trains nothing."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setitem(report.GRID_RUNG, "small", 1)
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    cfg = report.resolve_report("report_smoke", "small", ["sst2"], [], extra={
+        "tracking.uri": uri, "work_root": str(tmp_path / ".distillray")})
+
+    def call():
+        return report.run_report(cfg, name="rung", rows=["bilstm_kd"], lr_grid=(1e-3, 3e-3),
+                                 repeats=(2, 1), warmup=0, out=tmp_path / "r.md",
+                                 log=lambda *_: None)
+
+    first = call()
+    assert (first.trained, first.failed) == (1, 0)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("distillray").experiment_id
+    runs = client.search_runs([exp], "tags.`distillray.kind` = 'report-train'")
+    by_status = {r.info.status: r for r in runs}
+    assert sorted(by_status) == ["FINISHED", "KILLED"] and len(runs) == 2
+    loser, winner = by_status["KILLED"], by_status["FINISHED"]
+    assert loser.data.tags["distillray.paused_at"] == "1"
+    assert winner.data.tags.get("distillray.resumed") == "1"
+    assert [m.step for m in client.get_metric_history(loser.info.run_id, "dev_score")] == [1]
+    steps = [m.step for m in client.get_metric_history(winner.info.run_id, "dev_score")]
+    assert steps == sorted(set(steps)) and steps[0] == 1 and len(steps) > 1  # none twice
+    cell = first.cells.iloc[0]
+    assert cell["tuning"]["rung"] == 1 and cell["train_run_id"] == winner.info.run_id
+    assert float(winner.data.params["train.lr"]) == cell["tuning"]["lr"]
+
+    again = call()
+    assert (again.trained, again.reused) == (0, 1)
