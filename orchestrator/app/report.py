@@ -732,16 +732,14 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
                     and int(r.data.tags.get("distillray.paused_at", "0")) >= pause_after), None)
     if run is not None and pause_after is not None:
         return _Trained(run.info.run_id, _rung_best(ctx.client, run.info.run_id, pause_after),
-                        {k[len("transfer_size_"):]: v for k, v in run.data.metrics.items()
-                         if k.startswith("transfer_size_")},
+                        _transfer_sizes(run.data.metrics),
                         _history_sum(ctx.client, run.info.run_id, "epoch_seconds"), "reused")
     if run is not None:
         m = run.data.metrics
         return _Trained(run.info.run_id, {k[len("best_"):]: v for k, v in m.items()
                                           if k.startswith("best_")}
                         | {"epochs_run": m.get("epochs_run", np.nan)},
-                        {k[len("transfer_size_"):]: v for k, v in m.items()
-                         if k.startswith("transfer_size_")},
+                        _transfer_sizes(m),
                         float(m.get("compute_seconds", np.nan)), "reused")
     ctx.ensure_ray(cfg)
     preflight(cfg, None, data, refs)
@@ -790,6 +788,12 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
         raise
     return _Trained(rid, numeric | {"epochs_run": float(latest.metrics.get("epoch", np.nan))},
                     {t: float(n) for t, n in bundle.transfer_sizes.items()}, seconds, "trained")
+
+
+def _transfer_sizes(metrics: dict[str, float]) -> dict[str, float]:
+    """Each task's transfer-set size, as a train run logs it (``transfer_size_<task>``)."""
+    return {k[len("transfer_size_"):]: v for k, v in metrics.items()
+            if k.startswith("transfer_size_")}
 
 
 def _rung_best(client, run_id: str, reports: int) -> dict[str, float]:
