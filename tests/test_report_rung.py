@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from orchestrator.app import report
+from orchestrator.app.report import students
 from orchestrator.config import build_config
 
 
@@ -58,14 +59,15 @@ def scripted(monkeypatch):
         lr = cfg.train.lr
         calls.append((lr, pause_after))
         score = rung_scores[lr] if pause_after else 0.86
-        return report._Trained(f"run-{lr:g}", {"dev_score": score, f"{task}_score": score,
-                                               "sst2_accuracy": score, "epoch": 1 if pause_after
-                                               else 4, "epochs_run": 6},
-                               {"sst2": 100.0}, 10.0 if pause_after else 60.0,
-                               "paused" if pause_after else "trained")
+        return students._Trained(f"run-{lr:g}", {"dev_score": score, f"{task}_score": score,
+                                                 "sst2_accuracy": score, "epoch": 1 if pause_after
+                                                 else 4, "epochs_run": 6},
+                                 {"sst2": 100.0}, 10.0 if pause_after else 60.0,
+                                 "paused" if pause_after else "trained")
 
-    monkeypatch.setattr(report, "_train_point", train_point)
-    monkeypatch.setattr(report, "cell_key", lambda row, cfg, data, refs: f"k{cfg.train.lr:g}")
+    # patched where _single_cell looks them up
+    monkeypatch.setattr(students, "_train_point", train_point)
+    monkeypatch.setattr(students, "cell_key", lambda row, cfg, data, refs: f"k{cfg.train.lr:g}")
     return calls
 
 
@@ -73,8 +75,8 @@ def _cell(rung):
     row = next(r for r in report.ROWS if r.id == "bilstm_soft")
     cfg = build_config({"train": {"patience": 2, "epochs": 10}})
     ctx = _Ctx()
-    cell = report._single_cell(ctx, row, cfg, "sst2", {"sst2": None}, {"sst2": None},
-                               (5e-4, 1e-3, 2e-3), rung)
+    cell = students._single_cell(ctx, row, cfg, "sst2", {"sst2": None}, {"sst2": None},
+                                 (5e-4, 1e-3, 2e-3), rung)
     return ctx, cell
 
 
@@ -108,9 +110,9 @@ def test_the_rung_score_is_the_best_dev_score_within_its_reports(tmp_path):
     for step, (score, epoch) in enumerate([(0.6, 1), (0.7, 2), (0.9, 3)], start=1):
         client.log_metric(rid, "dev_score", score, step=step)
         client.log_metric(rid, "epoch", epoch, step=step)
-    assert report._rung_best(client, rid, 2) == {"dev_score": 0.7, "epoch": 2}
-    assert report._rung_best(client, rid, 3)["dev_score"] == 0.9
-    assert report._rung_best(client, client.create_run(exp).info.run_id, 1) == {
+    assert students._rung_best(client, rid, 2) == {"dev_score": 0.7, "epoch": 2}
+    assert students._rung_best(client, rid, 3)["dev_score"] == 0.9
+    assert students._rung_best(client, client.create_run(exp).info.run_id, 1) == {
         "dev_score": -np.inf}
 
 

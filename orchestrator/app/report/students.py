@@ -1,0 +1,288 @@
+"""Students (rows 2-6): train runs, the learning-rate grid and its rung, the cells."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from orchestrator.app.report.context import _Report
+from orchestrator.app.report.rows import KIND_CELL, KIND_TRAIN, Cell, Row, cell_key
+from orchestrator.config import ExperimentConfig, with_overrides, with_values
+from orchestrator.runtime import tracking
+from orchestrator.runtime.keys import content_key
+
+
+def _task_metrics(best: dict[str, float], task: str) -> dict[str, float]:
+    from tasks.registry import get_task
+
+    spec = get_task(task)
+    return {k: best[f"{task}_{k}"] for k in (*spec.metrics, "score") if f"{task}_{k}" in best}
+
+
+@dataclass
+class _Checkpoint:
+    dir: Path
+    report: int
+    metrics: dict[str, float]
+    state: dict[str, Any]
+
+
+def read_checkpoints(root: Path) -> tuple[_Checkpoint | None, _Checkpoint | None]:
+    """(latest, best by dev score) of the complete checkpoints a Ray Train run left under
+    ``root``; a directory missing a file or holding unreadable JSON (a copy cut short) is not
+    one of them. Ties go to the earlier report."""
+    found = []
+    for d in sorted(root.glob("checkpoint_*")) if root.is_dir() else []:
+        try:
+            metrics = json.loads((d / "metrics.json").read_text())
+            state = json.loads((d / "train_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if (d / "model.safetensors").is_file() and (d / "student.json").is_file():
+            found.append(_Checkpoint(d, int(state["report"]), metrics, state))
+    if not found:
+        return None, None
+    latest = max(found, key=lambda c: c.report)
+    best = max(found, key=lambda c: (c.metrics.get("dev_score", -np.inf), -c.report))
+    return latest, best
+
+
+@dataclass
+class _Trained:
+    run_id: str
+    best: dict[str, float]  # the best report's metrics
+    sizes: dict[str, float]
+    seconds: float  # compute seconds of its epochs, over every call that trained it
+    status: str  # trained | reused | paused (stopped at a grid's rung)
+
+
+def _history_sum(client, run_id: str, key: str) -> float:
+    """Sum of a metric over its steps, the last value of each step counting once."""
+    per_step = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                key=lambda m: m.timestamp)}
+    return float(sum(per_step.values()))
+
+
+def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task_tag: str,
+                 key: str, pause_after: int | None = None) -> _Trained:
+    """One student: reused from a FINISHED ``report-train`` run with this key, else trained
+    under Ray Train in the newest unfinished run with it (a killed call's, resumed from its
+    last checkpoint: the Train run's name is the key's) or a new one. ``pause_after``: train
+    only that many reports (a grid's rung); the run is then left KILLED, tagged
+    ``distillray.paused_at``, and a later call without it trains on from its checkpoint."""
+    from orchestrator.record import outcome
+    from orchestrator.stages.pipeline import on_demand_labeler, prepare_bundle
+    from orchestrator.stages.preflight import preflight
+    from orchestrator.training.distill import distill_one
+
+    run = ctx.finished(KIND_TRAIN, row.id, task_tag, key, close_unfinished=False)
+    if run is None and pause_after is not None:  # paused at this rung by an earlier call
+        run = next((r for r in ctx.find(KIND_TRAIN, row.id, task_tag, key)
+                    if r.info.status == "KILLED"
+                    and int(r.data.tags.get("distillray.paused_at", "0")) >= pause_after), None)
+    if run is not None and pause_after is not None:
+        return _Trained(run.info.run_id, _rung_best(ctx.client, run.info.run_id, pause_after),
+                        _transfer_sizes(run.data.metrics),
+                        _history_sum(ctx.client, run.info.run_id, "epoch_seconds"), "reused")
+    if run is not None:
+        m = run.data.metrics
+        return _Trained(run.info.run_id, {k[len("best_"):]: v for k, v in m.items()
+                                          if k.startswith("best_")}
+                        | {"epochs_run": m.get("epochs_run", np.nan)},
+                        _transfer_sizes(m),
+                        float(m.get("compute_seconds", np.nan)), "reused")
+    ctx.ensure_ray(cfg)
+    preflight(cfg, None, data, refs)
+    bundle = prepare_bundle(cfg, data, refs, ctx.log)
+    rid, resumed = ctx.resume_or_start(KIND_TRAIN, row, task_tag, key,
+                                       {"distillray.bundle": bundle.key})
+    name = f"{ctx.name}-{row.id}-{task_tag.replace(',', '-')}-{key}"
+    root = Path(ctx.storage) / name
+    try:
+        if not resumed:
+            tracking.log_params(ctx.client, rid, cfg.to_dict())
+            tracking.log_metrics(ctx.client, rid, {
+                **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
+                "transfer_size": sum(bundle.transfer_sizes.values()),
+                "bundle_reused": float(bundle.reused)})
+        latest, _ = read_checkpoints(root)
+        reached = latest is not None and (latest.state.get("done") or (
+            pause_after is not None and latest.report + 1 >= pause_after))
+        if latest is not None and not reached:
+            ctx.note(f"{row.num} {row.id}/{task_tag}: resuming after report "
+                     f"{latest.report + 1} (MLflow run {rid})")
+        if not reached:
+            with on_demand_labeler(cfg, refs) as labeler:  # None unless soft_labels=on_demand
+                distill_one(cfg, bundle.path, run_id=rid, tracking_uri=ctx.uri,
+                            storage=ctx.storage, name=name, labeler=labeler,
+                            pause_after=pause_after)
+        latest, best = read_checkpoints(root)
+        if best is None:
+            raise RuntimeError(f"the student's Train run left no checkpoint under {root}")
+        seconds = _history_sum(ctx.client, rid, "epoch_seconds")
+        if pause_after is not None and not latest.state.get("done"):
+            ctx.client.set_tag(rid, "distillray.paused_at", str(latest.report + 1))
+            ctx.client.set_terminated(rid, "KILLED")
+            return _Trained(rid, _rung_best(ctx.client, rid, pause_after),
+                            {t: float(n) for t, n in bundle.transfer_sizes.items()}, seconds,
+                            "paused")
+        outcome.log_checkpoint_dirs(ctx.client, rid, latest.dir, best.dir)
+        numeric = {k: float(v) for k, v in best.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tracking.log_metrics(ctx.client, rid, {f"best_{k}": v for k, v in numeric.items()}
+                             | {"compute_seconds": seconds,
+                                "epochs_run": float(latest.metrics.get("epoch", np.nan))})
+        tracking.end_run(ctx.client, rid, True)
+    except BaseException as e:
+        tracking.end_run(ctx.client, rid, False, f"{type(e).__name__}: {e}")
+        raise
+    return _Trained(rid, numeric | {"epochs_run": float(latest.metrics.get("epoch", np.nan))},
+                    {t: float(n) for t, n in bundle.transfer_sizes.items()}, seconds, "trained")
+
+
+def _transfer_sizes(metrics: dict[str, float]) -> dict[str, float]:
+    """Each task's transfer-set size, as a train run logs it (``transfer_size_<task>``)."""
+    return {k[len("transfer_size_"):]: v for k, v in metrics.items()
+            if k.startswith("transfer_size_")}
+
+
+def _rung_best(client, run_id: str, reports: int) -> dict[str, float]:
+    """The best dev metrics among a train run's first ``reports`` reports (MLflow steps
+    1..reports), as a paused and a finished run both hold them."""
+    hist = {}
+    for key in ("dev_score", "epoch"):
+        hist[key] = {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                      key=lambda m: m.timestamp)
+                     if m.step <= reports}
+    if not hist["dev_score"]:
+        return {"dev_score": -np.inf}
+    step = max(hist["dev_score"], key=lambda k: (hist["dev_score"][k], -k))
+    return {"dev_score": hist["dev_score"][step], "epoch": hist["epoch"].get(step, np.nan)}
+
+
+def _fmt_lr(v: float) -> str:
+    return f"{v:g}"
+
+
+def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs,
+                 grid: tuple[float, ...], rung: int | None = None) -> Cell:
+    """Rows 2-4 and 6: one student per task; a tuned row trains one per ``grid`` learning rate
+    and keeps the best on dev (ties: the first). ``rung``: each learning rate first trains that
+    many reports, and only the best of them at that point trains on (:data:`GRID_RUNG`)."""
+    c = with_values(cfg, {"tasks": [task], "data.task": task})
+    sub, sub_refs = {task: data[task]}, {task: refs[task]}
+    lrs = tuple(grid) if row.tuned and grid else (c.train.lr,)
+    rung = rung if len(lrs) > 1 else None
+    points = [with_overrides(c, {"train.lr": lr}) for lr in lrs]
+    keys = [cell_key(row, pc, sub, sub_refs) for pc in points]
+    key = (keys[0] if len(keys) == 1 else
+           content_key({"grid": keys, **({"rung": rung} if rung else {})}))
+    run = ctx.finished(KIND_CELL, row.id, task, key)
+    if run is not None:
+        m = _read_metrics(run, task)
+        ctx.note(f"{row.num} {row.id}/{task}: reused MLflow run {run.info.run_id} "
+                 f"(FINISHED, config key {key}), score {m.get('score', float('nan')):.4f}")
+        return Cell(row.id, task, m, run.info.run_id, "reused", key,
+                    run.data.tags.get("distillray.train_run"),
+                    run.data.metrics.get("transfer_size"),
+                    tuning=json.loads(run.data.tags.get("distillray.tuning", "{}")),
+                    train_seconds=json.loads(run.data.tags.get("distillray.train_seconds", "{}")))
+    trained: list[_Trained] = []
+    for lr, pc, pkey in zip(lrs, points, keys):
+        ctx.note(f"{row.num} {row.id}/{task}: "
+                 + (f"lr {_fmt_lr(lr)} ({len(trained) + 1}/{len(lrs)}), " if len(lrs) > 1 else "")
+                 + (f"first {rung} report(s), " if rung else "") + f"config key {pkey}")
+        try:
+            trained.append(_train_point(ctx, row, pc, sub, sub_refs, task, pkey, rung))
+        except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
+            return _failed(ctx, row, task, key, e)
+    scores = [t.best.get(f"{task}_score", t.best.get("dev_score", -np.inf)) for t in trained]
+    pick = int(np.argmax(scores))
+    rung_scores = None
+    if rung:  # the rung's winner trains on to the end (resumed from its checkpoint)
+        rung_scores = scores
+        ctx.note(f"{row.num} {row.id}/{task}: after {rung} report(s) lr {_fmt_lr(lrs[pick])} "
+                 f"leads ({', '.join(f'{x:.4f}' for x in scores)}); training it on")
+        try:
+            final = _train_point(ctx, row, points[pick], sub, sub_refs, task, keys[pick])
+        except Exception as e:  # noqa: BLE001
+            return _failed(ctx, row, task, key, e)
+        trained[pick] = final
+        scores = [float(x) if i != pick else
+                  final.best.get(f"{task}_score", final.best.get("dev_score", -np.inf))
+                  for i, x in enumerate(scores)]
+    chosen = trained[pick]
+    m = _task_metrics(chosen.best, task)
+    tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
+              "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung else None,
+              "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None,
+              "best_epoch": chosen.best.get("epoch"), "epochs_run": chosen.best.get("epochs_run"),
+              "patience": c.train.patience, "max_epochs": c.train.epochs}
+    seconds = {t.run_id: t.seconds for t in trained}
+    rid = ctx.start(KIND_CELL, row, task, key, {
+        "distillray.train_run": chosen.run_id,
+        "distillray.train_seconds": json.dumps(seconds), "distillray.tuning": json.dumps(tuning)})
+    tracking.log_params(ctx.client, rid, {"train_run": chosen.run_id,
+                                          **c.to_dict()})
+    tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()}
+                         | {"transfer_size": float(sum(chosen.sizes.values()))})
+    tracking.end_run(ctx.client, rid, True)
+    status = ("trained" if any(t.status in ("trained", "paused") for t in trained)
+              else "reused")
+    ctx.note(f"{row.num} {row.id}/{task}: {status}, score {m.get('score', float('nan')):.4f}"
+             + (f" (lr {_fmt_lr(lrs[pick])} of {', '.join(map(_fmt_lr, lrs))}"
+                + (f", picked after {rung} report(s)" if rung else "") + ": "
+                + f"{', '.join(f'{x:.4f}' for x in scores)})" if len(lrs) > 1 else ""))
+    return Cell(row.id, task, m, rid, status, key, chosen.run_id,
+                float(sum(chosen.sizes.values())), tuning=tuning, train_seconds=seconds)
+
+
+def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], data,
+               refs) -> list[Cell]:
+    joint = ",".join(tasks)
+    key = cell_key(row, cfg, data, refs)
+    ctx.note(f"{row.num} {row.id}: jointly on {joint} (config key {key})")
+    try:
+        t = _train_point(ctx, row, cfg, data, refs, joint, key)
+    except Exception as e:  # noqa: BLE001
+        return [_failed(ctx, row, task, key, e, log=task == tasks[0]) for task in tasks]
+    if t.status == "reused":
+        ctx.note(f"{row.num} {row.id}: reused joint MLflow run {t.run_id} (FINISHED)")
+    tuning = {"lr": cfg.train.lr, "best_epoch": t.best.get("epoch"),
+              "epochs_run": t.best.get("epochs_run"), "patience": cfg.train.patience,
+              "max_epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
+    cells = []
+    for task in tasks:
+        m = _task_metrics(t.best, task)
+        cell = ctx.finished(KIND_CELL, row.id, task, key)
+        if cell is None or cell.data.tags.get("distillray.train_run") != t.run_id:
+            rid = ctx.start(KIND_CELL, row, task, key, {"distillray.train_run": t.run_id})
+            tracking.log_params(ctx.client, rid, {"train_run": t.run_id, **cfg.to_dict()})
+            tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()})
+            tracking.end_run(ctx.client, rid, True)
+        else:
+            rid = cell.info.run_id
+        ctx.note(f"{row.num} {row.id}/{task}: {t.status}, score {m.get('score', float('nan')):.4f}")
+        cells.append(Cell(row.id, task, m, rid, t.status, key, t.run_id, t.sizes.get(task),
+                          tuning=tuning, train_seconds={t.run_id: t.seconds}))
+    return cells
+
+
+def _read_metrics(run, task: str) -> dict[str, float]:
+    return {k[len("report_"):]: v for k, v in run.data.metrics.items()
+            if k.startswith("report_") and k[len("report_"):] in _metric_names(task)}
+
+
+def _metric_names(task: str) -> tuple[str, ...]:
+    from tasks.registry import get_task
+    return (*get_task(task).metrics, "score")
+
+
+def _failed(ctx: _Report, row: Row, task: str, key: str, e: Exception, log: bool = True) -> Cell:
+    msg = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+    if log:
+        ctx.note(f"{row.num} {row.id}/{task}: FAILED: {msg}")
+    return Cell(row.id, task, {}, None, "failed", key, error=msg)
