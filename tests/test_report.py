@@ -18,9 +18,9 @@ import pytest
 
 from orchestrator.app.report import (BERT_BASE, KIND_CELL, KIND_PARENT, KIND_TRAIN, ROW_IDS, ROWS,
                                      TAG_CONFIG, TAG_REPORT, TAG_ROW, TAG_TASK, Cell, ReportError,
-                                     _flag, budget_overrides, build_table, cell_key,
-                                     format_markdown, parse_row_sets, resolve_report, run_report,
-                                     select_rows)
+                                     budget_overrides, build_table, cell_key, format_markdown,
+                                     parse_row_sets, resolve_report, run_report, select_rows)
+from orchestrator.app.report.table import _flag
 from orchestrator.runtime import tracking
 
 pytestmark = pytest.mark.timeout(900)

@@ -54,7 +54,7 @@ from orchestrator.app.report.rows import (BERT_BASE, BUDGET_CAPS, BUDGET_FULL, B
                                           row_config, select_rows)
 from orchestrator.app.report.run import ReportResult, results_json, run_report, stage_seconds
 from orchestrator.app.report.students import read_checkpoints
-from orchestrator.app.report.table import _flag, build_table, format_markdown, results_markdown
+from orchestrator.app.report.table import build_table, format_markdown, results_markdown
 
 __all__ = [
     "REPORT_VERSION", "KIND_PARENT", "KIND_CELL", "KIND_TRAIN", "TAG_REPORT", "TAG_ROW",
@@ -64,5 +64,4 @@ __all__ = [
     "describe_budget", "parse_row_sets", "select_rows", "row_config", "cell_key", "run_report",
     "stage_seconds", "results_json", "read_checkpoints", "build_table", "format_markdown",
     "results_markdown",
-    "_flag",  # tests/test_report.py imports it from here
 ]
