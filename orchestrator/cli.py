@@ -178,7 +178,7 @@ def cmd_ui(args) -> int:
 
     uri = resolve_uri(args.tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
+           "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     from mlflow.tracking import MlflowClient
 
     from orchestrator.runtime.tracking import runs_page
@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--experiment", default="distillray")
+    # MLflow's default of 4 server processes, each importing MLflow, more than doubles the UI's
+    # start-up on a 2-core machine; one serves a single user's browser
+    p.add_argument("--workers", type=int, default=1, help="MLflow server processes")
     p.set_defaults(fn=cmd_ui)
     return ap
 

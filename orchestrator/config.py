@@ -148,8 +148,9 @@ class TrainConfig:
     temperature: float = knob(1.0, "Softmax temperature of loss=kl.")
     grad_clip: float = knob(5.0, "Gradient norm clip.")
     num_workers: int = knob(1, "Ray Train workers per student; 0: Ray Train's local mode, the "
-                            "student trains in the Tune trial's own process (no controller or "
-                            "worker actors to start for each trial; no DDP).")
+                            "student trains in the caller's own process: a search's Tune "
+                            "trial, or the report's driver (no controller or worker actors to "
+                            "start for each student; no DDP).")
     cpus_per_worker: float = knob(1.0, "CPUs per worker (with num_workers=0: the trial's "
                                   "training share).")
     use_gpu: bool = knob(False, "Train students on a GPU.")

@@ -33,7 +33,10 @@ def _command(root: Path, nltk: Path) -> list[str]:
             str(root / "report.json"), "--repeats", "2", "--repeats-64", "1",
             # a checkpoint after every teacher step, so the kill lands after one
             "--set", "teacher.checkpoint_minutes=1e-6", "--set", "teacher.epochs=3",
-            "--set", f"augment.nltk_data={nltk}", "--set", "train.epochs=3"]
+            "--set", f"augment.nltk_data={nltk}", "--set", "train.epochs=3",
+            # the student on a Ray Train worker, as the report preset trains it (report_smoke
+            # trains in the report's own process; tests/test_report.py covers that path)
+            "--set", "train.num_workers=1"]
 
 
 def _run(root: Path, nltk: Path, fault: str | None, timeout: float = 400) -> bool:

@@ -18,8 +18,8 @@ from orchestrator.training import worker
 from orchestrator.training.bundle import write_split
 from orchestrator.training.train import REPORT
 from orchestrator.training.trial_checkpoints import TrialCheckpoints
-from orchestrator.training.worker import (Progress, Reporter, ToTune, batches, resume, run_stage1,
-                                          run_stage2, setup, stage1_reports)
+from orchestrator.training.worker import (InProcess, Progress, Reporter, batches, resume,
+                                          run_stage1, run_stage2, setup, stage1_reports)
 from tasks.registry import get_task
 
 TIMING = ("epoch_seconds", "latency_ms", "checkpoint_path")
@@ -78,7 +78,7 @@ def _steps(cfg, bundle, ck: TrialCheckpoints, sent: list, kill_after: int | None
     if progress.done:
         return progress
     data = batches(w, progress)
-    report = Reporter(w, ToTune(ck, send))
+    report = Reporter(w, InProcess(ck, send))
     try:
         stage1 = run_stage1(w, progress, data, report, startup)
         run_stage2(w, progress, data, stage1, report)
@@ -238,7 +238,7 @@ def test_resumed_after_patience_stopped_stage_1_goes_on_with_stage_2(tmp_path, m
     assert (progress.start, progress.bad_epochs, progress.done) == (3, 1, False)
     assert stage1_reports(cfg.train, progress) == 3
     data = batches(w, progress)
-    report = Reporter(w, ToTune(ck, sent.append))
+    report = Reporter(w, InProcess(ck, sent.append))
     assert run_stage1(w, progress, data, report) == 3 and len(sent) == 3
     run_stage2(w, progress, data, 3, report)
     assert [(m[REPORT], m["epoch"], m["stage"]) for m in sent[3:]] == [(4, 4, 2), (5, 5, 2)]
@@ -268,8 +268,8 @@ def test_stage_2_reports_as_further_epochs_with_each_tasks_student(tmp_path):
 
 def test_a_done_checkpoint_trains_nothing(tmp_path, monkeypatch):
     """The top function itself (local mode) on a finished run: resumes, finds it done, and
-    returns before anything trains or reports (ray.tune.report would fail here)."""
-    import ray.tune
+    returns before anything trains or reports."""
+    import ray.train
 
     b = _bundle(tmp_path / "b")
     cfg = _cfg(epochs=2)
@@ -280,7 +280,7 @@ def test_a_done_checkpoint_trains_nothing(tmp_path, monkeypatch):
 
     def no_report(metrics):
         raise AssertionError(f"reported {metrics}")
-    monkeypatch.setattr(ray.tune, "report", no_report)
+    monkeypatch.setattr(ray.train, "report", no_report)
     worker.train_loop_per_worker({
         "experiment": cfg.to_dict(), "bundle": str(b), "run_id": None, "tracking_uri": None,
         "tasks": None, "labeler": None, "started_at": None,
@@ -290,9 +290,9 @@ def test_a_done_checkpoint_trains_nothing(tmp_path, monkeypatch):
 
 
 def test_the_top_function_resumes_a_cut_run_as_the_steps_do(tmp_path, monkeypatch):
-    """``train_loop_per_worker`` in local mode (Tune's report replaced): cut after report 2 of
+    """``train_loop_per_worker`` in local mode (the report replaced): cut after report 2 of
     3, run again, the same students as the steps' uncut run."""
-    import ray.tune
+    import ray.train
 
     b = _bundle(tmp_path / "b")
     cfg = _cfg(epochs=3)
@@ -304,7 +304,7 @@ def test_the_top_function_resumes_a_cut_run_as_the_steps_do(tmp_path, monkeypatc
         sent.append(metrics)
         if metrics[REPORT] == 2 and len(sent) == 2:
             raise _Killed
-    monkeypatch.setattr(ray.tune, "report", report)
+    monkeypatch.setattr(ray.train, "report", report)
     loop_cfg = {"experiment": cfg.to_dict(), "bundle": str(b), "run_id": None,
                 "tracking_uri": None, "tasks": None, "labeler": None, "started_at": 1.0,
                 "checkpoints": {"storage": str(tmp_path / "s"), "name": "top"}}
@@ -322,14 +322,14 @@ def test_paused_at_a_rung_then_started_again_ends_as_a_run_never_paused(tmp_path
     """``pause_after`` (a grid's rung): the loop stops unfinished after that many reports, a
     second call with it trains nothing, and a call without it trains on to the same student as
     a run never paused."""
-    import ray.tune
+    import ray.train
 
     b = _bundle(tmp_path / "b")
     cfg = _cfg(epochs=3)
     ref = TrialCheckpoints(str(tmp_path / "s"), "ref")
     _steps(cfg, b, ref, [])
     sent: list = []
-    monkeypatch.setattr(ray.tune, "report", sent.append)
+    monkeypatch.setattr(ray.train, "report", sent.append)
     loop_cfg = {"experiment": cfg.to_dict(), "bundle": str(b), "run_id": None,
                 "tracking_uri": None, "tasks": None, "labeler": None, "started_at": None,
                 "checkpoints": {"storage": str(tmp_path / "s"), "name": "rung"},
@@ -355,7 +355,7 @@ def test_run_stage1_until_returns_none_when_it_paused_and_the_count_when_it_ende
     progress = Progress()
     data = batches(w, progress)
     sent: list = []
-    report = Reporter(w, ToTune(ck, sent.append))
+    report = Reporter(w, InProcess(ck, sent.append))
     assert run_stage1(w, progress, data, report, until=1) is None and len(sent) == 1
     progress.start = 1
     assert run_stage1(w, progress, data, report, until=5) == 2 and len(sent) == 2

@@ -76,14 +76,34 @@ def test_an_unreadable_state_starts_afresh(ck, tmp_path):
     assert ck.state() == {} and _read(ck, "latest") is None
 
 
-def test_local_mode_outside_a_tune_trial_is_a_clear_error(tmp_path):
-    """The student would train in this process and report to a Tune session there is not."""
-    from orchestrator.app.run import resolve_run
-    from orchestrator.training.distill import make_trainer
+def test_local_mode_outside_a_tune_trial_trains_in_this_process_and_resumes(tmp_path):
+    """A report's student with train.num_workers=0: Ray Train's local mode in the caller's own
+    process. Paused after one report, started again under the same name, it trains on from its
+    checkpoint to the same student as one run never paused; the process's torch threads are
+    given back."""
+    import ray
+    import torch
 
-    _, cfg, _ = resolve_run("smoke", ["train.num_workers=0"])
-    with pytest.raises(ValueError, match="train.num_workers=0 trains inside a Tune trial"):
-        make_trainer(cfg, tmp_path, None, None, str(tmp_path), name="x")
+    from orchestrator.training.distill import distill_one
+    from test_train_steps import _bundle, _cfg
+
+    bundle = _bundle(tmp_path / "bundle")
+    cfg = _cfg(epochs=3, torch_threads=1)
+    threads = torch.get_num_threads()
+    storage = str(tmp_path / "train")
+    try:
+        first = distill_one(cfg, bundle, storage=storage, name="paused", pause_after=1)
+        assert first.local and first.result.metrics["report"] == 1
+        assert TrialCheckpoints(storage, "paused").state()["report"] == 0
+        again = distill_one(cfg, bundle, storage=storage, name="paused")
+        whole = distill_one(cfg, bundle, storage=storage, name="whole")
+    finally:
+        ray.shutdown()
+    assert torch.get_num_threads() == threads
+    assert again.result.metrics["report"] == whole.result.metrics["report"] == 3
+    assert again.result.metrics["dev_score"] == whole.result.metrics["dev_score"]
+    with again.checkpoint_dirs() as (a, _), whole.checkpoint_dirs() as (b, _):
+        assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
 
 
 def test_remote_storage_is_read_through_a_temporary_copy(tmp_path):

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from orchestrator.config import ExperimentConfig, resolved_embeddings
 from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from orchestrator.training.worker import train_loop_per_worker
@@ -25,7 +27,7 @@ class Distilled:
     result: Any  # Ray Train's Result: the last report's metrics, the kept checkpoints
     storage: str
     name: str
-    local: bool  # trained in its Tune trial's own process (train.num_workers: 0)
+    local: bool  # trained in the caller's own process (train.num_workers: 0)
 
     @contextlib.contextmanager
     def checkpoint_dirs(self) -> Iterator[tuple[Path | None, Path | None]]:
@@ -52,9 +54,14 @@ def distill_one(cfg: ExperimentConfig, bundle: str | Path, *, storage: str, name
     logged to (at ``tracking_uri``). ``pause_after``: stop once that many reports are made,
     unfinished (a later call with the same ``name`` trains on from there). Other arguments as
     :func:`make_trainer`'s."""
-    result = make_trainer(cfg, bundle, run_id, tracking_uri, storage, name, callbacks=callbacks,
-                          tasks=tasks, labeler=labeler, started_at=started_at,
-                          pause_after=pause_after).fit()
+    trainer = make_trainer(cfg, bundle, run_id, tracking_uri, storage, name, callbacks=callbacks,
+                           tasks=tasks, labeler=labeler, started_at=started_at,
+                           pause_after=pause_after)
+    threads = torch.get_num_threads()
+    try:
+        result = trainer.fit()
+    finally:  # local mode: the loop set this process's torch threads to the student's
+        torch.set_num_threads(threads)
     if result.error:
         raise result.error
     return Distilled(result, storage, name, cfg.train.num_workers == 0)
@@ -72,10 +79,10 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
 
     Inside a Tune trial the reports go to the trial: from Train's workers through
     ``TuneReportCallback``, added here. ``train.num_workers: 0`` trains in this process (Ray
-    Train's local mode), which must be a Tune trial holding the worker's resources
-    (:func:`ray_runtime.trial_resources`): no controller or worker actors to start, each report
-    goes to Tune directly, and the checkpoints to :class:`TrialCheckpoints` under
-    ``storage_path/name``."""
+    Train's local mode): no controller or worker actors to start, and the checkpoints go to
+    :class:`TrialCheckpoints` under ``storage_path/name``. The process holds the student's CPUs:
+    a Tune trial reserves them (:func:`ray_runtime.trial_resources`) and its reports go to Tune
+    directly; a report's own process trains one student at a time beside nothing else."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.trainable.trainable_fn_utils import _in_tune_session
@@ -83,9 +90,6 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
     tc = cfg.train
     local = tc.num_workers == 0
     in_tune = _in_tune_session()
-    if local and not in_tune:
-        raise ValueError("train.num_workers=0 trains inside a Tune trial's own process, so "
-                         "it is for searches; here set train.num_workers to 1 or more")
     callbacks = list(callbacks or [])
     if in_tune and not local:
         from ray.tune.integration.ray_train import TuneReportCallback

@@ -20,8 +20,9 @@ runs without Ray (``tests/test_train_steps.py``):
 
 Each report goes through a :class:`Reporter`: the metrics to the run's MLflow run (rank 0), a
 checkpoint (rank 0, :func:`write_checkpoint`), and both on to Ray: to Ray Train from its workers
-(:class:`ToTrain`), or to Tune from a trial's own process (local mode, :class:`ToTune`, the
-checkpoint kept by :class:`TrialCheckpoints`). Where Ray comes in, the thin top function says so:
+(:class:`ToTrain`), or from the caller's own process (local mode, :class:`InProcess`: to Tune
+in a trial, to Ray Train's local mode in a report; the checkpoint kept by
+:class:`TrialCheckpoints`). Where Ray comes in, the thin top function says so:
 the worker's rank, the checkpoint to resume, wrapping the model for several workers, the report.
 """
 from __future__ import annotations
@@ -65,7 +66,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
     config as a dict, the bundle, the MLflow run, the on-demand labeler, in local mode where the
     checkpoints go)."""
     cfg = build_config(loop_cfg["experiment"])
-    # in a trial's own process (local mode), checkpoints are kept here and reports go to Tune
+    # in the caller's own process (local mode: a Tune trial's, a report's), checkpoints are kept
+    # here
     checkpoints = (TrialCheckpoints(**loop_cfg["checkpoints"]) if loop_cfg.get("checkpoints")
                    else None)
     rank, world = _rank_and_world() if checkpoints is None else (0, 1)
@@ -82,7 +84,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> None:
         w.model = prepare(w.model, len(w.specs) > 1)
     labeler = loop_cfg.get("labeler")
     data = batches(w, progress, labeler)
-    report = Reporter(w, ToTrain() if checkpoints is None else ToTune(checkpoints),
+    report = Reporter(w, ToTrain() if checkpoints is None else InProcess(checkpoints),
                       _mlflow_client(rank, loop_cfg), loop_cfg.get("run_id"))
     startup = startup_metrics(loop_cfg.get("started_at"), data.labels, labeler)
     stage1 = run_stage1(w, progress, data, report, startup, until=pause)
@@ -503,10 +505,11 @@ class ToTrain:
         pass  # gone with the checkpoint
 
 
-class ToTune:
-    """Where the reports of a student trained in its Tune trial's own process (local mode) go:
-    the checkpoint to ``checkpoints`` (its path joins the metrics), then the metrics to Tune
-    (``report_fn``, default ``ray.tune.report``)."""
+class InProcess:
+    """Where the reports of a student trained in the caller's own process (local mode) go: the
+    checkpoint to ``checkpoints`` (its path joins the metrics), then the metrics to
+    ``report_fn``; by default to Tune in a Tune trial (a search's), else to Ray Train's local
+    mode (a report's own process)."""
 
     def __init__(self, checkpoints: TrialCheckpoints, report_fn: Callable[[dict], None] | None = None):
         self.checkpoints, self.report_fn = checkpoints, report_fn
@@ -519,9 +522,16 @@ class ToTune:
         if self.report_fn is not None:
             self.report_fn(metrics)
             return
-        import ray.tune  # in a Tune trial, ray.train's report and context are Tune's to give
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
 
-        ray.tune.report(metrics)
+        if _in_tune_session():  # in a Tune trial, ray.train's report and context are Tune's
+            import ray.tune
+
+            ray.tune.report(metrics)
+        else:
+            import ray.train
+
+            ray.train.report(metrics)
 
 
 # ---------------------------------------------------------------------------------------------
