@@ -65,6 +65,10 @@ class TeacherConfig:
                                                 "warmup_ratio, max_train_examples, seed). The "
                                                 "entry `multitask` holds the multi-task "
                                                 "teacher's own, e.g. {multitask: {epochs: 2}}.")
+    mixture_tau: float = knob(1.0, "Multi-task teacher: each step's task is drawn with "
+                              "probability proportional to its training-set size ** mixture_tau "
+                              "(1: proportional to size; below 1 draws small tasks more often). "
+                              "Single-task teachers ignore it.")
     keep_best_epoch: bool = knob(True, "Evaluate on dev after every epoch and keep the best "
                                  "epoch's weights (multi-task: the best mean score).")
     checkpoint_minutes: float = knob(10.0, "Write a resumable fine-tuning checkpoint at least "
@@ -542,12 +546,15 @@ def validate(cfg: ExperimentConfig) -> None:
 
 
 PER_TASK_TEACHER_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_ratio",
-                         "max_train_examples", "seed")
+                         "max_train_examples", "seed", "mixture_tau")
 
 
 def _validate_teacher(t: TeacherConfig) -> None:
     if not t.checkpoint_minutes > 0:
         raise ConfigError(f"teacher.checkpoint_minutes={t.checkpoint_minutes} must be > 0")
+    if not t.mixture_tau > 0:
+        raise ConfigError(f"teacher.mixture_tau={t.mixture_tau} must be > 0 (1: tasks drawn in "
+                          "proportion to their sizes)")
     if not isinstance(t.per_task, dict):
         raise ConfigError(f"teacher.per_task must map task names to settings, got {t.per_task!r}")
     for task, over in t.per_task.items():
@@ -562,7 +569,7 @@ def _validate_teacher(t: TeacherConfig) -> None:
             ok = (v is None and k == "max_train_examples") or (
                 isinstance(v, (int, float)) and not isinstance(v, bool)
                 and (k not in ("batch_size", "seed", "max_train_examples") or isinstance(v, int)))
-            if not ok or (k in ("epochs", "lr", "batch_size") and v <= 0):
+            if not ok or (k in ("epochs", "lr", "batch_size", "mixture_tau") and v <= 0):
                 raise ConfigError(f"teacher.per_task.{task}.{k}={v!r} is not a valid {k}")
 
 

@@ -60,6 +60,19 @@ def test_multitask_teacher_plan():
         ["a", [3, 0]], ["a", [5]], ["b", [1, 5]], ["b", [1, 5]]]
 
 
+def test_mixture_tau_draws_the_small_task_more_often():
+    """teacher.mixture_tau < 1 flattens the teacher's mixture: with sizes 400 and 25, the small
+    task's share of the steps goes from 25/425 (proportional) toward 5/25 (size ** 0.5)."""
+    train = {"big": _examples(400, 5), "small": _examples(25, 6)}
+
+    def share(tau):
+        plan, _ = mixture_plan(train, TeacherConfig(batch_size=2, epochs=4.0, seed=1,
+                                                    mixture_tau=tau))
+        return sum(t == "small" for t, _ in plan) / len(plan)
+    assert share(1.0) < 0.09
+    assert 0.16 < share(0.5) < 0.24
+
+
 def _stream_batches(n: int, batch_size: int, seed: int, rank: int, world: int,
                     passes: int) -> list[list[int]]:
     lens = _lengths(n, seed)

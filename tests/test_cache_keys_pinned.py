@@ -55,3 +55,20 @@ def test_report_cell_keys_are_unchanged(row, key):
     base = build_config({"pool": {"precision": "fp32"}, "train": {"patience": 2}})
     r = next(x for x in ROWS if x.id == row)
     assert cell_key(r, row_config(base, r, {}, ["sst2"]), DATA, TEACHERS) == key
+
+
+def test_mixture_tau_keys_only_a_multitask_teacher_that_sets_it():
+    """``teacher.mixture_tau`` shapes the multi-task teacher alone: at its default (1, draws in
+    proportion to size) no key moves; set for the multi-task teacher, only that key does; set
+    as a shared value, the single-task teachers' keys still do not move."""
+    base = {"model": "some/model", "lr": 5e-5, "max_length": 128,
+            "per_task": {"rte": {"epochs": 10}}}
+    plain = build_config({"teacher": base}).teacher
+    own = build_config({"teacher": {**base, "per_task": {**base["per_task"],
+                                                         "multitask": {"mixture_tau": 0.5}}}}).teacher
+    shared = build_config({"teacher": {**base, "mixture_tau": 0.5}}).teacher
+    assert multitask_teacher_key(plain, DATA) == "fc5d52957238a2d5"
+    assert multitask_teacher_key(own, DATA) == multitask_teacher_key(shared, DATA) != \
+        multitask_teacher_key(plain, DATA)
+    for t in (own, shared):
+        assert teacher_key(t, get_task("sst2"), "fp0") == "d227937ebb5a5430"

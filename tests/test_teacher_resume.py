@@ -127,6 +127,7 @@ def test_per_task_settings_apply_to_their_task_only():
     ({"rte": {"epochs": 0}}, "epochs=0 is not a valid epochs"),
     ({"rte": {"batch_size": 8.5}}, "batch_size=8.5"),
     ({"rte": 10}, "mapping"),
+    ({"multitask": {"mixture_tau": 0}}, "mixture_tau=0 is not a valid mixture_tau"),
 ])
 def test_bad_per_task_settings_are_refused(per_task, match):
     with pytest.raises(ConfigError, match=match):
@@ -136,3 +137,8 @@ def test_bad_per_task_settings_are_refused(per_task, match):
 def test_checkpoint_minutes_must_be_positive():
     with pytest.raises(ConfigError, match="checkpoint_minutes"):
         build_config({"teacher": {"checkpoint_minutes": 0}})
+
+
+def test_mixture_tau_must_be_positive():
+    with pytest.raises(ConfigError, match="teacher.mixture_tau=-1.0 must be > 0"):
+        build_config({"teacher": {"mixture_tau": -1.0}})

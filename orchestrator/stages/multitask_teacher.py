@@ -2,8 +2,9 @@
 
 Liu et al. (2019) distill from a *multi-task* teacher: a pre-trained encoder shared by every task,
 with a classification or regression head per task, trained on a mixture of the tasks' batches
-(each batch from one task, drawn in proportion to the tasks' sizes). The result is saved in the
-multi-task teacher format of :mod:`orchestrator.teachers.teacher_model` (HF encoder dir +
+(each batch from one task, drawn in proportion to the tasks' sizes, or to size **
+``teacher.mixture_tau``). The result is saved in the multi-task teacher format of
+:mod:`orchestrator.teachers.teacher_model` (HF encoder dir +
 ``heads.safetensors`` + ``distillray_heads.json``) under ``<work_root>/teachers/<key>/``, where
 the key hashes the base model, the task list, each task's training data and the settings; a second
 call with the same inputs reuses it. The teacher pool serves each head by task name.
@@ -42,12 +43,15 @@ def multitask_teacher_key(cfg: TeacherConfig, data: dict[str, TaskData]) -> str:
     """Content key: base model, tasks (names, label sets, training data) and settings (the
     shared ones under ``teacher.per_task.multitask``)."""
     cfg = cfg.for_task(MULTITASK_ENTRY)
+    settings = training_settings(cfg)
+    if cfg.mixture_tau != 1.0:  # absent when proportional: teachers refined before stay valid
+        settings["mixture_tau"] = cfg.mixture_tau
     return content_key({
         "v": MULTITASK_TEACHER_VERSION, "kind": "multitask",
         "model": base_model_identity(cfg.model),
         "tasks": {t: {"outputs": d.task.num_outputs, "pair": d.task.is_pair,
                       "data": data_fingerprint(d.train)} for t, d in sorted(data.items())},
-        "cfg": training_settings(cfg)})
+        "cfg": settings})
 
 
 def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
@@ -119,15 +123,16 @@ def _init_encoder(cfg: TeacherConfig, data: dict[str, TaskData], tmp: Path):
 
 
 def mixture_plan(train: dict[str, list], cfg: TeacherConfig) -> tuple[list, int]:
-    """Every step's (task, batch indices), fixed by the seed: each step draws a task (in
-    proportion to the tasks' sizes) and takes the next of its length-grouped batches. Returns
-    the plan and the steps of one epoch (every task's batches once, on average)."""
+    """Every step's (task, batch indices), fixed by the seed: each step draws a task (with
+    probability proportional to its size ** ``cfg.mixture_tau``) and takes the next of its
+    length-grouped batches. Returns the plan and the steps of one epoch (every task's batches
+    once, on average; with ``mixture_tau`` < 1 the small tasks' more than once)."""
     rng = random.Random(cfg.seed)
     sizes = {t: len(x) for t, x in train.items()}
     empty = [t for t, n in sizes.items() if n == 0]
     if empty:
         raise TeacherError(f"task(s) {', '.join(empty)} have no training examples")
-    sampler = TaskSampler(mixture_weights(sizes, "proportional"), seed=cfg.seed)
+    sampler = TaskSampler(mixture_weights(sizes, "temperature", cfg.mixture_tau), seed=cfg.seed)
     steps_per_epoch = sum(math.ceil(n / cfg.batch_size) for n in sizes.values())
     total = max(1, int(round(steps_per_epoch * cfg.epochs)))
     queues: dict[str, list[list[int]]] = {t: [] for t in train}

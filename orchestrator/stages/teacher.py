@@ -55,6 +55,8 @@ def training_settings(cfg: TeacherConfig) -> dict:
     # the key is taken): none shapes the weights, and leaving them out keeps old keys valid
     for k in ("multitask", "precision", "per_task", "checkpoint_minutes"):
         d.pop(k, None)
+    # a multi-task teacher's only: its key adds it when it is not 1 (multitask_teacher_key)
+    d.pop("mixture_tau", None)
     if not d.pop("keep_best_epoch", False):  # False: the last epoch, as before it existed
         d["keep_best_epoch"] = False
     precision = training_precision(cfg)
