@@ -224,14 +224,19 @@ def test_mlflow_ui_serves_the_search_runs(smoke, tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri", uri,
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    log = tmp_path / "ui.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
+                                 uri, "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         # a guard against a UI that never starts, not a timing: one process starting on a
         # machine whose cores other jobs hold can take minutes
-        wait_for_health(base, proc, 300, "the MLflow UI")
+        try:
+            wait_for_health(base, proc, 300, "the MLflow UI", lambda: ":\n" + log.read_text()[-3000:])
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{log.read_text()[-3000:]}") from None
 
         def post(path, body):
             req = urllib.request.Request(base + path, data=json.dumps(body).encode(),
