@@ -166,6 +166,11 @@ class TrainConfig:
                                      "(at least 1).")
     patience: int | None = knob(None, "Stop a run whose dev score has not improved for this "
                                 "many epochs; null: never.")
+    min_epochs: int | None = knob(None, "Patience counts only the epochs after this many (a "
+                                  "hard task's first epochs can all sit at the majority class, "
+                                  "none better than the last); a report's learning-rate grid "
+                                  "takes its rung there too. null: from the first epoch. Part "
+                                  "of a report cell's key only when set.")
     seed: int = knob(0, "Seed of the initialization and the batch order.")
     evals_per_epoch: int = knob(1, "Evaluations (dev metrics, a report to Tune, a checkpoint) "
                                 "per epoch; with more than one, early stopping can judge and "
@@ -503,6 +508,9 @@ def validate(cfg: ExperimentConfig) -> None:
                               "positive weight")
     if t.finetune_epochs < 0:
         raise ConfigError(f"train.finetune_epochs={t.finetune_epochs} must be >= 0")
+    if t.min_epochs is not None and not 1 <= t.min_epochs <= t.epochs:
+        raise ConfigError(f"train.min_epochs={t.min_epochs} must lie in [1, train.epochs="
+                          f"{t.epochs}] (null: patience counts from the first epoch)")
     if t.evals_per_epoch < 1:
         raise ConfigError(f"train.evals_per_epoch={t.evals_per_epoch} must be at least 1")
     if t.soft_labels not in SOFT_LABEL_MODES:

@@ -12,7 +12,7 @@ import dataclasses
 import pytest
 
 from orchestrator.app.report import ROWS, cell_key, row_config
-from orchestrator.config import build_config
+from orchestrator.config import ConfigError, build_config, with_overrides
 from orchestrator.stages.multitask_teacher import multitask_teacher_key
 from orchestrator.stages.pipeline import TeacherRef
 from orchestrator.stages.teacher import teacher_key
@@ -72,3 +72,32 @@ def test_mixture_tau_keys_only_a_multitask_teacher_that_sets_it():
         multitask_teacher_key(plain, DATA)
     for t in (own, shared):
         assert teacher_key(t, get_task("sst2"), "fp0") == "d227937ebb5a5430"
+
+
+def test_min_epochs_keys_only_the_cells_that_set_it():
+    """``train.min_epochs`` unset leaves every report cell key as it was (the pins above); set,
+    the key moves. The full budget sets it for CoLA's single-task cells alone (``--row-set``
+    wins, capped at the row's epochs)."""
+    from orchestrator.app.report.rows import task_config
+
+    base = build_config({"pool": {"precision": "fp32"}, "train": {"patience": 2}})
+    r = next(x for x in ROWS if x.id == "bilstm_kd")
+    cfg = row_config(base, r, {}, ["sst2"])
+    assert cell_key(r, with_overrides(cfg, {"train.min_epochs": 2}), DATA, TEACHERS) != \
+        cell_key(r, cfg, DATA, TEACHERS) == "3e1cdfd972fee622"
+    cfg = with_overrides(cfg, {"train.epochs": 10})
+    assert task_config(cfg, r.id, "sst2", "full", {}).train.min_epochs is None
+    assert task_config(cfg, r.id, "cola", "small", {}).train.min_epochs is None
+    assert task_config(cfg, r.id, "cola", "full", {}).train.min_epochs == 5
+    assert task_config(cfg, r.id, "cola", "full", {}).tasks == ["cola"]
+    given = {r.id: {"train.min_epochs": 2}}
+    assert task_config(with_overrides(cfg, {"train.min_epochs": 2}), r.id, "cola", "full",
+                       given).train.min_epochs == 2
+    short = with_overrides(cfg, {"train.epochs": 3})
+    assert task_config(short, r.id, "cola", "full", {}).train.min_epochs == 3
+
+
+@pytest.mark.parametrize("value", [0, 11])
+def test_min_epochs_must_lie_within_the_epochs(value):
+    with pytest.raises(ConfigError, match=f"train.min_epochs={value} must lie in"):
+        build_config({"train": {"epochs": 10, "min_epochs": value}})

@@ -153,3 +153,15 @@ def test_a_real_report_with_a_rung_pauses_the_loser_and_resumes_the_winner(tmp_p
 
     again = call()
     assert (again.trained, again.reused) == (0, 1)
+
+
+def test_with_min_epochs_the_rung_is_taken_where_patience_starts_counting(scripted):
+    row = next(r for r in report.ROWS if r.id == "bilstm_soft")
+    cfg = build_config({"train": {"patience": 2, "epochs": 10, "min_epochs": 3}})
+    cell = students._single_cell(_Ctx(), row, cfg, "sst2", {"sst2": None}, {"sst2": None},
+                                 (5e-4, 1e-3, 2e-3), 1)
+    assert [p for _, p in scripted] == [3, 3, 3, None]
+    assert cell.tuning["rung"] == 3 and cell.tuning["min_epochs"] == 3
+    from orchestrator.app.report.table import _tuning_note
+    note = _tuning_note([row], [cell], (5e-4, 1e-3, 2e-3), cfg, 1)
+    assert "On sst2, patience starts counting (and a grid's rung is taken) at epoch 3." in note

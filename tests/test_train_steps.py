@@ -221,6 +221,30 @@ def test_patience_stops_stage_1_after_that_many_epochs_without_a_better_score(
     assert state == {"report": stops_after - 1, "best": 0.6, "bad_epochs": evals, "done": True}
 
 
+@pytest.mark.parametrize("evals", [1, 2])
+def test_patience_counts_only_after_min_epochs(tmp_path, monkeypatch, evals):
+    """Scores flat at the majority class for the first epochs: patience 1 alone would stop at
+    the second report; with min_epochs 3, reports up to epoch 3 count no bad epoch, and after
+    it patience stops the run as before (here: one epoch after the best, at epoch 4)."""
+    scores = [0.0] * (3 * evals - 1) + [0.2] + [0.1] * evals + [0.9] * 10
+    _scripted(monkeypatch, scores)
+    sent: list = []
+    ck = TrialCheckpoints(str(tmp_path / "s"), "run")
+    _steps(_cfg(epochs=8, patience=1, min_epochs=3, evals_per_epoch=evals),
+           _bundle(tmp_path / "b"), ck, sent)
+    assert [m["dev_score"] for m in sent] == scores[:4 * evals]
+    state = json.loads((_latest(ck) / "train_state.json").read_text())
+    assert state == {"report": 4 * evals - 1, "best": 0.2, "bad_epochs": evals, "done": True}
+
+
+def test_min_epochs_past_a_flat_start_trains_min_plus_patience_epochs(tmp_path, monkeypatch):
+    _scripted(monkeypatch, [0.0] * 20)
+    sent: list = []
+    _steps(_cfg(epochs=10, patience=2, min_epochs=5), _bundle(tmp_path / "b"),
+           TrialCheckpoints(str(tmp_path / "s"), "run"), sent)
+    assert len(sent) == 7  # without min_epochs: 3 (the first report, then 2 without a better)
+
+
 def test_resumed_after_patience_stopped_stage_1_goes_on_with_stage_2(tmp_path, monkeypatch):
     """Killed right after stage 1's early stop: the resumed run makes no stage-1 report and
     numbers stage 2's epochs on from where stage 1 stopped."""

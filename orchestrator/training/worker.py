@@ -13,7 +13,7 @@ runs without Ray (``tests/test_train_steps.py``):
 4. :func:`run_stage1`: joint distillation: every step draws a task by the mixture (a single task
    draws itself), takes a batch of it and fits that task's teacher logits with the loss from
    ``students.losses``. ``train.evals_per_epoch`` reports per epoch; with ``train.patience`` it
-   stops once that many epochs pass without a better dev score. The caller's ``pause_after``
+   stops once that many epochs pass without a better dev score, counted after ``train.min_epochs``. The caller's ``pause_after``
    stops it, unfinished, after that many reports (a grid's rung); a later start goes on.
 5. :func:`run_stage2` (MKD, ``train.finetune_epochs`` > 0): each task fine-tunes its own copy of
    the student; reported as further epochs.
@@ -338,7 +338,8 @@ def run_stage1(w: Worker, progress: Progress, data: Batches, report: "Reporter",
             metrics["stage"] = 1
         improved = metrics["dev_score"] > progress.best
         progress.best = max(progress.best, metrics["dev_score"])
-        progress.bad_epochs = 0 if improved else progress.bad_epochs + 1
+        counts = r + 1 > (tc.min_epochs or 0) * evals  # patience counts after min_epochs
+        progress.bad_epochs = 0 if improved or not counts else progress.bad_epochs + 1
         metrics["best_dev_score"] = progress.best
         stop = tc.patience is not None and progress.bad_epochs >= tc.patience * evals
         last = (stop or r + 1 == stage1) and tc.finetune_epochs <= 0
@@ -356,9 +357,12 @@ def run_stage1(w: Worker, progress: Progress, data: Batches, report: "Reporter",
 def _progress_line(r: int, stage1: int, tc, metrics: dict, bad_epochs: int, stop: bool) -> None:
     """One line per report: where stage 1 stands and, at this report's pace, the most time left
     (patience may stop it sooner)."""
-    left = stage1 - r - 1 + tc.finetune_epochs
+    left = stage1 - r - 1
     if tc.patience is not None:
-        left = min(left, tc.patience * tc.evals_per_epoch - bad_epochs + tc.finetune_epochs)
+        evals = tc.evals_per_epoch
+        left = min(left, tc.patience * evals - bad_epochs
+                   + max(0, (tc.min_epochs or 0) * evals - r - 1))
+    left += tc.finetune_epochs
     eta = 0 if stop else left * metrics["epoch_seconds"]
     print(f"[train] report {r + 1}/{stage1} (epoch {metrics['epoch']}): dev score "
           f"{metrics['dev_score']:.4f}, best {metrics['best_dev_score']:.4f}, "

@@ -86,6 +86,11 @@ LR_GRID = {"small": (), "full": (5e-4, 1e-3, 2e-3)}
 # one epoch per losing point instead of a whole training: what makes the three BiLSTM rows'
 # grids affordable on the 20x Tang-augmented SST-2 transfer set
 GRID_RUNG = {"small": None, "full": 1}
+# settings of the single-task student cells of one task per budget (``--row-set`` wins): on
+# CoLA every BiLSTM still predicts the majority class after 1 to 3 epochs (MCC 0 at every
+# learning rate of the grid, so neither the rung nor patience can tell them apart) and leaves it
+# at epoch 3 to 5; patience starts counting, and the grid's rung is taken, at epoch 5
+BUDGET_TASK_SETS = {"small": {}, "full": {"cola": {"train.min_epochs": 5}}}
 # settings of single rows per budget (``--row-set`` wins): MKD's second stage, each task
 # fine-tuning its own copy of the jointly distilled student
 BUDGET_ROW_SETS = {"small": {}, "full": {"mkd_bcn": {"train.finetune_epochs": 2},
@@ -199,6 +204,18 @@ def row_config(base: ExperimentConfig, row: Row, row_sets: dict[str, dict[str, A
     return with_values(with_overrides(base, over), {"tasks": list(tasks), "data.task": tasks[0]})
 
 
+def task_config(cfg: ExperimentConfig, row_id: str, task: str, budget: str,
+                row_sets: dict[str, dict[str, Any]]) -> ExperimentConfig:
+    """A single-task row's config for one task: the row's, on that task alone, with the budget's
+    settings for that task (:data:`BUDGET_TASK_SETS`) under the row's ``--row-set`` values. A
+    ``train.min_epochs`` above the row's ``train.epochs`` is capped there."""
+    over = {k: v for k, v in BUDGET_TASK_SETS[budget].get(task, {}).items()
+            if k not in row_sets.get(row_id, {})}
+    if "train.min_epochs" in over:
+        over["train.min_epochs"] = min(over["train.min_epochs"], cfg.train.epochs)
+    return with_overrides(with_values(cfg, {"tasks": [task], "data.task": task}), over)
+
+
 def cell_key(row: Row, cfg: ExperimentConfig, data, teachers) -> str:
     """What a trained student depends on: the bundle (data, teacher, transfer set, encoding),
     the student and the training settings (resource-only settings left out)."""
@@ -209,6 +226,8 @@ def cell_key(row: Row, cfg: ExperimentConfig, data, teachers) -> str:
     train = asdict(cfg.train)
     for k in ("cpus_per_worker", "torch_threads", "use_gpu", "precision"):
         train.pop(k, None)
+    if train.get("min_epochs") is None:  # absent when unset: keys from before it stay
+        train.pop("min_epochs", None)
     if student_precision(cfg.train) != "fp32":  # absent for fp32: keys from before it stay
         train["precision"] = student_precision(cfg.train)
     student = asdict(cfg.student)

@@ -15,7 +15,7 @@ from orchestrator.app.report.measure import _measure
 from orchestrator.app.report.rows import (BUDGET_ROW_SETS, BUDGETS, GRID_RUNG, KIND_CELL,
                                           KIND_PARENT, LR_GRID, ROWS, TAG_REPORT, Cell,
                                           ReportError, Row, describe_budget, row_config,
-                                          select_rows)
+                                          select_rows, task_config)
 from orchestrator.app.report.students import _mkd_cells, _single_cell
 from orchestrator.app.report.table import (_flag, _record, _reuse_note, _stage_note,
                                            _tuning_note, build_table, format_markdown)
@@ -72,6 +72,9 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     log(f"[report] {name}: rows {', '.join(r.num for r in selected)} on {', '.join(tasks)}; "
         f"{describe_budget(budget, cfg, data)}")
     row_cfgs = {r.id: row_config(cfg, r, row_sets, tasks) for r in selected}
+    # every single-task cell's config, the budget's per-task settings in it: checked up front
+    cell_cfgs = {(r.id, t): task_config(row_cfgs[r.id], r.id, t, budget, row_sets)
+                 for r in selected if r.kind == "single" for t in tasks}
     for r in selected:  # mixtures, student vs teacher shapes: before any teacher trains
         preflight(row_cfgs[r.id], None, data)
 
@@ -100,7 +103,8 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
             elif r.kind == "single":
                 for t in tasks:
                     t0_cell = time.time()
-                    cells.append(_single_cell(ctx, r, c, t, data, refs, grid, rung))
+                    cells.append(_single_cell(ctx, r, cell_cfgs[r.id, t], t, data, refs,
+                                              grid, rung))
                     progress.done(r, cells[-1:], time.time() - t0_cell)
             else:
                 new = _mkd_cells(ctx, r, c, tasks, data, refs)

@@ -171,11 +171,14 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
                  grid: tuple[float, ...], rung: int | None = None) -> Cell:
     """Rows 2-4 and 6: one student per task; a tuned row trains one per ``grid`` learning rate
     and keeps the best on dev (ties: the first). ``rung``: each learning rate first trains that
-    many reports, and only the best of them at that point trains on (:data:`GRID_RUNG`)."""
+    many reports, and only the best of them at that point trains on (:data:`GRID_RUNG`); not
+    before ``train.min_epochs``, where patience starts counting."""
     c = with_values(cfg, {"tasks": [task], "data.task": task})
     sub, sub_refs = {task: data[task]}, {task: refs[task]}
     lrs = tuple(grid) if row.tuned and grid else (c.train.lr,)
     rung = rung if len(lrs) > 1 else None
+    if rung and c.train.min_epochs:
+        rung = max(rung, c.train.min_epochs * c.train.evals_per_epoch)
     points = [with_overrides(c, {"train.lr": lr}) for lr in lrs]
     keys = [cell_key(row, pc, sub, sub_refs) for pc in points]
     key = (keys[0] if len(keys) == 1 else
@@ -220,7 +223,8 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
               "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung else None,
               "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None,
               "best_epoch": chosen.best.get("epoch"), "epochs_run": chosen.best.get("epochs_run"),
-              "patience": c.train.patience, "max_epochs": c.train.epochs}
+              "patience": c.train.patience, "max_epochs": c.train.epochs,
+              **({"min_epochs": c.train.min_epochs} if c.train.min_epochs else {})}
     seconds = {t.run_id: t.seconds for t in trained}
     rid = ctx.start(KIND_CELL, row, task, key, {
         "distillray.train_run": chosen.run_id,

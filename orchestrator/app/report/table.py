@@ -152,7 +152,12 @@ def _tuning_note(selected: list[Row], cells: list[Cell], grid: tuple[float, ...]
              "trains on" if rung else "")
           + "); the others use the fixed lr above" if grid and tuned else
           "every student row uses the fixed lr above")
-    return f"Tuning: students train {epochs}; {lr}. Teachers keep their best epoch on dev."
+    late = sorted({(c.task, c.tuning["min_epochs"]) for c in cells
+                   if (c.tuning or {}).get("min_epochs")})
+    per_task = "".join(f" On {task}, patience starts counting (and a grid's rung is taken) at "
+                       f"epoch {n}." for task, n in late)
+    return (f"Tuning: students train {epochs}; {lr}.{per_task} Teachers keep their best epoch "
+            "on dev.")
 
 
 def _stage_note(stages: dict[str, float | None]) -> str:
