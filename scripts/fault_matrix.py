@@ -87,7 +87,7 @@ def run(root: Path, log: Path, fault: str | None = None, kill: bool = True,
     env = environment(**({faults.ENV: fault, faults.MARK_ENV: str(mark)} if fault else {}))
     with open(log, "a") as out:
         proc = subprocess.Popen(command(root), cwd=root, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, process_group=0)
     deadline = time.time() + timeout
     try:
         while proc.poll() is None:

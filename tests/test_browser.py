@@ -124,7 +124,7 @@ def search(browser, tmp_path_factory):
         proc = subprocess.Popen(
             [sys.executable, str(REPO / "tune_mkd.py"), "--preset", "smoke", "--tracking-uri", uri,
              "--set", "search.num_samples=4", "--set", f"search.register_model={MODEL}"],
-            cwd=work, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            cwd=work, stdout=f, stderr=subprocess.STDOUT, env=env, process_group=0)
     try:
         url = None
         deadline = time.time() + 120
@@ -152,7 +152,7 @@ def ui(search):
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "distillray"), "ui", "--tracking-uri",
              search["uri"], "--port", str(port)],
-            cwd=work, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+            cwd=work, stdout=f, stderr=subprocess.STDOUT, process_group=0)
     base = f"http://127.0.0.1:{port}"
     try:
         # a guard against a UI that never starts, not a timing (see test_search_integration)

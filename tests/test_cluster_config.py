@@ -277,7 +277,7 @@ def test_two_local_rays_on_one_machine_keep_apart(tmp_path):
          "include_dashboard=True, dashboard_host='127.0.0.1'); "
          "print(ray.get_runtime_context().gcs_address, c.dashboard_url, flush=True); "
          "time.sleep(120)"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, process_group=0)
     try:
         line = other.stdout.readline().split()
         assert len(line) == 2, "the other Ray did not start"

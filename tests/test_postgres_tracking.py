@@ -115,7 +115,7 @@ def mlflow_server(postgres, tmp_path):
     log = open(tmp_path / "mlflow-server.log", "w")
     proc = subprocess.Popen(["bash", str(REPO / "scripts" / "mlflow_postgres_server.sh"),
                              "--workers", "1"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            process_group=0)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_for_health(base, proc, 120, "the MLflow server",
@@ -152,7 +152,7 @@ def test_smoke_search_recorded_in_postgres_through_the_server(mlflow_server, tmp
     res = subprocess.run([sys.executable, str(REPO / "tune_mkd.py"), "--preset", "smoke",
                           "--tracking-uri", base, "--work-root", str(tmp_path / ".distillray")],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=800,
-                         start_new_session=True)
+                         process_group=0)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
 
     exps = _post(base, "/api/2.0/mlflow/experiments/search", {"max_results": 10})["experiments"]

@@ -52,7 +52,7 @@ def _run(root: Path, nltk: Path, fault: str | None, timeout: float = 400) -> boo
         out.write(f"\n=== run, fault {fault}\n")
         out.flush()
         proc = subprocess.Popen(_command(root, nltk), cwd=root, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, process_group=0)
     deadline = time.time() + timeout
     try:
         while proc.poll() is None:

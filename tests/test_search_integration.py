@@ -228,7 +228,7 @@ def test_mlflow_ui_serves_the_search_runs(smoke, tmp_path):
     with open(log, "w") as f:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "ui", "--tracking-uri",
                                  uri, "--port", str(port)], stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                process_group=0)
     base = f"http://127.0.0.1:{port}"
     try:
         # a guard against a UI that never starts, not a timing: one process starting on a
@@ -303,7 +303,7 @@ def test_registered_model_is_served_and_answers_raw_text(smoke, tmp_path):
         proc = subprocess.Popen(
             [str(Path(bindir) / "mlflow"), "models", "serve", "-m", "models:/smoke-student/1",
              "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
-            stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=f, stderr=subprocess.STDOUT, env=env, process_group=0)
     try:
         deadline = time.time() + 90  # the scoring server's /ping answers 200 with no body
         while True:

@@ -79,7 +79,7 @@ def _run_until(cmd: list[str], tmp: Path, log: str, kill_when, env: dict[str, st
     """Start the search; SIGKILL it as soon as ``kill_when(child runs)`` holds."""
     with open(tmp / log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, process_group=0)
     try:
         deadline = time.time() + timeout
         while True:
@@ -146,7 +146,7 @@ def test_killed_search_resumes_without_rerunning_or_losing_trials(tmp_path, stal
 
     # driver 2: the same command runs the search to its end
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=900, start_new_session=True)
+                         text=True, timeout=900, process_group=0)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     assert "resuming search smoke" in out
@@ -226,7 +226,7 @@ def test_killed_search_with_draws_waiting_at_the_first_rung_resumes_them(tmp_pat
                _env())
     waited = set(rungs()["waiting"])
     res = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                         timeout=900, start_new_session=True)
+                         timeout=900, process_group=0)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-6000:]
     assert "resuming search smoke" in out
