@@ -387,3 +387,21 @@ def test_mask_token_is_read_from_the_tokenizer_files(teacher_dir, tmp_path):
     conf.pop("mask_token")
     (bare / "tokenizer_config.json").write_text(json.dumps(conf))
     assert mask_token(bare) == AutoTokenizer.from_pretrained(str(bare)).mask_token
+
+
+def test_bf16_labels_with_eager_attention_and_fp32_with_sdpa(teacher_dir):
+    """On a CPU, bf16 labeling switches the teacher to eager attention and fp32 back to SDPA:
+    the fp32 labels stay those of the SDPA kernel, and bf16 ones stay close to them."""
+    from orchestrator.teachers.teacher_pool import TeacherWorker, labeling_attention
+
+    assert labeling_attention("bf16", "cpu") == "eager"
+    assert labeling_attention("fp32", "cpu") == labeling_attention("bf16", "cuda") == "sdpa"
+    w = TeacherWorker(str(teacher_dir), PoolConfig(cpus_per_actor=1, precision="bf16"))
+    texts = ["a good movie", "the plot was thin and the acting worse", "fine", "an odd one"]
+    fp32, _ = w.label(texts, precision="fp32")
+    assert w.teacher.model.config._attn_implementation == "sdpa"
+    low, _ = w.label(texts)
+    assert w.teacher.model.config._attn_implementation == "eager"
+    assert not np.array_equal(low, fp32) and np.abs(low - fp32).max() < 0.05
+    again, _ = w.label(texts, precision="fp32")
+    assert np.array_equal(again, fp32)

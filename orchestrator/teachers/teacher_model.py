@@ -62,6 +62,17 @@ class Teacher:
                 "refine a multi-task teacher that includes it")
         return head
 
+    def set_attention(self, impl: str) -> None:
+        """Compute attention with the Hugging Face kernel ``impl`` (``sdpa``, ``eager``) from the
+        next forward pass on; a model that has no such kernel keeps its own."""
+        hf = self.model.encoder if self.multitask else self.model
+        if getattr(getattr(hf, "config", None), "_attn_implementation", impl) == impl:
+            return
+        try:
+            hf.set_attn_implementation(impl)
+        except (AttributeError, ValueError, ImportError):
+            pass
+
     @torch.inference_mode()
     def logits(self, input_ids, attention_mask, token_type_ids=None, head: str | None = None):
         head = self.resolve_head(head)

@@ -203,6 +203,7 @@ class TeacherWorker:
         batches = token_budget_batches([len(r) for r in ids], self.token_budget,
                                        self.cfg.max_batch_size)
         outs = []
+        self.teacher.set_attention(labeling_attention(precision, self.device))
         with torch.inference_mode(), autocast(precision, self.device):
             for b in batches:
                 input_ids, mask, tts = self._pad([ids[i] for i in b],
@@ -210,6 +211,14 @@ class TeacherWorker:
                 out = self.teacher.logits(input_ids, mask, tts, head=head)
                 outs.append(out.float().cpu().numpy())
         return restore_order(batches, outs).astype(np.float32, copy=False), truncated
+
+
+def labeling_attention(precision: str, device: str) -> str:
+    """The attention kernel a teacher labels with. On a CPU in bf16, Hugging Face's eager
+    attention (two matmuls and a softmax) labels short GLUE sentences faster than PyTorch's fused
+    SDPA kernel, whose bf16 CPU path costs more than it saves at these lengths; in fp32 the two
+    are within noise (``benchmarks/teacher_attention.py``). Elsewhere: SDPA."""
+    return "eager" if device == "cpu" and precision == "bf16" else "sdpa"
 
 
 TeacherActor = ray.remote(TeacherWorker)
