@@ -24,6 +24,11 @@ reference run for every text both labeled); one registered model version, from t
 run; and the best trial has the reference's configuration and score, or the difference is
 explained (the best trial, here or in the reference, resumed from a checkpoint, and a resumed
 trial draws its batches anew). The last line printed is a JSON summary.
+
+With ``--root``, the matrix resumes: every finished cell is appended to ``<root>/ledger.jsonl``
+and the reference run is kept, so the same command run again (after a reboot, or the end of a
+working session) runs only the cells not yet recorded and prints the table over all of them.
+A cell cut short is run again from scratch.
 """
 from __future__ import annotations
 
@@ -237,6 +242,37 @@ def check(root: Path, reference: dict, ref_cache: dict, resumed_expected: bool,
     return fail, explained
 
 
+DONE = "DONE"  # marks a finished reference run
+
+
+class Ledger:
+    """The finished cells of a matrix, one JSON line each, appended as they end (a line cut
+    short by a kill is ignored, and its cell runs again)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.cells: dict[tuple[int, str], str] = {}
+        if path.is_file():
+            text = path.read_text()
+            if text and not text.endswith("\n"):  # cut short: the next line starts afresh
+                with open(path, "a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
+                try:
+                    row = json.loads(line)
+                    self.cells[row["run"] - 1, row["point"]] = row["verdict"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    def add(self, i: int, point: str, verdict: str, notes: list[str], seconds: float) -> None:
+        self.cells[i, point] = verdict
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"run": i + 1, "point": point, "verdict": verdict,
+                                "notes": notes, "seconds": round(seconds)}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1, help="times to run the whole matrix")
@@ -256,12 +292,14 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     ref_root = top / "reference"
-    shutil.rmtree(ref_root, ignore_errors=True)
-    ref_root.mkdir()
-    rc, _ = run(ref_root, ref_root / "log.txt")
-    if rc != 0:
-        print(f"the reference run failed (rc {rc}); see {ref_root / 'log.txt'}")
-        return 2
+    if not (ref_root / DONE).is_file():  # kept from an earlier call with this root: reused
+        shutil.rmtree(ref_root, ignore_errors=True)
+        ref_root.mkdir()
+        rc, _ = run(ref_root, ref_root / "log.txt")
+        if rc != 0:
+            print(f"the reference run failed (rc {rc}); see {ref_root / 'log.txt'}")
+            return 2
+        (ref_root / DONE).touch()
     reference = outcome(ref_root)
     ref_cache, problems = cache_rows(ref_root)
     if problems:
@@ -270,10 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference: best {reference['best_score']:.4f} {reference['best_config']} "
           f"({time.time() - t0:.0f} s)", flush=True)
 
+    ledger = Ledger(top / "ledger.jsonl")
     table: dict[str, list[str]] = {p: [] for p in points}  # pass | explained | FAIL | unreached
-    notes: list[str] = []
+    for (i, p), verdict in ledger.cells.items():
+        if p in table and i < args.runs:
+            table[p].append(verdict)
+    if ledger.cells:
+        print(f"resuming: {sum(len(v) for v in table.values())} cell(s) already in "
+              f"{ledger.path}", flush=True)
     for i in range(args.runs):
         for p in points:
+            if (i, p) in ledger.cells:
+                continue
             fault, kill_driver = POINTS[p]
             root = top / f"run{i + 1}-{p}"
             shutil.rmtree(root, ignore_errors=True)
@@ -284,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 rc, reached = run(root, log, fault, kill=kill_driver)
                 if not reached:
                     table[p].append("unreached")
-                    notes.append(f"run {i + 1} {p}: the point was never reached (rc {rc})")
+                    ledger.add(i, p, "unreached", [f"the point was never reached (rc {rc})"],
+                               time.time() - t1)
                     continue
                 if kill_driver:
                     rc, _ = run(root, log)  # the same command again, to its end
@@ -298,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                 fail, explained = [f"{type(e).__name__}: {e}"], []
             verdict = "FAIL" if fail else ("explained" if explained else "pass")
             table[p].append(verdict)
-            notes += [f"run {i + 1} {p}: {m}" for m in fail + explained]
+            ledger.add(i, p, verdict, fail + explained, time.time() - t1)
             print(f"run {i + 1} {p}: {verdict} ({time.time() - t1:.0f} s)"
                   + "".join(f"\n    {m}" for m in fail + explained), flush=True)
             if verdict == "pass" and not args.keep:

@@ -27,3 +27,11 @@ def test_fault_matrix_points_resume_with_nothing_lost(tmp_path):
     assert res.returncode == 0 and summary["failed"] == 0, out[-6000:]
     assert set(summary["table"]) == set(points.split(","))
     assert all(c["pass"] + c["explained"] == 1 for c in summary["table"].values()), summary
+    # the same command again: every cell is in the ledger, the reference is kept; nothing reruns
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "fault_matrix.py"),
+                            "--points", points, "--root", str(tmp_path)],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "resuming: 3 cell(s) already in" in again.stdout and "reference: best" in again.stdout
+    assert " run 1 " not in again.stdout.replace("\n", " ")
+    assert json.loads(again.stdout.strip().splitlines()[-1])["table"] == summary["table"]
