@@ -13,8 +13,9 @@ runs without Ray (``tests/test_train_steps.py``):
 4. :func:`run_stage1`: joint distillation: every step draws a task by the mixture (a single task
    draws itself), takes a batch of it and fits that task's teacher logits with the loss from
    ``students.losses``. ``train.evals_per_epoch`` reports per epoch; with ``train.patience`` it
-   stops once that many epochs pass without a better dev score, counted after ``train.min_epochs``. The caller's ``pause_after``
-   stops it, unfinished, after that many reports (a grid's rung); a later start goes on.
+   stops once that many epochs pass without a better dev score (counted after
+   ``train.min_epochs``). The caller's ``pause_after`` stops it, unfinished, after that many
+   reports (a grid's rung); a later start goes on.
 5. :func:`run_stage2` (MKD, ``train.finetune_epochs`` > 0): each task fine-tunes its own copy of
    the student; reported as further epochs.
 
