@@ -191,8 +191,8 @@ def cmd_ui(args) -> int:
         exp = None
     if exp is not None:
         print(f"[ui] runs of experiment {args.experiment}: {runs_page(base, exp.experiment_id)}")
-    # MLflow 3 also starts a job runner for its GenAI jobs, which this project never uses; on a
-    # loaded 2-core machine the UI answered /health in 12-13 s without it, 17-20 s with it
+    # MLflow 3 also starts a job runner for its GenAI jobs, which this project never uses and
+    # which slows the UI's start-up on a small machine
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, cmd)
     return 0

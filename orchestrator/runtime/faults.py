@@ -66,9 +66,8 @@ def kill_tree(proc, timeout: float = 60.0) -> None:
     group alone would leave them to notice their raylet is gone. Waits until all are gone.
 
     A process group, not a session: a new session is a new scheduler autogroup on Linux, and on
-    a machine whose cores other jobs hold, a child there started 5 to 10 times slower than one
-    in its parent's session (``import mlflow.server.handlers``: 18-36 s against 3.5 s, side by
-    side)."""
+    a machine whose cores other jobs hold, a child there starts several times slower than one
+    in its parent's session."""
     pids = descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
