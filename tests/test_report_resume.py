@@ -97,10 +97,10 @@ def test_same_table_as_an_uninterrupted_report(runs):
 
 
 def test_teacher_resumed_from_its_checkpoint(runs):
-    from orchestrator.stages.teacher import TRAIN_INFO_FILE
+    from orchestrator.teachers.teacher_model import RUN_RECORD_FILE
 
     infos = [json.loads(p.read_text()) for p in
-             (runs["killed"] / "work" / "teachers").glob(f"*/{TRAIN_INFO_FILE}")]
+             (runs["killed"] / "work" / "teachers").glob(f"*/{RUN_RECORD_FILE}")]
     assert len(infos) == 1
     assert len(infos[0]["resumed_at"]) == 1 and infos[0]["resumed_at"][0] > 0
     assert not (runs["killed"] / "work" / "teachers" / ".partial").exists()

@@ -1,6 +1,7 @@
 """Teacher fine-tuning killed mid-way resumes from its checkpoint and ends with the same teacher,
 step for step, as a run never interrupted; per-task settings and best-epoch selection shape the
-cache key. A tiny random teacher on generated data, no Ray."""
+cache key; how long a run took stays out of the teacher's identity. A tiny random teacher on
+generated data, no Ray."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ from safetensors.torch import load_file
 
 from orchestrator.config import ConfigError, TeacherConfig, build_config
 from orchestrator.runtime import faults
-from orchestrator.stages.teacher import TRAIN_INFO_FILE, finetune_teacher, teacher_key
+from orchestrator.stages.teacher import (TRAIN_INFO_FILE, finetune_teacher, teacher_key,
+                                         train_seconds)
+from orchestrator.teachers.teacher_model import RUN_RECORD_FILE, teacher_identity
 from tasks.generated import generate_task_data
 from tasks.registry import get_task
 
@@ -76,8 +79,14 @@ def test_single_task_teacher_resumes_exactly(tmp_path, monkeypatch, task_data):
     assert res.key == ref.key and res.metrics == ref.metrics
     a, b = _weights(ref.path), _weights(res.path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the same weights label into the same soft-label cache, however the run went
+    assert teacher_identity(res.path) == teacher_identity(ref.path)
+    run = json.loads((res.path / RUN_RECORD_FILE).read_text())
+    assert run["resumed_at"] == [8] and run["seconds"] > 0
+    assert json.loads((ref.path / RUN_RECORD_FILE).read_text())["resumed_at"] == []
+    assert train_seconds(res.path) == run["seconds"]
     info = json.loads((res.path / TRAIN_INFO_FILE).read_text())
-    assert info["resumed_at"] == [8] and info["steps"] == total
+    assert info["steps"] == total and "seconds" not in info and "resumed_at" not in info
     assert [h["step"] for h in info["history"]] == [6, 12, 18]
     assert info["best_step"] in (6, 12, 18)
     assert max(h["score"] for h in info["history"]) == pytest.approx(res.metrics["score"])
@@ -98,6 +107,7 @@ def test_multitask_teacher_resumes_exactly(tmp_path, monkeypatch, task_data):
     res = refine_multitask_teacher(cfg, task_data, tmp_path / "b", log=lambda m: None)
     assert steps[0] == total - (total // 2 + 1)
     assert res.metrics == ref.metrics
+    assert teacher_identity(res.path) == teacher_identity(ref.path)
     a = load_file(str(ref.path / "heads.safetensors"))
     b = load_file(str(res.path / "heads.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -142,3 +152,21 @@ def test_checkpoint_minutes_must_be_positive():
 def test_mixture_tau_must_be_positive():
     with pytest.raises(ConfigError, match="teacher.mixture_tau=-1.0 must be > 0"):
         build_config({"teacher": {"mixture_tau": -1.0}})
+
+
+def test_teacher_saved_before_the_run_record_keeps_its_identity_and_seconds(tmp_path):
+    """A teacher dir from before the run record: its seconds are read from train_info.json,
+    and its identity (so its soft-label cache) is what it was."""
+    d = tmp_path / "old"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"weights")
+    (d / TRAIN_INFO_FILE).write_text(json.dumps({"steps": 4, "seconds": 12.5, "resumed_at": []}))
+    before = teacher_identity(d)
+    assert train_seconds(d) == 12.5
+    (d / RUN_RECORD_FILE).write_text(json.dumps({"seconds": 99.0, "resumed_at": [2]}))
+    assert teacher_identity(d) == before, "the run record is not part of the identity"
+    assert train_seconds(d) == 99.0
+    (d / TRAIN_INFO_FILE).write_text(json.dumps({"steps": 5}))
+    assert teacher_identity(d) != before, "what the training did is"
+    (d / RUN_RECORD_FILE).unlink()
+    assert train_seconds(d) is None

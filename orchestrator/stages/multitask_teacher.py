@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from orchestrator.config import MULTITASK_ENTRY, TeacherConfig
 from orchestrator.runtime.keys import atomic_dir, content_key
 from orchestrator.runtime.precision import autocast
-from orchestrator.stages.teacher import (TRAIN_INFO_FILE, FinetuneRun, TeacherResult,
-                                         _check_base_model, _encode, shuffled_batches,
-                                         evaluate_teacher, random_base, training_precision,
-                                         training_settings)
+from orchestrator.stages.teacher import (FinetuneRun, TeacherResult, _check_base_model, _encode,
+                                         evaluate_teacher, random_base, shuffled_batches,
+                                         training_precision, training_settings,
+                                         write_train_records)
 from orchestrator.teachers.teacher_model import (MultiTaskTeacher, TeacherError,
                                                  base_model_identity, save_multitask_teacher)
 from orchestrator.training.mixture import TaskSampler, mixture_weights
@@ -92,7 +92,7 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
         (tmp / "teacher_config.json").write_text(json.dumps(
             {"base_model": cfg.model, "tasks": list(data), "multitask": True,
              "config": asdict(cfg)}, indent=1))
-        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
+        write_train_records(tmp, info)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
     run.discard()
     return TeacherResult(final, key, metrics, False, time.time() - t0)

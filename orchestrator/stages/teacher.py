@@ -22,8 +22,8 @@ from orchestrator.runtime import faults
 from orchestrator.runtime.keys import atomic_dir, atomic_file, content_key
 from orchestrator.runtime.precision import autocast, resolve
 from orchestrator.teachers.batching import length_grouped_batches, length_sorted_batches
-from orchestrator.teachers.teacher_model import (HEADS_FILE, TeacherError, base_model_identity,
-                                                 create_random_teacher)
+from orchestrator.teachers.teacher_model import (HEADS_FILE, RUN_RECORD_FILE, TeacherError,
+                                                 base_model_identity, create_random_teacher)
 from tasks.data import Example
 from tasks.loaders import take_subset
 from tasks.metrics import compute_metrics
@@ -31,7 +31,7 @@ from tasks.registry import TaskSpec
 from tasks.text import tokenize
 
 TEACHER_VERSION = 1
-TRAIN_INFO_FILE = "train_info.json"  # steps, seconds summed over resumptions, dev curve
+TRAIN_INFO_FILE = "train_info.json"  # steps, the dev curve, the step whose weights were kept
 
 
 @dataclass
@@ -107,7 +107,7 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
                                                   "heads": {task.name: task.num_outputs}}))
         (tmp / "teacher_config.json").write_text(json.dumps(
             {"base_model": cfg.model, "task": task.name, "config": asdict(cfg)}, indent=1))
-        (tmp / TRAIN_INFO_FILE).write_text(json.dumps(info, indent=1))
+        write_train_records(tmp, info)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
     run.discard()
     return TeacherResult(final, key, metrics, False, time.time() - t0)
@@ -209,6 +209,29 @@ def _single_task_step(tokenizer, examples: list[Example], task: TaskSpec, cfg: T
             out = model(**enc, labels=labels)
         return out.loss.float()
     return step
+
+
+RUN_FIELDS = ("seconds", "resumed_at")  # how the run went: RUN_RECORD_FILE, not the identity
+
+
+def write_train_records(path: Path, info: dict) -> None:
+    """Save :meth:`FinetuneRun.fit`'s record in a teacher dir: what the training did in
+    ``TRAIN_INFO_FILE``, how long it took and where it resumed in ``RUN_RECORD_FILE``."""
+    (path / TRAIN_INFO_FILE).write_text(json.dumps(
+        {k: v for k, v in info.items() if k not in RUN_FIELDS}, indent=1))
+    (path / RUN_RECORD_FILE).write_text(json.dumps(
+        {k: info[k] for k in RUN_FIELDS if k in info}, indent=1))
+
+
+def train_seconds(path: str | Path) -> float | None:
+    """A saved teacher's fine-tuning seconds, summed over the calls that trained it; None when
+    the teacher predates that record. Teachers saved before the run record kept the seconds in
+    ``TRAIN_INFO_FILE``."""
+    for name in (RUN_RECORD_FILE, TRAIN_INFO_FILE):
+        f = Path(path) / name
+        if f.is_file() and "seconds" in (rec := json.loads(f.read_text())):
+            return float(rec["seconds"])
+    return None
 
 
 class FinetuneRun:

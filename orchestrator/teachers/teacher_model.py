@@ -82,6 +82,12 @@ class Teacher:
                           token_type_ids=token_type_ids).logits
 
 
+# how a fine-tuning went (its seconds, the steps it resumed at), saved beside the weights and
+# left out of the teacher's identity: the same weights trained twice, or resumed after a kill,
+# label into the same soft-label cache
+RUN_RECORD_FILE = "train_run.json"
+
+
 def teacher_identity(path: str | Path) -> str:
     """Hash of a teacher's weights and configs: the soft-label cache keys on it."""
     from orchestrator.runtime.keys import content_key, file_digest
@@ -89,6 +95,8 @@ def teacher_identity(path: str | Path) -> str:
     p = Path(path)
     parts = {}
     for f in sorted(p.iterdir()):
+        if f.name == RUN_RECORD_FILE:
+            continue
         if f.is_file() and (f.suffix in (".safetensors", ".json", ".txt", ".bin", ".model")):
             parts[f.name] = file_digest(f)
     if not parts:

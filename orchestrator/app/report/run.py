@@ -204,16 +204,15 @@ class _Progress:
 
 
 def _teacher_seconds(refs) -> float | None:
-    """Fine-tuning seconds of these teachers, summed over the calls that trained each
-    (``train_info.json``); None when a teacher predates that record."""
-    from orchestrator.stages.teacher import TRAIN_INFO_FILE
+    """Fine-tuning seconds of these teachers, summed over the calls that trained each; None when
+    a teacher predates that record."""
+    from orchestrator.stages.teacher import train_seconds
 
     total = 0.0
     for path in {r.path for r in (refs or {}).values()}:
-        f = Path(path) / TRAIN_INFO_FILE
-        if not f.is_file():
+        if (s := train_seconds(path)) is None:
             return None
-        total += float(json.loads(f.read_text())["seconds"])
+        total += s
     return total
 
 
