@@ -47,9 +47,21 @@ def test_cpuinfo_is_read_in_one_place(tmp_path, monkeypatch):
     real = machine.Path
     monkeypatch.setattr(machine, "Path", lambda p: real(info) if p == "/proc/cpuinfo" else real(p))
     assert prec.cpu_flags() == {"fpu", "avx2", "amx_bf16"}
-    assert "(Test CPU 9000)" in machine.describe()
+    assert "(Test CPU 9000" in machine.describe()
     info.unlink()
     assert prec.cpu_flags() is None and machine.cpuinfo_value("model name") is None
+
+
+def test_machine_line_counts_the_machines_cpus_and_says_when_pinned(monkeypatch):
+    """A report run under ``taskset -c 1`` on a 2-CPU machine says 2 CPUs, pinned to 1."""
+    import orchestrator.runtime.machine as machine
+
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {1}, raising=False)
+    assert machine.describe().startswith("2 CPUs (") and "; this process pinned to 1)" in \
+        machine.describe()
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert "pinned" not in machine.describe()
 
 
 def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(cpu_with):

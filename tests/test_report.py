@@ -218,6 +218,23 @@ def test_flags_name_rows_that_do_not_beat_their_baselines():
     assert _flag(select_rows(["bilstm_soft"]), cells, ["sst2"]) == []
 
 
+def test_readme_table_prints_the_scores_the_report_prints():
+    """The README's table comes from the JSON, the report's from the cells: both print 54.2 for
+    RTE's 150/277 (0.54152), which a JSON rounded to 2 decimals (54.15) would print as 54.1."""
+    from orchestrator.app.report import results_json, results_markdown
+
+    rte = 150 / 277
+    cells = [Cell("bilstm_gold", "rte", {"accuracy": rte, "score": rte}, "a", "reused")]
+    rows = select_rows(["bilstm_gold"])
+    perf = pd.DataFrame({"non_embedding": [300_000], "latency_b1_ms": [1.5]},
+                        index=["bilstm_gold"])
+    md = format_markdown("t", build_table(rows, cells, ["rte"], pd.DataFrame()), rows, ["rte"],
+                         None, [], [])
+    readme = results_markdown(results_json("full", rows, cells, perf, {"teacher": 60.0}))
+    line = lambda text: next(ln for ln in text.splitlines() if ln.startswith("| 2 "))  # noqa: E731
+    assert " 54.2 " in line(md) and " 54.2 " in line(readme), (line(md), line(readme))
+
+
 def test_budgets_cap_small_and_lift_full_and_set_wins():
     cfg = resolve_report("report_smoke", "small", ["sst2"], ["train.epochs=7"])
     assert cfg.data.max_train_examples == 500  # below the cap: kept

@@ -19,8 +19,8 @@ def cpuinfo_value(*keys: str) -> str | None:
 
 
 def describe() -> str:
-    """This machine in one line: CPU count (the ones this process may use) and model, memory,
-    GPU, torch."""
+    """This machine in one line: CPU count and model (and how many this process may use, when
+    it is pinned to fewer), memory, GPU, torch."""
     import torch
 
     cpu = cpuinfo_value("model name") or platform.processor() or platform.machine()
@@ -31,6 +31,8 @@ def describe() -> str:
         mem = f", {kb / 2**20:.0f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = os.cpu_count() or 1
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cpus
+    pinned = f"; this process pinned to {usable}" if usable < cpus else ""
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpus} CPUs ({cpu}){mem}, {gpu}, torch {torch.__version__}"
+    return f"{cpus} CPUs ({cpu}{pinned}){mem}, {gpu}, torch {torch.__version__}"

@@ -278,8 +278,9 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
             continue
         p = perf.loc[c.row] if c.row in perf.index else None
         out_cells.append({
-            "row": c.row, "task": c.task, "score": round(100 * c.metrics["score"], 2),
-            "metrics": {k: round(100 * v, 2) for k, v in c.metrics.items() if k != "score"},
+            # 4 decimals: the tables print 1, and a value rounded twice could read 0.1 off
+            "row": c.row, "task": c.task, "score": round(100 * c.metrics["score"], 4),
+            "metrics": {k: round(100 * v, 4) for k, v in c.metrics.items() if k != "score"},
             "non_embedding_params": int(p["non_embedding"]) if p is not None else None,
             "latency_ms_b1": round(float(p["latency_b1_ms"]), 4) if p is not None else None,
             "flag": c.flag, "tuning": c.tuning or None})
