@@ -104,6 +104,8 @@ def test_teacher_resumed_from_its_checkpoint(runs):
     assert len(infos) == 1
     assert len(infos[0]["resumed_at"]) == 1 and infos[0]["resumed_at"][0] > 0
     assert not (runs["killed"] / "work" / "teachers" / ".partial").exists()
+    # the teacher's folder is written once trained: the kill left no half-made one behind
+    assert not list((runs["killed"] / "work" / "teachers").glob(".*.tmp-*"))
 
 
 def test_student_resumed_in_its_run_and_no_epoch_ran_twice(runs):

@@ -72,22 +72,23 @@ def refine_multitask_teacher(cfg: TeacherConfig, data: dict[str, TaskData],
             f"{metrics.get('score', float('nan')):.4f})")
         return TeacherResult(final, key, metrics, True, time.time() - t0)
     _check_base_model(cfg.model)
+    partial = final.parent / ".partial" / key  # the checkpoint; scratch for a random base
+    partial.mkdir(parents=True, exist_ok=True)
+    encoder, tokenizer = _init_encoder(cfg, data, partial)
+    model = MultiTaskTeacher(encoder, {t: d.task.num_outputs for t, d in data.items()})
+    train = {t: take_subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
+    log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
+    precision = training_precision(cfg)
+    plan, steps_per_epoch = mixture_plan(train, cfg)
+    run = FinetuneRun(partial, cfg, len(plan), steps_per_epoch, "multi-task teacher", log)
+    info = run.fit(model, plan, _mixture_step(tokenizer, train, data, cfg, precision),
+                   lambda m: evaluate_multitask(m, tokenizer, data, cfg.max_length, precision))
+    metrics = evaluate_multitask(model, tokenizer, data, cfg.max_length, precision)
+    log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                                       if k.endswith("_score") or k == "score"))
+    # written in one go once trained: a kill during training leaves the checkpoint only
     with atomic_dir(final) as tmp:
-        encoder, tokenizer = _init_encoder(cfg, data, tmp)
-        model = MultiTaskTeacher(encoder, {t: d.task.num_outputs for t, d in data.items()})
-        train = {t: take_subset(d.train, cfg.max_train_examples, cfg.seed) for t, d in data.items()}
-        log(f"[teacher] refining {cfg.model} on {', '.join(f'{t} ({len(x)})' for t, x in train.items())}: "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}")
-        precision = training_precision(cfg)
-        plan, steps_per_epoch = mixture_plan(train, cfg)
-        run = FinetuneRun(final.parent / ".partial" / key, cfg, len(plan), steps_per_epoch,
-                          "multi-task teacher", log)
-        info = run.fit(model, plan, _mixture_step(tokenizer, train, data, cfg, precision),
-                       lambda m: evaluate_multitask(m, tokenizer, data, cfg.max_length,
-                                                    precision))
-        metrics = evaluate_multitask(model, tokenizer, data, cfg.max_length, precision)
-        log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()
-                                           if k.endswith("_score") or k == "score"))
         save_multitask_teacher(model, tokenizer, tmp)
         (tmp / "teacher_config.json").write_text(json.dumps(
             {"base_model": cfg.model, "tasks": list(data), "multitask": True,

@@ -86,21 +86,23 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
         return TeacherResult(final, key, metrics, True, time.time() - t0)
     _check_base_model(cfg.model)
     precision = training_precision(cfg)
+    partial = final.parent / ".partial" / key  # the checkpoint; scratch for a random base
+    partial.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = _init_model(cfg, task, train, partial)
+    examples = take_subset(train, cfg.max_train_examples, cfg.seed)
+    log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
+        f"{precision}")
+    plan = single_task_plan(examples, cfg)
+    run = FinetuneRun(partial, cfg, len(plan), math.ceil(len(examples) / cfg.batch_size),
+                      f"teacher {task.name}", log)
+    info = run.fit(model, plan, _single_task_step(tokenizer, examples, task, cfg, precision),
+                   lambda m: evaluate_teacher(m, tokenizer, dev, task, cfg.max_length,
+                                              precision=precision))
+    metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length, precision=precision)
+    log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    # written in one go once trained: a kill during training leaves the checkpoint only
     with atomic_dir(final) as tmp:
-        model, tokenizer = _init_model(cfg, task, train, tmp)
-        examples = take_subset(train, cfg.max_train_examples, cfg.seed)
-        log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
-            f"{precision}")
-        plan = single_task_plan(examples, cfg)
-        run = FinetuneRun(final.parent / ".partial" / key, cfg, len(plan),
-                          math.ceil(len(examples) / cfg.batch_size), f"teacher {task.name}", log)
-        info = run.fit(model, plan, _single_task_step(tokenizer, examples, task, cfg, precision),
-                       lambda m: evaluate_teacher(m, tokenizer, dev, task, cfg.max_length,
-                                                  precision=precision))
-        metrics = evaluate_teacher(model, tokenizer, dev, task, cfg.max_length,
-                                   precision=precision)
-        log("[teacher] dev: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / HEADS_FILE).write_text(json.dumps({"multitask": False,
