@@ -9,8 +9,8 @@ or duplicated.
 The search is the smoke preset (tiny generated data, tiny random teacher) with four draws that
 meet the first rung together and the best student registered, so every stage a kill can cut
 short is on its path; its rungs weigh dev score against parameter count, which (unlike
-latency) is the same in every run. First one uninterrupted run (the reference), then for each point a run
-with the fault armed (``orchestrator.runtime.faults``):
+latency) is the same in every run. First one uninterrupted run (the reference), then for each
+point a run with the fault armed (``orchestrator.runtime.faults``):
 
 - driver points: the driver (with its Ray and every worker) is SIGKILLed when the point is
   reached, and the same command is run again to its end;
