@@ -62,6 +62,10 @@ def cluster(tmp_path_factory):
     teacher_node = c.add_node(num_cpus=2, resources={TEACHER_RESOURCE: 1})
     plain_node = c.add_node(num_cpus=2)
     c.wait_for_nodes()
+    # conftest sets RAY_ADDRESS=local so that tests start private Rays; here the module's Ray is
+    # this cluster, and Ray's state API reads RAY_ADDRESS before its own address argument
+    old_address = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = c.address
     logs: list[str] = []
     resources = init_ray(address=c.address, log=logs.append)
     assert resources.get("CPU") == 5 and resources.get(TEACHER_RESOURCE) == 1, resources
@@ -72,6 +76,10 @@ def cluster(tmp_path_factory):
     c.shutdown()
     shutil.rmtree(tmp, ignore_errors=True)
     os.environ.pop("DISTILLRAY_AUTOSCALER_CONFIG", None)
+    if old_address is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = old_address
     if old_tmp is None:
         os.environ.pop("RAY_TMPDIR", None)
     else:

@@ -715,14 +715,19 @@ class TeacherPool(_ActorLabeler):
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        """Kill the actors. Idempotent."""
+    def shutdown(self, wait_s: float = 30.0) -> None:
+        """Kill the actors and wait, up to ``wait_s``, until Ray reports each one dead. Idempotent.
+
+        ``ray.kill`` only asks: the actor may still answer a call, and still hold its CPUs, for a
+        moment after it returns. Waiting makes "shut down" mean it, so the next pool or Ray Data
+        job that needs those CPUs is not left pending behind a dying actor."""
         if not ray.is_initialized():
             self._actors = []
             return
         for a in self._actors:
             with contextlib.suppress(Exception):
                 ray.kill(a, no_restart=True)
+        _wait_dead(self._actors, wait_s)
         self._actors = []
         with contextlib.suppress(Exception):
             atexit.unregister(self.shutdown)
@@ -735,6 +740,27 @@ class TeacherPool(_ActorLabeler):
 
     def __repr__(self) -> str:
         return f"TeacherPool({self.teacher_path!r}, actors={len(self._actors)})"
+
+
+def _wait_dead(actors: list, wait_s: float) -> None:
+    """Probe each killed actor until a call to it fails with RayActorError (Ray has marked it
+    dead and released its resources), or until ``wait_s`` has passed; then warn and go on."""
+    deadline = time.monotonic() + wait_s
+    for a in actors:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("a killed teacher actor still answered after %.0f s", wait_s)
+                return
+            try:
+                ray.get(a.__ray_ready__.remote(), timeout=min(left, 5.0))
+            except RayActorError:
+                break
+            except GetTimeoutError:
+                continue
+            except Exception:  # Ray itself going down: nothing left to wait for
+                return
+            time.sleep(0.05)
 
 
 @dataclass
