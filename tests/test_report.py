@@ -235,6 +235,19 @@ def test_readme_table_prints_the_scores_the_report_prints():
     assert " 54.2 " in line(md) and " 54.2 " in line(readme), (line(md), line(readme))
 
 
+def test_stage_times_print_the_same_in_the_report_and_the_readme():
+    """The report's note formats the stage seconds, the README block formats them from the JSON:
+    1978.6 s must read 32m59s in both, not 32m59s in one and 32m58s from a rounded copy."""
+    from orchestrator.app.report import results_json, results_markdown, stage_seconds
+    from orchestrator.app.report.table import _stage_note
+
+    stages = stage_seconds([], [], {}, None, 1978.6, {"labeling": 7199.5})
+    assert stages == {"teacher": 0.0, "labeling": 7200.0, "measure": 1979.0}
+    readme = results_markdown(results_json("full", [], [], pd.DataFrame(), stages))
+    for text in (_stage_note(stages), readme):
+        assert "measure 32m59s" in text and "labeling 2h00m" in text, text
+
+
 def test_budgets_cap_small_and_lift_full_and_set_wins():
     cfg = resolve_report("report_smoke", "small", ["sst2"], ["train.epochs=7"])
     assert cfg.data.max_train_examples == 500  # below the cap: kept

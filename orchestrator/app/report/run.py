@@ -252,7 +252,8 @@ def stage_seconds(selected: list[Row], cells: list[Cell], single_refs, multi_ref
                 runs.update(c.train_seconds)
         out[r.id] = float(sum(runs.values())) if runs else None
     out["measure"] = measure_s
-    return out
+    # whole seconds, so the report's note and the README block (from the JSON) print the same
+    return {k: None if v is None else float(round(v)) for k, v in out.items()}
 
 
 def _commit() -> str:
@@ -286,5 +287,5 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
             "flag": c.flag, "tuning": c.tuning or None})
     return {"commit": _commit(), "date": datetime.date.today().isoformat(), "budget": budget,
             "machine": describe_machine(),
-            "stage_seconds": {k: (None if v is None else round(v, 1)) for k, v in stages.items()},
+            "stage_seconds": dict(stages),
             "rows": [r.id for r in selected], "cells": out_cells}
