@@ -162,9 +162,16 @@ def test_startup_draws_meet_the_first_rung_together(ray_session, workdir, worker
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     draws, epochs = (4, 4) if workers == 0 else (2, 3)
+    # the rungs weigh dev score against parameter count, not the preset's measured latency: the
+    # draws run cheapest first, and the seeded first draw is the only one with hidden size 16, so
+    # the first to wait at the rung has the fewest parameters, is on the rung's front (its score
+    # beats the majority class's), and is kept and resumes. Weighed against latency, which moves
+    # from run to run, it could be dominated and stopped, and then no draw would resume.
     space, cfg, overrides = resolve_run("smoke", [f"search.num_samples={draws}",
                                                   "search.name=together",
                                                   "search.startup_rung=synchronous",
+                                                  "search.objectives=[dev_score:max, "
+                                                  "non_embedding_params:min]",
                                                   f"train.epochs={epochs}",
                                                   f"train.num_workers={workers}"],
                                         extra={"tracking.uri": uri})
@@ -175,6 +182,8 @@ def test_startup_draws_meet_the_first_rung_together(ray_session, workdir, worker
         "pareto_asha-*.json")).read_text())
     assert set(state["cohort"]) == ids and set(state["rungs"]["1"]) == ids
     assert state["waiting"] == {} and state["promoted"] == []
+    first, rung = state["cohort"][0], state["rungs"]["1"]  # (score, parameters) per trial
+    assert all(rung[first][1] < p[1] for t, p in rung.items() if t != first), rung
     client, _, children, _ = _runs(uri, "together")
     assert len(children) == draws, "exactly one child run per trial"
     resumed = [c for c in children if c.data.tags.get("distillray.resumed") == "true"]
