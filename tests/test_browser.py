@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_for_health
 
+from orchestrator.runtime import faults
+
 CHROMIUM = "/usr/bin/chromium"
 # flags that work in a container without a display, GPU or network
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -69,7 +71,10 @@ def browser():
 
 def _watch_dashboard(browser, url: str, proc, shots: Path, timeout: float = 240) -> dict:
     """Reload the dashboard's Actors page while the search runs, until it lists the teacher actor
-    (TeacherWorker) and a trial's actor alive together."""
+    (TeacherWorker) and a trial's actor alive together. The first trial holds at the end of its
+    first epoch until the caller releases it (``faults`` hold mode): the smoke trials take
+    seconds, less than one page load on a busy machine, so without the hold the page could miss
+    them all."""
     token = _ray_token()  # local clusters require Ray's token (~/.ray/auth_token)
     ctx = browser.new_context(viewport={"width": 1600, "height": 1000},
                               extra_http_headers={"Authorization": f"Bearer {token}"}
@@ -119,6 +124,8 @@ def search(browser, tmp_path_factory):
     shots = _shots(work)
     uri = f"sqlite:///{work / 'mlflow.db'}"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    hold = work / "trial-hold.mark"  # the first trial waits at its first epoch for the watcher
+    env.update({faults.ENV: "trial:hold", faults.MARK_ENV: str(hold)})
     log = work / "search.log"
     with open(log, "w") as f:
         proc = subprocess.Popen(
@@ -134,8 +141,10 @@ def search(browser, tmp_path_factory):
             time.sleep(0.5)
         assert url, "no dashboard address printed:\n" + log.read_text()[-3000:]
         seen = _watch_dashboard(browser, url, proc, shots)
+        Path(f"{hold}.release").touch()
         proc.wait(timeout=400)
     finally:
+        Path(f"{hold}.release").touch()
         _stop(proc)
     out = log.read_text()
     assert proc.returncode == 0, out[-3000:]

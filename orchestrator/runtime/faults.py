@@ -3,8 +3,10 @@
 A point is a no-op unless ``$DISTILLRAY_FAULT`` names it and ``$DISTILLRAY_FAULT_MARK`` names a
 marker file (both set by the fault matrix; Ray workers inherit them). The first process to reach
 the point creates the marker (once per run: a point fires once), then either holds there until
-the fault matrix SIGKILLs the driver with everything it started (``name``), or SIGKILLs itself
-(``name:self``: a teacher actor or a trial's process dying on its own)."""
+the fault matrix SIGKILLs the driver with everything it started (``name``), SIGKILLs itself
+(``name:self``: a teacher actor or a trial's process dying on its own), or holds until a file
+``<marker>.release`` exists (``name:hold``: a test watching the run from outside, e.g. in the
+Ray dashboard, sees it at that point however slowly it looks, then lets it go on)."""
 from __future__ import annotations
 
 import os
@@ -30,8 +32,10 @@ def point(name: str) -> None:
     os.close(fd)
     if mode == "self":
         os.kill(os.getpid(), signal.SIGKILL)
-    while True:  # held until the fault matrix kills the driver's whole tree
-        time.sleep(1)
+    release = Path(f"{mark}.release") if mode == "hold" else None
+    # held until the fault matrix kills the driver's whole tree, or (hold) until released
+    while release is None or not release.exists():
+        time.sleep(0.2 if release else 1)
 
 
 def descendants(pid: int) -> set[int]:
