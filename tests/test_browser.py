@@ -143,8 +143,7 @@ def search(browser, tmp_path_factory):
         seen = _watch_dashboard(browser, url, proc, shots)
         Path(f"{hold}.release").touch()
         proc.wait(timeout=400)
-    finally:
-        Path(f"{hold}.release").touch()
+    finally:  # stopping the driver stops a trial still held with it
         _stop(proc)
     out = log.read_text()
     assert proc.returncode == 0, out[-3000:]
