@@ -166,11 +166,20 @@ def cmd_report(args) -> int:
     res = run_report(cfg, name=args.name, budget=args.budget, rows=rows,
                      row_sets=parse_row_sets(args.row_set), out=args.out, address=args.address,
                      repeats=(args.repeats, args.repeats_64), threads=args.threads,
-                     json_out=args.json)
+                     json_out=args.json, seeds=_seeds(args.seeds))
     print(f"[done] report {res.name} in {res.seconds:.0f}s: {res.trained} cell(s) trained, "
           f"{res.reused} reused, {res.failed} failed; {len(res.flags)} flag(s); MLflow parent "
           f"run {res.parent_run_id}")
     return 0 if res.failed == 0 else 1
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
 def cmd_ui(args) -> int:
@@ -248,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="report name (default report-<budget>); re-running a name "
                    "reuses its finished cells")
     p.add_argument("--rows", help="comma-separated subset of rows (default all): teacher,"
-                   "teacher_mkd,bilstm_gold,bilstm_kd,bilstm_soft,mkd_bcn,mkd_transformer,"
-                   "bcn_kd,transformer_kd")
+                   "teacher_mkd,teacher_mkd_refined,bilstm_gold,bilstm_kd,bilstm_soft,mkd_bcn,"
+                   "mkd_transformer,mkd_bcn_st,mkd_transformer_st,bcn_kd,transformer_kd")
+    p.add_argument("--seeds", help="comma-separated train.seed values: every student cell "
+                   "trains once per seed and reports mean and standard deviation (default: the "
+                   "config's one seed)")
     p.add_argument("--row-set", action="append", default=[], metavar="ROW:KEY=VALUE",
                    help="override a value for one row, e.g. mkd_transformer:train.lr=5e-5")
     p.add_argument("--out", default="report.md", help="markdown file for the table")

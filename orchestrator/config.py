@@ -69,6 +69,11 @@ class TeacherConfig:
                               "probability proportional to its training-set size ** mixture_tau "
                               "(1: proportional to size; below 1 draws small tasks more often). "
                               "Single-task teachers ignore it.")
+    refine_epochs: float = knob(0.0, "Multi-task teacher: after the mixture, fine-tune a copy "
+                                "per task (shared encoder + that task's head) for this many "
+                                "epochs with that task's settings, keeping its best epoch on "
+                                "dev (MT-DNN / MKD); the refined copies then label. 0: the "
+                                "multi-task heads label.")
     keep_best_epoch: bool = knob(True, "Evaluate on dev after every epoch and keep the best "
                                  "epoch's weights (multi-task: the best mean score).")
     checkpoint_minutes: float = knob(10.0, "Write a resumable fine-tuning checkpoint at least "
@@ -465,8 +470,10 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def one_teacher(cfg: ExperimentConfig) -> bool:
     """Every task is labeled by one teacher: a single task, or a multi-task (MKD) teacher with a
-    head per task. A search then runs one teacher pool that serves all its trials."""
-    return len(cfg.tasks or [cfg.data.task]) == 1 or cfg.teacher.multitask
+    head per task (not refined per task). A search then runs one teacher pool that serves all
+    its trials."""
+    return len(cfg.tasks or [cfg.data.task]) == 1 or (cfg.teacher.multitask
+                                                      and not cfg.teacher.refine_epochs)
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -560,6 +567,9 @@ PER_TASK_TEACHER_KEYS = ("epochs", "lr", "batch_size", "weight_decay", "warmup_r
 def _validate_teacher(t: TeacherConfig) -> None:
     if not t.checkpoint_minutes > 0:
         raise ConfigError(f"teacher.checkpoint_minutes={t.checkpoint_minutes} must be > 0")
+    if not t.refine_epochs >= 0:
+        raise ConfigError(f"teacher.refine_epochs={t.refine_epochs} must be >= 0 (0: no per-task "
+                          "refinement of the multi-task teacher)")
     if not t.mixture_tau > 0:
         raise ConfigError(f"teacher.mixture_tau={t.mixture_tau} must be > 0 (1: tasks drawn in "
                           "proportion to their sizes)")

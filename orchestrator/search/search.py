@@ -85,8 +85,31 @@ def ensure_multitask_teacher(cfg: ExperimentConfig, data, client, experiment_id:
                     {"distillray.task": ",".join(data), "distillray.multitask": "true"},
                     {"teacher": vars(cfg.teacher), "tasks": ",".join(data),
                      **{f"train_examples_{t}": len(d.train) for t, d in data.items()}})
+    if cfg.teacher.refine_epochs > 0:
+        return _refine_per_task(cfg, data, res, client, experiment_id, log)
     return {name: TeacherRef(path=str(res.path), key=res.key, head=name,
                              max_length=cfg.teacher.max_length) for name in data}
+
+
+def _refine_per_task(cfg: ExperimentConfig, data, multitask, client, experiment_id: str,
+                     log: Callable = print) -> dict[str, TeacherRef]:
+    """``teacher.refine_epochs`` > 0: each task's copy of the multi-task teacher, fine-tuned on
+    that task alone (MT-DNN's second stage), each recorded in its own MLflow run."""
+    from orchestrator.stages.teacher import refine_settings, refine_task_teacher
+    from tasks.loaders import data_fingerprint
+
+    refs = {}
+    for name, d in data.items():
+        dev = next(iter(d.dev.values()))
+        res = refine_task_teacher(cfg.teacher, d.task, d.train, dev, cfg.work_root,
+                                  data_fingerprint(d.train), multitask, log=log)
+        refs[name] = TeacherRef(path=str(res.path), key=res.key, head=name,
+                                max_length=cfg.teacher.max_length)
+        _record_teacher(client, experiment_id, res, f"teacher-mkd-refined-{name}",
+                        {"distillray.task": name, "distillray.refined_from": multitask.key},
+                        {"teacher": vars(refine_settings(cfg.teacher, name)), "task": name,
+                         "refined_from": str(multitask.path), "train_examples": len(d.train)})
+    return refs
 
 
 def _record_teacher(client, experiment_id: str, res, name: str, tags: dict[str, str],

@@ -6,6 +6,7 @@ the base model, task, training data and settings; a second call with the same in
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -57,6 +58,7 @@ def training_settings(cfg: TeacherConfig) -> dict:
         d.pop(k, None)
     # a multi-task teacher's only: its key adds it when it is not 1 (multitask_teacher_key)
     d.pop("mixture_tau", None)
+    d.pop("refine_epochs", None)  # a stage after the multi-task teacher (refined_teacher_key)
     if not d.pop("keep_best_epoch", False):  # False: the last epoch, as before it existed
         d["keep_best_epoch"] = False
     precision = training_precision(cfg)
@@ -76,10 +78,70 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
                      dev: list[Example], work_root: str | Path, data_fingerprint: str,
                      log=print) -> TeacherResult:
     """Fine-tune (or reuse) a teacher; returns where it lies and its dev metrics."""
-    t0 = time.time()
     cfg = cfg.for_task(task.name)
     key = teacher_key(cfg, task, data_fingerprint)
-    final = Path(work_root) / "teachers" / key
+    return _train_task_teacher(cfg, task, train, dev, Path(work_root) / "teachers" / key, key,
+                               lambda partial: _init_model(cfg, task, train, partial),
+                               {"base_model": cfg.model}, f"teacher {task.name}", log)
+
+
+def refined_teacher_key(multitask_key: str, cfg: TeacherConfig, task: TaskSpec,
+                        data_fingerprint: str) -> str:
+    """A per-task refinement of a multi-task teacher: that teacher, the task, its data and the
+    task's settings with ``refine_epochs`` as its epochs."""
+    cfg = refine_settings(cfg, task.name)
+    return content_key({"v": TEACHER_VERSION, "kind": "refined", "from": multitask_key,
+                        "task": task.name, "data": data_fingerprint,
+                        "cfg": training_settings(cfg)})
+
+
+def refine_settings(cfg: TeacherConfig, task: str) -> TeacherConfig:
+    """The task's own teacher settings, with ``refine_epochs`` epochs."""
+    return dataclasses.replace(cfg.for_task(task), epochs=cfg.refine_epochs)
+
+
+def refine_task_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
+                        dev: list[Example], work_root: str | Path, data_fingerprint: str,
+                        multitask: TeacherResult, log=print) -> TeacherResult:
+    """MT-DNN's second stage: a copy of the multi-task teacher's encoder and ``task``'s head,
+    fine-tuned on ``task`` alone for ``teacher.refine_epochs`` epochs (best epoch on dev kept),
+    saved (or reused) as a single-task teacher that records where it came from."""
+    rcfg = refine_settings(cfg, task.name)
+    key = refined_teacher_key(multitask.key, cfg, task, data_fingerprint)
+
+    def init(_partial: Path):
+        return _init_from_multitask(multitask.path, task)
+
+    return _train_task_teacher(rcfg, task, train, dev, Path(work_root) / "teachers" / key, key,
+                               init, {"base_model": cfg.model, "refined_from": str(multitask.path),
+                                      "refined_from_key": multitask.key},
+                               f"refining {task.name}", log)
+
+
+def _init_from_multitask(path: str | Path, task: TaskSpec):
+    """A sequence classifier holding the multi-task teacher's encoder (and pooler) and the
+    task's head: the same function as the multi-task teacher's ``head=task``."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    kwargs = {"num_labels": task.num_outputs}
+    if task.is_regression:
+        kwargs["problem_type"] = "regression"
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
+    heads = load_file(str(Path(path) / "heads.safetensors"))
+    head = {k.split(".", 1)[1]: v for k, v in heads.items() if k.split(".", 1)[0] == task.name}
+    if not head:
+        raise TeacherError(f"multi-task teacher {path} has no head for {task.name}")
+    model.classifier.load_state_dict(head)
+    return model, AutoTokenizer.from_pretrained(str(path))
+
+
+def _train_task_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
+                        dev: list[Example], final: Path, key: str, init, origin: dict,
+                        desc: str, log=print) -> TeacherResult:
+    """The single-task teacher loop: reuse ``final`` when complete, else ``init(partial)`` ->
+    (model, tokenizer), fine-tune (resumable), evaluate, save in one go."""
+    t0 = time.time()
     if (final / "metrics.json").is_file():
         metrics = json.loads((final / "metrics.json").read_text())
         log(f"[teacher] reusing {final} (dev {task.main_metric}={metrics.get(task.main_metric, float('nan')):.4f})")
@@ -88,14 +150,15 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
     precision = training_precision(cfg)
     partial = final.parent / ".partial" / key  # the checkpoint; scratch for a random base
     partial.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = _init_model(cfg, task, train, partial)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = init(partial)
     examples = take_subset(train, cfg.max_train_examples, cfg.seed)
-    log(f"[teacher] fine-tuning {cfg.model} on {task.name}: {len(examples)} examples, "
+    log(f"[teacher] {desc}: {origin.get('refined_from', cfg.model)}, {len(examples)} examples, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, max_length {cfg.max_length}, "
         f"{precision}")
     plan = single_task_plan(examples, cfg)
     run = FinetuneRun(partial, cfg, len(plan), math.ceil(len(examples) / cfg.batch_size),
-                      f"teacher {task.name}", log)
+                      desc, log)
     info = run.fit(model, plan, _single_task_step(tokenizer, examples, task, cfg, precision),
                    lambda m: evaluate_teacher(m, tokenizer, dev, task, cfg.max_length,
                                               precision=precision))
@@ -108,7 +171,7 @@ def finetune_teacher(cfg: TeacherConfig, task: TaskSpec, train: list[Example],
         (tmp / HEADS_FILE).write_text(json.dumps({"multitask": False,
                                                   "heads": {task.name: task.num_outputs}}))
         (tmp / "teacher_config.json").write_text(json.dumps(
-            {"base_model": cfg.model, "task": task.name, "config": asdict(cfg)}, indent=1))
+            {**origin, "task": task.name, "config": asdict(cfg)}, indent=1))
         write_train_records(tmp, info)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))  # written last
     run.discard()

@@ -51,12 +51,32 @@ def build_from_meta(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | 
 
 
 def init_teacher_path(meta: dict) -> str:
-    """The teacher whose layers seed a Transformer student: the bundle's first task's teacher
-    (in MKD every task points at the same multi-task teacher)."""
+    """The teacher whose layers seed a Transformer student: the one teacher of the bundle (a
+    single task, or a multi-task teacher serving every task); with a teacher per task, the
+    encoder they all came from: the multi-task teacher they were refined from, else their
+    common base model when it is a local directory, else the first task's teacher."""
     teachers = meta.get("teachers") or {}
     if not teachers:
         raise ValueError("student.init_from_teacher is set but the bundle names no teacher")
-    return next(iter(teachers.values()))["path"]
+    paths = list(dict.fromkeys(t["path"] for t in teachers.values()))
+    if len(paths) == 1:
+        return paths[0]
+    origins = {_teacher_origin(p) for p in paths}
+    origin = origins.pop() if len(origins) == 1 else None
+    if origin and (Path(origin) / "config.json").is_file():
+        return origin
+    print(f"[train] the bundle's teachers share no local origin ({sorted(map(str, origins))}): "
+          f"the student starts from the first task's teacher {paths[0]}", flush=True)
+    return paths[0]
+
+
+def _teacher_origin(path: str) -> str | None:
+    """Where a saved teacher started: the multi-task teacher it was refined from, or its base."""
+    f = Path(path) / "teacher_config.json"
+    if not f.is_file():
+        return None
+    rec = json.loads(f.read_text())
+    return rec.get("refined_from") or rec.get("base_model")
 
 
 def build_for_training(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | None):

@@ -65,7 +65,7 @@ def _reference_lengths(data, task: str, tokenizer, teacher_max: int, student_max
 
 
 def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[str], data,
-             single_refs, multi_refs, cfg: ExperimentConfig, repeats: tuple[int, int],
+             single_refs, row_refs: dict, cfg: ExperimentConfig, repeats: tuple[int, int],
              warmup: int, threads: int | None) -> tuple[pd.DataFrame, str]:
     """Non-embedding params and median batch-1 / batch-64 latency per row (the reference
     task's model), BERT-base and the teacher among them; ratios vs both."""
@@ -93,10 +93,10 @@ def _measure(ctx: _Report, selected: list[Row], cells: list[Cell], tasks: list[s
     with tempfile.TemporaryDirectory(prefix="distillray-report-") as tmp:
         for r in selected:
             if r.kind == "teacher":
-                if r.id == "teacher_mkd" and multi_refs is not None:
-                    mt = load_teacher(multi_refs[ref].path)
+                if r.id != "teacher" and row_refs.get(r.id):
+                    mt = load_teacher(row_refs[r.id][ref].path)
                     benches[r.id] = probe.Bench(_TeacherCall(mt, ref), hf_inputs(len(mt.tokenizer)),
-                                                "multi-task teacher", pieces)
+                                                r.label, pieces)
                 continue
             cell = next((c for c in cells if c.row == r.id and c.task == ref), None)
             if cell is None or cell.train_run_id is None:

@@ -1,8 +1,10 @@
 """The rows, budgets and cell record; the configuration: a row's config, a cell's key."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+import numpy as np
 
 from orchestrator.app.run import parse_sets, resolve_overrides
 from orchestrator.config import (MULTITASK_ENTRY, ConfigError, ExperimentConfig, parse_override,
@@ -30,8 +32,11 @@ class Row:
 
 ROWS: tuple[Row, ...] = (
     Row("teacher", "1a", "Teacher, fine-tuned per task", "teacher", {"teacher.multitask": False}),
-    Row("teacher_mkd", "1b", "Teacher, multi-task refined", "teacher", {"teacher.multitask": True},
-        ("teacher",)),
+    Row("teacher_mkd", "1b", "Teacher, multi-task (mixture only)", "teacher",
+        {"teacher.multitask": True, "teacher.refine_epochs": 0.0}, ("teacher",)),
+    # MT-DNN / MKD: the multi-task teacher, then a short fine-tuning per task from its weights
+    Row("teacher_mkd_refined", "1c", "Teacher, multi-task then refined per task", "teacher",
+        {"teacher.multitask": True}, ("teacher",)),
     Row("bilstm_gold", "2", "BiLSTM, gold labels only (no teacher)", "single",
         {"student.arch": "bilstm", "train.loss": "ce", "augment.enabled": False,
          "teacher.multitask": False}, tuned=True),
@@ -41,19 +46,27 @@ ROWS: tuple[Row, ...] = (
     Row("bilstm_soft", "4", "BiLSTM_SOFT (distilled, Tang augmentation)", "single",
         {"student.arch": "bilstm", "train.loss": "mse", "augment.enabled": True,
          "teacher.multitask": False}, ("bilstm_gold", "bilstm_kd"), tuned=True),
-    Row("mkd_bcn", "5a", "MKD BCN (joint, multi-task teacher)", "mkd",
+    Row("mkd_bcn", "5a", "MKD BCN (joint, refined multi-task teacher)", "mkd",
         {"student.arch": "bcn", "train.loss": "mse", "augment.enabled": False,
-         "teacher.multitask": True}, ("bilstm_kd", "bcn_kd")),
-    Row("mkd_transformer", "5b", "MKD Transformer (joint, from teacher layers)", "mkd",
+         "teacher.multitask": True}, ("bilstm_kd", "bcn_kd"), tuned=True),
+    Row("mkd_transformer", "5b", "MKD Transformer (joint, refined multi-task teacher)", "mkd",
         {"student.arch": "transformer", "train.loss": "mse", "augment.enabled": False,
-         "teacher.multitask": True}, ("bilstm_kd", "transformer_kd"), lr_scale=0.1),
+         "teacher.multitask": True}, ("bilstm_kd", "transformer_kd"), lr_scale=0.1, tuned=True),
+    # ablation: joint students from the single-task teachers' logits, which separates "joint
+    # training helps" from "the multi-task teacher is weaker"
+    Row("mkd_bcn_st", "5c", "MKD BCN (joint, single-task teachers)", "mkd",
+        {"student.arch": "bcn", "train.loss": "mse", "augment.enabled": False,
+         "teacher.multitask": False}, ("bcn_kd",), tuned=True),
+    Row("mkd_transformer_st", "5d", "MKD Transformer (joint, single-task teachers)", "mkd",
+        {"student.arch": "transformer", "train.loss": "mse", "augment.enabled": False,
+         "teacher.multitask": False}, ("transformer_kd",), lr_scale=0.1, tuned=True),
     # the MKD students distilled one task at a time: what joint distillation has to beat
     Row("bcn_kd", "6a", "BCN distilled per task (single-task teacher)", "single",
         {"student.arch": "bcn", "train.loss": "mse", "augment.enabled": False,
-         "teacher.multitask": False}),
+         "teacher.multitask": False}, tuned=True),
     Row("transformer_kd", "6b", "Transformer distilled per task (from teacher layers)", "single",
         {"student.arch": "transformer", "train.loss": "mse", "augment.enabled": False,
-         "teacher.multitask": False}, lr_scale=0.1),
+         "teacher.multitask": False}, lr_scale=0.1, tuned=True),
 )
 ROW_IDS = tuple(r.id for r in ROWS)
 
@@ -75,11 +88,13 @@ BUDGET_FULL = {"data.max_train_examples": None, "data.max_dev_examples": None,
                "teacher.per_task": {"mrpc": {"epochs": 10}, "rte": {"epochs": 10},
                                     "cola": {"epochs": 10}, "stsb": {"epochs": 10, "lr": 1e-4},
                                     MULTITASK_ENTRY: {"epochs": 3, "mixture_tau": 0.5}},
+               "teacher.refine_epochs": 3.0,
                "train.epochs": 10, "train.patience": 2, "augment.n_iter": None,
                "augment.max_examples": None}
 BUDGETS = ("small", "full")
-# the tuned rows' train.lr grid, the same for the gold-label and the distilled BiLSTMs (each
-# cell keeps the value with the best dev score; epochs by patience)
+# the tuned rows' train.lr grid (times a row's lr_scale: 0.1 for the Transformers), the same for
+# every student row: a single-task cell keeps the value with the best dev score on its task, a
+# joint (MKD) student the one with the best mean over its tasks; epochs by patience
 LR_GRID = {"small": (), "full": (5e-4, 1e-3, 2e-3)}
 # the grid's rung: every learning rate trains this many reports (epochs), the best dev score so
 # far picks one, and only that one trains on (with patience); the others stop there. It costs
@@ -93,8 +108,8 @@ GRID_RUNG = {"small": None, "full": 1}
 BUDGET_TASK_SETS = {"small": {}, "full": {"cola": {"train.min_epochs": 5}}}
 # settings of single rows per budget (``--row-set`` wins): MKD's second stage, each task
 # fine-tuning its own copy of the jointly distilled student
-BUDGET_ROW_SETS = {"small": {}, "full": {"mkd_bcn": {"train.finetune_epochs": 2},
-                                         "mkd_transformer": {"train.finetune_epochs": 2}}}
+BUDGET_ROW_SETS = {"small": {}, "full": {r: {"train.finetune_epochs": 2} for r in (
+    "mkd_bcn", "mkd_transformer", "mkd_bcn_st", "mkd_transformer_st")}}
 
 METRIC_SHORT = {"accuracy": "acc", "f1": "F1", "matthews": "MCC", "pearson": "Pearson",
                 "spearman": "Spearman"}
@@ -118,6 +133,37 @@ class Cell:
     flag: str | None = None
     tuning: dict[str, Any] = field(default_factory=dict)  # how the row picked its student
     train_seconds: dict[str, float] = field(default_factory=dict)  # compute s per train run
+    seeds: list[int] = field(default_factory=list)  # train.seed of each run behind the cell
+    seed_scores: list[float] = field(default_factory=list)  # each seed's score (same order)
+
+
+def teacher_source(cfg: ExperimentConfig) -> str:
+    """Which teachers label a row: ``single`` (one fine-tuned per task), ``multi`` (the
+    multi-task teacher's heads) or ``refined`` (its copies refined per task)."""
+    if not cfg.teacher.multitask:
+        return "single"
+    return "refined" if cfg.teacher.refine_epochs > 0 else "multi"
+
+
+def combine_seeds(cells: list[Cell], seeds: list[int]) -> Cell:
+    """One cell from the same (row, task) trained under each of ``seeds``: every metric the
+    mean over the seeds, each seed's score kept (``seed_scores``), the first seed's runs named
+    (its student is the one measured); a failed seed fails the cell."""
+    first = cells[0]
+    failed = next((c for c in cells if c.status == "failed"), None)
+    if failed is not None:
+        return replace(failed, seeds=list(seeds))
+    keys = set.intersection(*(set(c.metrics) for c in cells))
+    metrics = {k: float(np.mean([c.metrics[k] for c in cells])) for k in sorted(keys)}
+    status = "trained" if any(c.status == "trained" for c in cells) else "reused"
+    seconds = {k: v for c in cells for k, v in c.train_seconds.items()}
+    return replace(first, metrics=metrics, status=status, train_seconds=seconds,
+                   seeds=list(seeds), seed_scores=[float(c.metrics["score"]) for c in cells])
+
+
+def score_std(cell: Cell) -> float | None:
+    """Sample standard deviation of a cell's seed scores; None under two seeds."""
+    return float(np.std(cell.seed_scores, ddof=1)) if len(cell.seed_scores) > 1 else None
 
 
 def resolve_report(preset: str = "report", budget: str = "small", tasks: list[str] | None = None,

@@ -14,8 +14,9 @@ from orchestrator.app.report.context import _Report
 from orchestrator.app.report.measure import _measure
 from orchestrator.app.report.rows import (BUDGET_ROW_SETS, BUDGETS, GRID_RUNG, KIND_CELL,
                                           KIND_PARENT, LR_GRID, ROWS, TAG_REPORT, Cell,
-                                          ReportError, Row, describe_budget, row_config,
-                                          select_rows, task_config)
+                                          ReportError, Row, combine_seeds, describe_budget,
+                                          row_config, score_std, select_rows, task_config,
+                                          teacher_source)
 from orchestrator.app.report.students import _mkd_cells, _single_cell
 from orchestrator.app.report.table import (_flag, _record, _reuse_note, _stage_note,
                                            _tuning_note, build_table, format_markdown)
@@ -49,9 +50,11 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
                out: str | Path | None = None, address: str | None = None,
                repeats: tuple[int, int] = (30, 5), warmup: int = 2, threads: int | None = 1,
                lr_grid: tuple[float, ...] | None = None, json_out: str | Path | None = None,
-               log: Callable = print) -> ReportResult:
+               seeds: tuple[int, ...] | None = None, log: Callable = print) -> ReportResult:
     """Train (or reuse) every cell, measure every row, print and record the table.
-    ``lr_grid``: the tuned rows' learning rates (default: the budget's, ``LR_GRID``)."""
+    ``lr_grid``: the tuned rows' learning rates (default: the budget's, ``LR_GRID``).
+    ``seeds``: every student cell trains once per seed (``train.seed``) and reports the mean,
+    each seed's score and their standard deviation (default: the config's one seed)."""
     from orchestrator.stages.pipeline import load_data, task_names
     from orchestrator.stages.preflight import check_inputs, preflight
 
@@ -64,13 +67,14 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
                 for r in {*BUDGET_ROW_SETS[budget], *(row_sets or {})}}
     grid = LR_GRID[budget] if lr_grid is None else tuple(lr_grid)
     rung = GRID_RUNG[budget]
+    seeds = tuple(dict.fromkeys(seeds)) if seeds else (cfg.train.seed,)
     tasks = task_names(cfg)
     cfg = with_values(cfg, {"work_root": str(Path(cfg.work_root).resolve()), "tasks": tasks})
     check_inputs(cfg)  # data, teacher, embeddings, NLTK data, stores: before any work or Ray
     ctx = _Report(cfg, name, address, log)
     data = load_data(cfg)
     log(f"[report] {name}: rows {', '.join(r.num for r in selected)} on {', '.join(tasks)}; "
-        f"{describe_budget(budget, cfg, data)}")
+        f"seeds {', '.join(map(str, seeds))}; {describe_budget(budget, cfg, data)}")
     row_cfgs = {r.id: row_config(cfg, r, row_sets, tasks) for r in selected}
     # every single-task cell's config, the budget's per-task settings in it: checked up front
     cell_cfgs = {(r.id, t): task_config(row_cfgs[r.id], r.id, t, budget, row_sets)
@@ -79,56 +83,62 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
         preflight(row_cfgs[r.id], None, data)
 
     ctx.parent = _parent_run(ctx, tasks, budget, [r.id for r in selected])
-    cells: list[Cell] = []
-    teachers_reused: dict[str, bool] = {}
-    progress = _Progress(ctx, {r.id: len(tasks) for r in selected})
+    cells: list[Cell] = []  # one per (row, task), over the seeds
+    runs: list[Cell] = []  # one per (row, task, seed): every cell run, for the record
+    progress = _Progress(ctx, {r.id: len(tasks) * (1 if r.kind == "teacher" else len(seeds))
+                               for r in selected})
     try:
         single_cfg = row_config(cfg, ROWS[0], row_sets, tasks)
-        ctx.note("stage teachers: one per task" + (" and the multi-task teacher" if any(
-            c.teacher.multitask for c in row_cfgs.values()) else ""))
-        single_refs, teachers_reused["single"] = _teachers(ctx, single_cfg, data, False)
-        multi_refs = None
-        if any(c.teacher.multitask for c in row_cfgs.values()):
-            multi_cfg = row_config(cfg, ROWS[1], row_sets, tasks)
-            multi_refs, teachers_reused["multi"] = _teachers(ctx, multi_cfg, data, True)
+        teachers = _TeacherSources(ctx, data, single_cfg,
+                                   {r.id: row_cfgs[r.id] for r in selected})
         for r in selected:
             c = row_cfgs[r.id]
-            refs = multi_refs if c.teacher.multitask else single_refs
+            refs = teachers.refs(c)
             t0_row = time.time()
             if r.kind == "teacher":
-                new = _teacher_cells(ctx, r, refs, data, teachers_reused[
-                    "multi" if c.teacher.multitask else "single"])
+                new = _teacher_cells(ctx, r, refs, data, teachers.reused(c))
                 cells += new
+                runs += new
                 progress.done(r, new, time.time() - t0_row)
-            elif r.kind == "single":
-                for t in tasks:
-                    t0_cell = time.time()
-                    cells.append(_single_cell(ctx, r, cell_cfgs[r.id, t], t, data, refs,
-                                              grid, rung))
-                    progress.done(r, cells[-1:], time.time() - t0_cell)
-            else:
-                new = _mkd_cells(ctx, r, c, tasks, data, refs)
-                cells += new
-                progress.done(r, new, time.time() - t0_row)
+                continue
+            per_seed: dict[str, list[Cell]] = {t: [] for t in tasks}
+            for seed in seeds:
+                if r.kind == "single":
+                    for t in tasks:
+                        t0_cell = time.time()
+                        sc = with_values(cell_cfgs[r.id, t], {"train.seed": seed})
+                        per_seed[t].append(_single_cell(ctx, r, sc, t, data, refs, grid, rung))
+                        progress.done(r, per_seed[t][-1:], time.time() - t0_cell)
+                else:
+                    t0_seed = time.time()
+                    new = _mkd_cells(ctx, r, with_values(c, {"train.seed": seed}), tasks, data,
+                                     refs, grid, rung)
+                    for cell in new:
+                        per_seed[cell.task].append(cell)
+                    progress.done(r, new, time.time() - t0_seed)
+            for t in tasks:
+                runs += per_seed[t]
+                cells.append(combine_seeds(per_seed[t], list(seeds)))
         t0_measure = time.time()
-        perf, ref_note = _measure(ctx, selected, cells, tasks, data, single_refs, multi_refs,
-                                  single_cfg, repeats, warmup, threads)
-        stages = stage_seconds(selected, cells, single_refs, multi_refs,
-                               time.time() - t0_measure,
-                               _data_seconds(row_cfgs, single_cfg, data, single_refs, multi_refs))
+        perf, ref_note = _measure(ctx, selected, cells, tasks, data, teachers.single, teachers.by_row,
+                                  single_cfg,
+                                  repeats, warmup, threads)
+        stages = stage_seconds(selected, cells, teachers, time.time() - t0_measure,
+                               _data_seconds(row_cfgs, single_cfg, data, teachers))
         flags = _flag(selected, cells, tasks)
         table = build_table(selected, cells, tasks, perf)
-        trained = sum(c.status == "trained" for c in cells)
-        reused = sum(c.status == "reused" for c in cells)
-        failed = sum(c.status == "failed" for c in cells)
+        trained = sum(c.status == "trained" for c in runs)
+        reused = sum(c.status == "reused" for c in runs)
+        failed = sum(c.status == "failed" for c in runs)
         seconds = time.time() - t0
         md = format_markdown(name, table, selected, tasks, data, flags, notes=[
             describe_budget(budget, cfg, data), _tuning_note(selected, cells, grid, cfg, rung),
-            ref_note, _stage_note(stages), _reuse_note(cells, teachers_reused, seconds),
+            _seeds_note(seeds), ref_note, _stage_note(stages),
+            _reuse_note(runs, teachers.reused_by_source, seconds),
             f"MLflow: experiment `{cfg.tracking.experiment}` at `{ctx.uri}`, parent run "
             f"`{ctx.parent}`; every cell is a run: filter `tags.\"{TAG_REPORT}\" = '{name}' and "
             f"tags.\"{tracking.TAG_KIND}\" = '{KIND_CELL}'` and compare `report_*` metrics."])
-        _record(ctx, cells, perf, flags, table, md)
+        _record(ctx, runs, perf, flags, table, md)
         tracking.end_run(ctx.client, ctx.parent, failed == 0,
                          None if failed == 0 else f"{failed} cell(s) failed")
     except BaseException as e:
@@ -151,6 +161,57 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
                              **c.metrics} for c in cells])
     return ReportResult(name, ctx.parent, tasks, [r.id for r in selected], table, cell_df, md,
                         flags, trained, reused, failed, seconds, out_path, results)
+
+
+class _TeacherSources:
+    """The teachers of every selected row, each kind trained (or reused) once: the single-task
+    teachers always (the size and latency reference), the multi-task teacher and its per-task
+    refinements when a row needs them (:func:`teacher_source`)."""
+
+    def __init__(self, ctx: _Report, data, single_cfg: ExperimentConfig,
+                 row_cfgs: dict[str, ExperimentConfig]):
+        self.ctx, self.data = ctx, data
+        self._refs: dict[str, tuple[dict, bool]] = {}  # teacher settings (JSON) -> refs, reused
+        self.reused_by_source: dict[str, bool] = {}
+        self.seconds: dict[str, float | None] = {}  # stage -> fine-tuning seconds
+        wanted = {teacher_source(c) for c in row_cfgs.values()}
+        ctx.note("stage teachers: one per task" + "".join(
+            f", {d}" for s, d in (("multi", "the multi-task teacher"),
+                                  ("refined", "the multi-task teacher refined per task"))
+            if s in wanted))
+        self.single = self.refs(single_cfg)
+        self.seconds["teacher"] = _teacher_seconds(self.single)
+        for c in row_cfgs.values():
+            refs = self.refs(c)
+            if teacher_source(c) == "refined":  # the multi-task teacher it came from
+                base = self.refs(with_values(c, {"teacher.refine_epochs": 0.0}))
+                self.seconds.setdefault("teacher_mkd", _teacher_seconds(base))
+                self.seconds.setdefault("teacher_refine", _teacher_seconds(refs))
+            elif teacher_source(c) == "multi":
+                self.seconds.setdefault("teacher_mkd", _teacher_seconds(refs))
+        self.by_row = {r: self.refs(c) for r, c in row_cfgs.items()}
+
+    def refs(self, cfg: ExperimentConfig) -> dict:
+        key = json.dumps(asdict(cfg.teacher), sort_keys=True, default=str)
+        if key not in self._refs:
+            refs, cached = _teachers(self.ctx, cfg, self.data, cfg.teacher.multitask)
+            self._refs[key] = (refs, cached)
+            src = teacher_source(cfg)
+            self.reused_by_source[src] = self.reused_by_source.get(src, True) and cached
+        return self._refs[key][0]
+
+    def reused(self, cfg: ExperimentConfig) -> bool:
+        self.refs(cfg)
+        return self._refs[json.dumps(asdict(cfg.teacher), sort_keys=True, default=str)][1]
+
+
+def _seeds_note(seeds: tuple[int, ...]) -> str:
+    if len(seeds) == 1:
+        return f"Seeds: one (train.seed {seeds[0]}) per student cell; no standard deviation."
+    return (f"Seeds: every student cell trained with train.seed {', '.join(map(str, seeds))}; "
+            "each figure is the mean, ± the sample standard deviation over the seeds (for "
+            "`avg`: of each seed's task average); the size and latency are the first seed's "
+            "student's. A difference within one standard deviation is a tie.")
 
 
 def _parent_run(ctx: _Report, tasks: list[str], budget: str, rows: list[str]) -> str:
@@ -217,31 +278,34 @@ def _teacher_seconds(refs) -> float | None:
 
 
 def _data_seconds(row_cfgs: dict[str, ExperimentConfig], single_cfg: ExperimentConfig, data,
-                  single_refs, multi_refs) -> dict[str, float | None]:
+                  teachers: "_TeacherSources") -> dict[str, float | None]:
     """Augmentation (row 4's transfer sets) and bulk labeling (every teacher's soft-label cache)
     seconds, summed over tasks and resumptions."""
     from orchestrator.stages.pipeline import data_stage_seconds
 
     soft = row_cfgs.get("bilstm_soft", single_cfg)
-    single = data_stage_seconds(soft, data, single_refs)
+    single = data_stage_seconds(soft, data, teachers.single)
     aug = [v["augment"] for v in single.values()]
     label = sum(v["label"] or 0.0 for v in single.values())
-    if multi_refs is not None:
-        label += sum(v["label"] or 0.0 for v in data_stage_seconds(
-            row_cfgs.get("mkd_bcn", single_cfg), data, multi_refs).values())
+    done = {"single"}
+    for c in row_cfgs.values():  # the other teachers' labels, once per kind
+        src = teacher_source(c)
+        if src not in done:
+            done.add(src)
+            label += sum(v["label"] or 0.0 for v in data_stage_seconds(
+                c, data, teachers.refs(c)).values())
     return {"augment": (float(sum(aug)) if "bilstm_soft" in row_cfgs and None not in aug
                         else None), "labeling": label}
 
 
-def stage_seconds(selected: list[Row], cells: list[Cell], single_refs, multi_refs,
+def stage_seconds(selected: list[Row], cells: list[Cell], teachers: "_TeacherSources",
                   measure_s: float, data_s: dict[str, float | None] | None = None
                   ) -> dict[str, float | None]:
     """Compute seconds per stage, summed over every call that contributed: the teachers'
-    fine-tuning, augmentation and labeling, then each student row's training (every run it
-    trained, the whole grid), and this call's latency measurement."""
-    out: dict[str, float | None] = {"teacher": _teacher_seconds(single_refs)}
-    if multi_refs is not None:
-        out["teacher_mkd"] = _teacher_seconds(multi_refs)
+    fine-tuning (and the multi-task teacher's refinement), augmentation and labeling, then each
+    student row's training (every run it trained: the whole grid, every seed), and this call's
+    latency measurement."""
+    out: dict[str, float | None] = dict(teachers.seconds)
     out.update(data_s or {})
     for r in selected:
         if r.kind == "teacher":
@@ -283,6 +347,9 @@ def results_json(budget: str, selected: list[Row], cells: list[Cell], perf: pd.D
             "row": c.row, "task": c.task, "score": round(100 * c.metrics["score"], 4),
             "metrics": {k: round(100 * v, 4) for k, v in c.metrics.items() if k != "score"},
             "non_embedding_params": int(p["non_embedding"]) if p is not None else None,
+            **({"score_std": round(100 * std, 4), "seeds": c.seeds,
+                "seed_scores": [round(100 * x, 4) for x in c.seed_scores]}
+               if (std := score_std(c)) is not None else {}),
             "latency_ms_b1": round(float(p["latency_b1_ms"]), 4) if p is not None else None,
             "flag": c.flag, "tuning": c.tuning or None})
     return {"commit": _commit(), "date": datetime.date.today().isoformat(), "budget": budget,

@@ -167,22 +167,52 @@ def _fmt_lr(v: float) -> str:
     return f"{v:g}"
 
 
-def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs,
-                 grid: tuple[float, ...], rung: int | None = None) -> Cell:
-    """Rows 2-4 and 6: one student per task; a tuned row trains one per ``grid`` learning rate
-    and keeps the best on dev (ties: the first). ``rung``: each learning rate first trains that
-    many reports, and only the best of them at that point trains on (:data:`GRID_RUNG`); not
-    before ``train.min_epochs``, where patience starts counting."""
-    c = with_values(cfg, {"tasks": [task], "data.task": task})
-    sub, sub_refs = {task: data[task]}, {task: refs[task]}
-    lrs = tuple(grid) if row.tuned and grid else (c.train.lr,)
+def _run_grid(ctx: _Report, row: Row, points: list[ExperimentConfig], keys: list[str],
+              task_tag: str, data, refs, rung: int | None, score) -> tuple[list[_Trained], int,
+                                                                            list[float], list | None]:
+    """Train one student per point (a learning rate each) and pick the best by ``score`` (ties:
+    the first). ``rung``: each point first trains that many reports, and only the best of them
+    at that point trains on. Returns (trained, pick, final scores, rung scores or None)."""
+    trained = [_train_point(ctx, row, pc, data, refs, task_tag, pkey, rung)
+               for pc, pkey in zip(points, keys)]
+    scores = [score(t) for t in trained]
+    pick = int(np.argmax(scores))
+    if not rung:
+        return trained, pick, scores, None
+    ctx.note(f"{row.num} {row.id}/{task_tag}: after {rung} report(s) lr "
+             f"{_fmt_lr(points[pick].train.lr)} leads ({', '.join(f'{x:.4f}' for x in scores)}); "
+             "training it on")
+    trained[pick] = _train_point(ctx, row, points[pick], data, refs, task_tag, keys[pick])
+    return trained, pick, [score(t) if i == pick else x for i, (t, x) in
+                           enumerate(zip(trained, scores))], scores
+
+
+def _grid_of(row: Row, c: ExperimentConfig, grid: tuple[float, ...], rung: int | None):
+    """The row's learning rates (the budget's grid scaled by the row's ``lr_scale`` when tuned,
+    else the config's) and the rung (none for a single point; never before ``min_epochs``)."""
+    lrs = tuple(lr * row.lr_scale for lr in grid) if row.tuned and grid else (c.train.lr,)
     rung = rung if len(lrs) > 1 else None
     if rung and c.train.min_epochs:
         rung = max(rung, c.train.min_epochs * c.train.evals_per_epoch)
+    return lrs, rung
+
+
+def _grid_key(keys: list[str], rung: int | None) -> str:
+    return keys[0] if len(keys) == 1 else content_key({"grid": keys, **({"rung": rung} if rung
+                                                                       else {})})
+
+
+def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data, refs,
+                 grid: tuple[float, ...], rung: int | None = None) -> Cell:
+    """Rows 2-4 and 6: one student per task; a tuned row trains one per learning rate of the
+    ``grid`` (times the row's ``lr_scale``) and keeps the best on this task's dev score
+    (:func:`_run_grid`)."""
+    c = with_values(cfg, {"tasks": [task], "data.task": task})
+    sub, sub_refs = {task: data[task]}, {task: refs[task]}
+    lrs, rung = _grid_of(row, c, grid, rung)
     points = [with_overrides(c, {"train.lr": lr}) for lr in lrs]
     keys = [cell_key(row, pc, sub, sub_refs) for pc in points]
-    key = (keys[0] if len(keys) == 1 else
-           content_key({"grid": keys, **({"rung": rung} if rung else {})}))
+    key = _grid_key(keys, rung)
     run = ctx.finished(KIND_CELL, row.id, task, key)
     if run is not None:
         m = _read_metrics(run, task)
@@ -193,30 +223,16 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
                     run.data.metrics.get("transfer_size"),
                     tuning=json.loads(run.data.tags.get("distillray.tuning", "{}")),
                     train_seconds=json.loads(run.data.tags.get("distillray.train_seconds", "{}")))
-    trained: list[_Trained] = []
-    for lr, pc, pkey in zip(lrs, points, keys):
-        ctx.note(f"{row.num} {row.id}/{task}: "
-                 + (f"lr {_fmt_lr(lr)} ({len(trained) + 1}/{len(lrs)}), " if len(lrs) > 1 else "")
-                 + (f"first {rung} report(s), " if rung else "") + f"config key {pkey}")
-        try:
-            trained.append(_train_point(ctx, row, pc, sub, sub_refs, task, pkey, rung))
-        except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
-            return _failed(ctx, row, task, key, e)
-    scores = [t.best.get(f"{task}_score", t.best.get("dev_score", -np.inf)) for t in trained]
-    pick = int(np.argmax(scores))
-    rung_scores = None
-    if rung:  # the rung's winner trains on to the end (resumed from its checkpoint)
-        rung_scores = scores
-        ctx.note(f"{row.num} {row.id}/{task}: after {rung} report(s) lr {_fmt_lr(lrs[pick])} "
-                 f"leads ({', '.join(f'{x:.4f}' for x in scores)}); training it on")
-        try:
-            final = _train_point(ctx, row, points[pick], sub, sub_refs, task, keys[pick])
-        except Exception as e:  # noqa: BLE001
-            return _failed(ctx, row, task, key, e)
-        trained[pick] = final
-        scores = [float(x) if i != pick else
-                  final.best.get(f"{task}_score", final.best.get("dev_score", -np.inf))
-                  for i, x in enumerate(scores)]
+    ctx.note(f"{row.num} {row.id}/{task}: "
+             + (f"lr {', '.join(map(_fmt_lr, lrs))}, " if len(lrs) > 1 else "")
+             + (f"first {rung} report(s) each, " if rung else "")
+             + f"config key{'s' if len(keys) > 1 else ''} {', '.join(keys)}")
+    try:
+        trained, pick, scores, rung_scores = _run_grid(
+            ctx, row, points, keys, task, sub, sub_refs, rung,
+            lambda t: t.best.get(f"{task}_score", t.best.get("dev_score", -np.inf)))
+    except Exception as e:  # noqa: BLE001 - one failed cell does not hide the others
+        return _failed(ctx, row, task, key, e)
     chosen = trained[pick]
     m = _task_metrics(chosen.best, task)
     tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
@@ -244,34 +260,80 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
                 float(sum(chosen.sizes.values())), tuning=tuning, train_seconds=seconds)
 
 
-def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], data,
-               refs) -> list[Cell]:
+def per_task_best(client, run_id: str, tasks: list[str]) -> dict[str, dict[str, float]]:
+    """Each task's dev metrics at that task's best report of a (joint) train run, as its MLflow
+    history holds them (stage 1 and stage 2 reports alike; ties: the earlier report): the
+    selection rule of the single-task cells, each of which keeps its own best dev epoch."""
+    from tasks.registry import get_task
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in sorted(client.get_metric_history(run_id, key),
+                                                key=lambda m: m.timestamp)}
+
+    epochs = history("epoch")
+    out = {}
+    for task in tasks:
+        scores = history(f"{task}_score")
+        if not scores:
+            raise LookupError(f"train run {run_id} logged no {task}_score")
+        step = max(scores, key=lambda k: (scores[k], -k))
+        m = {k: history(f"{task}_{k}").get(step, np.nan) for k in get_task(task).metrics}
+        out[task] = {**m, "score": scores[step], "epoch": epochs.get(step, np.nan),
+                     "report": float(step)}
+    return out
+
+
+def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], data, refs,
+               grid: tuple[float, ...] = (), rung: int | None = None) -> list[Cell]:
+    """Rows 5: one student for every task at once. A tuned row trains one per learning rate of
+    the ``grid`` and keeps the one with the best mean dev score over the tasks (one model, one
+    learning rate); then, like every single-task cell, each task keeps its own best dev report
+    (:func:`per_task_best`: MKD's stage 2 gives each task its own copy anyway)."""
     joint = ",".join(tasks)
-    key = cell_key(row, cfg, data, refs)
-    ctx.note(f"{row.num} {row.id}: jointly on {joint} (config key {key})")
+    lrs, rung = _grid_of(row, cfg, grid, rung)
+    points = [with_overrides(cfg, {"train.lr": lr}) for lr in lrs]
+    keys = [cell_key(row, pc, data, refs) for pc in points]
+    key = _grid_key(keys, rung)
+    ctx.note(f"{row.num} {row.id}: jointly on {joint}"
+             + (f", lr {', '.join(map(_fmt_lr, lrs))}" if len(lrs) > 1 else "")
+             + (f", first {rung} report(s) each" if rung else "")
+             + f" (config key{'s' if len(keys) > 1 else ''} {', '.join(keys)})")
     try:
-        t = _train_point(ctx, row, cfg, data, refs, joint, key)
+        trained, pick, scores, rung_scores = _run_grid(
+            ctx, row, points, keys, joint, data, refs, rung,
+            lambda t: t.best.get("dev_score", -np.inf))
+        t = trained[pick]
+        best = per_task_best(ctx.client, t.run_id, tasks)
     except Exception as e:  # noqa: BLE001
         return [_failed(ctx, row, task, key, e, log=task == tasks[0]) for task in tasks]
-    if t.status == "reused":
+    if all(x.status == "reused" for x in trained):
         ctx.note(f"{row.num} {row.id}: reused joint MLflow run {t.run_id} (FINISHED)")
-    tuning = {"lr": cfg.train.lr, "best_epoch": t.best.get("epoch"),
-              "epochs_run": t.best.get("epochs_run"), "patience": cfg.train.patience,
-              "max_epochs": cfg.train.epochs, "finetune_epochs": cfg.train.finetune_epochs}
+    seconds = {x.run_id: x.seconds for x in trained}
+    status = "trained" if any(x.status in ("trained", "paused") for x in trained) else "reused"
     cells = []
     for task in tasks:
-        m = _task_metrics(t.best, task)
+        m = {k: v for k, v in best[task].items() if k not in ("epoch", "report")}
+        tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
+                  "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung
+                  else None,
+                  "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None,
+                  "selection": "per-task best dev report",
+                  "best_epoch": best[task]["epoch"], "epochs_run": t.best.get("epochs_run"),
+                  "patience": cfg.train.patience, "max_epochs": cfg.train.epochs,
+                  "finetune_epochs": cfg.train.finetune_epochs}
         cell = ctx.finished(KIND_CELL, row.id, task, key)
         if cell is None or cell.data.tags.get("distillray.train_run") != t.run_id:
-            rid = ctx.start(KIND_CELL, row, task, key, {"distillray.train_run": t.run_id})
+            rid = ctx.start(KIND_CELL, row, task, key, {"distillray.train_run": t.run_id,
+                                                        "distillray.tuning": json.dumps(tuning)})
             tracking.log_params(ctx.client, rid, {"train_run": t.run_id, **cfg.to_dict()})
             tracking.log_metrics(ctx.client, rid, {f"report_{k}": v for k, v in m.items()})
             tracking.end_run(ctx.client, rid, True)
         else:
             rid = cell.info.run_id
-        ctx.note(f"{row.num} {row.id}/{task}: {t.status}, score {m.get('score', float('nan')):.4f}")
-        cells.append(Cell(row.id, task, m, rid, t.status, key, t.run_id, t.sizes.get(task),
-                          tuning=tuning, train_seconds={t.run_id: t.seconds}))
+        ctx.note(f"{row.num} {row.id}/{task}: {status}, score {m.get('score', float('nan')):.4f} "
+                 f"(epoch {best[task]['epoch']:g})")
+        cells.append(Cell(row.id, task, m, rid, status, key, t.run_id, t.sizes.get(task),
+                          tuning=tuning, train_seconds=seconds))
     return cells
 
 

@@ -11,11 +11,22 @@ import pandas as pd
 
 from orchestrator.app.report.context import _Report
 from orchestrator.app.report.rows import (BERT_BASE, KIND_CELL, METRIC_SHORT, ROWS, TAG_REPORT,
-                                          Cell, Row)
+                                          Cell, Row, score_std)
 from orchestrator.app.report.students import _fmt_lr, _metric_names
 from orchestrator.config import ExperimentConfig
 from orchestrator.runtime import tracking
 from orchestrator.runtime.progress import duration
+
+
+def compare(c: Cell, b: Cell) -> str:
+    """``win``, ``tie`` or ``loss`` of cell ``c`` against baseline ``b`` on the mean score: with
+    seeds, a difference within one standard deviation (the larger of the two) is a tie; with
+    one seed each, any difference counts."""
+    diff = c.metrics["score"] - b.metrics["score"]
+    spread = max((x for x in (score_std(c), score_std(b)) if x is not None), default=0.0)
+    if abs(diff) <= spread or diff == 0:
+        return "tie" if spread else "loss"
+    return "win" if diff > 0 else "loss"
 
 
 def _flag(selected: list[Row], cells: list[Cell], tasks: list[str]) -> list[str]:
@@ -28,17 +39,33 @@ def _flag(selected: list[Row], cells: list[Cell], tasks: list[str]) -> list[str]
             c = by.get((r.id, t))
             if c is None or "score" not in c.metrics:
                 continue
-            losses = []
+            losses, ties = [], []
             for b in r.baselines:
                 bc = by.get((b, t))
-                if b in present and bc is not None and "score" in bc.metrics \
-                        and not c.metrics["score"] > bc.metrics["score"]:
-                    losses.append(f"row {nums[b]} {b} ({100 * bc.metrics['score']:.1f})")
-            if losses:
-                c.flag = "does not beat " + " and ".join(losses)
-                flags.append(f"row {r.num} {r.id} on {t}: score {100 * c.metrics['score']:.1f} "
-                             f"{c.flag}")
+                if b not in present or bc is None or "score" not in bc.metrics:
+                    continue
+                verdict = compare(c, bc)
+                name = f"row {nums[b]} {b} ({_fmt_score(bc)})"
+                (losses if verdict == "loss" else ties if verdict == "tie" else []).append(name)
+            if losses or ties:
+                c.flag = "; ".join(x for x in (
+                    "does not beat " + " and ".join(losses) if losses else "",
+                    "ties with " + " and ".join(ties) + " (within one std)" if ties else "") if x)
+                flags.append(f"row {r.num} {r.id} on {t}: score {_fmt_score(c)} {c.flag}")
     return flags
+
+
+def _fmt_score(c: Cell) -> str:
+    std = score_std(c)
+    return f"{100 * c.metrics['score']:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+
+
+def seed_averages(cells: list[Cell]) -> list[float]:
+    """A row's task average per seed (every cell trained with the same seeds), else []."""
+    if not cells or any(len(c.seed_scores) < 2 or len(c.seed_scores) != len(cells[0].seed_scores)
+                        for c in cells):
+        return []
+    return [float(np.mean(x)) for x in zip(*(c.seed_scores for c in cells))]
 
 
 def build_table(selected: list[Row], cells: list[Cell], tasks: list[str],
@@ -60,6 +87,13 @@ def build_table(selected: list[Row], cells: list[Cell], tasks: list[str],
             if c and "score" in c.metrics:
                 scores.append(c.metrics["score"])
         line["avg_score"] = float(np.mean(scores)) if r and len(scores) == len(tasks) else np.nan
+        avgs = seed_averages([by[(rid, t)] for t in tasks if (rid, t) in by]) \
+            if r and len(scores) == len(tasks) else []
+        line["avg_std"] = float(np.std(avgs, ddof=1)) if avgs else np.nan
+        for t in tasks:
+            c = by.get((rid, t))
+            std = score_std(c) if c else None
+            line[f"{t}_std"] = std if std is not None else np.nan
         if rid in perf.index:
             p = perf.loc[rid]
             line.update({"non_embedding_params": float(p["non_embedding"]),
@@ -112,9 +146,15 @@ def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: 
                 vals.append("failed" if r["failed"] else "—")
             else:
                 cell = " / ".join(f"{100 * v:.1f}" for v in ms)
+                std = r.get(f"{t}_std")
+                if std is not None and std == std:
+                    cell += f" (± {100 * std:.1f})"
                 flag = r.get(f"{t}_flag")  # None becomes NaN in a column that has flags
                 vals.append(cell + (" ⚠" if isinstance(flag, str) and flag else ""))
-        vals.append("—" if r["avg_score"] != r["avg_score"] else f"{100 * r['avg_score']:.1f}")
+        avg_std = r.get("avg_std")
+        vals.append("—" if r["avg_score"] != r["avg_score"] else f"{100 * r['avg_score']:.1f}"
+                    + (f" ± {100 * avg_std:.1f}" if avg_std is not None and avg_std == avg_std
+                       else ""))
         lat = r.get("latency_b1_ms")
         if lat is not None and lat == lat:
             vals += [_fmt_params(r["non_embedding_params"]), f"{r['latency_b1_ms']:.2f}",
@@ -132,7 +172,8 @@ def format_markdown(name: str, table: pd.DataFrame, selected: list[Row], tasks: 
               "scores, each the mean of its metrics, GLUE style). T = teacher (row 1a), BB = "
               "BERT-base. ⚠ = does not beat its baseline (row 4 vs rows 2 and 3; MKD rows vs "
               "row 3 and the same student distilled per task, 6a / 6b, on the same data; "
-              "row 1b vs row 1a)."]
+              "rows 1b and 1c vs row 1a); with seeds, (± std) and a difference within one "
+              "standard deviation is a tie, flagged too."]
     lines += ["", "**Flags**" if flags else "**Flags**: none, every row beats its baselines."]
     lines += [f"- {f}" for f in flags]
     lines += [""] + [f"- {n}" for n in notes if n]
@@ -147,7 +188,8 @@ def _tuning_note(selected: list[Row], cells: list[Cell], grid: tuple[float, ...]
               f"{t.epochs} epochs, the best epoch on dev kept")
     tuned = [r.num for r in selected if r.tuned]
     lr = (f"rows {', '.join(tuned)} each pick train.lr from {{{', '.join(map(_fmt_lr, grid))}}} "
-          "on dev (the same grid for the gold-label and the distilled BiLSTMs"
+          "(x0.1 for the Transformers) on dev: a single-task cell by its task's dev score, a "
+          "joint MKD student by the mean over its tasks (the same grid for every student row"
           + (f"; each lr trains {rung} epoch(s), then only the one with the best dev score so far "
              "trains on" if rung else "")
           + "); the others use the fixed lr above" if grid and tuned else
@@ -156,8 +198,12 @@ def _tuning_note(selected: list[Row], cells: list[Cell], grid: tuple[float, ...]
                    if (c.tuning or {}).get("min_epochs")})
     per_task = "".join(f" On {task}, patience starts counting (and a grid's rung is taken) at "
                        f"epoch {n}." for task, n in late)
-    return (f"Tuning: students train {epochs}; {lr}.{per_task} Teachers keep their best epoch "
-            "on dev.")
+    joint = any(r.kind == "mkd" for r in selected)
+    pick = (" Selection: every student cell keeps its task's best dev epoch; a joint student's "
+            "task keeps the report (stage 1 or 2) with that task's best dev score."
+            if joint else "")
+    return (f"Tuning: students train {epochs}; {lr}.{per_task}{pick} Teachers keep their best "
+            "epoch on dev.")
 
 
 def _stage_note(stages: dict[str, float | None]) -> str:
@@ -183,7 +229,7 @@ def results_markdown(results: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rid in results["rows"]:
         num, label = labels.get(rid, ("", rid))
-        vals, scores, size, lat = [num, label], [], None, None
+        vals, scores, size, lat, per_seed = [num, label], [], None, None, []
         for t in tasks:
             c = by.get((rid, t))
             if c is None:
@@ -191,11 +237,17 @@ def results_markdown(results: dict[str, Any]) -> str:
                 continue
             ms = [c["metrics"].get(m) for m in get_task(t).metrics]
             vals.append(" / ".join("—" if v is None else f"{v:.1f}" for v in ms)
-                        + (" ⚠" if c.get("flag") else ""))
+                        + (f" (± {c['score_std']:.1f})" if c.get("score_std") is not None
+                           else "") + (" ⚠" if c.get("flag") else ""))
             scores.append(c["score"])
+            per_seed.append(c.get("seed_scores") or [])
             size = c["non_embedding_params"] if size is None else size
             lat = c["latency_ms_b1"] if lat is None else lat
-        vals.append(f"{np.mean(scores):.1f}" if len(scores) == len(tasks) else "—")
+        avgs = ([float(np.mean(x)) for x in zip(*per_seed)]
+                if per_seed and all(len(p) > 1 and len(p) == len(per_seed[0]) for p in per_seed)
+                else [])
+        vals.append(f"{np.mean(scores):.1f}" + (f" ± {np.std(avgs, ddof=1):.1f}" if avgs else "")
+                    if len(scores) == len(tasks) else "—")
         vals.append("—" if size is None else _fmt_params(size))
         vals.append("—" if lat is None else f"{lat:.2f}")
         lines.append("| " + " | ".join(vals) + " |")
@@ -211,7 +263,9 @@ def _reuse_note(cells: list[Cell], teachers_reused: dict[str, bool], seconds: fl
     tr = sum(c.status == "trained" for c in cells)
     ru = sum(c.status == "reused" for c in cells)
     fa = sum(c.status == "failed" for c in cells)
-    t = ", ".join(f"{k}-task teacher(s) {'reused' if v else 'trained'}"
+    names = {"single": "single-task teacher(s)", "multi": "multi-task teacher",
+             "refined": "multi-task teacher refined per task"}
+    t = ", ".join(f"{names.get(k, k)} {'reused' if v else 'trained'}"
                   for k, v in teachers_reused.items())
     return (f"This call: {tr} cell(s) trained, {ru} reused from finished MLflow runs"
             f"{f', {fa} FAILED' if fa else ''}; {t}; {seconds:.0f} s wall time.")
