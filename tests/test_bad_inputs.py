@@ -11,15 +11,18 @@ from orchestrator import cli
 from orchestrator.app.run import resolve_run
 from orchestrator.stages.preflight import PreflightError, check_inputs
 from tasks.data import DataError
+from tasks.embeddings import check_vector_file, load_word_vectors
 from tasks.loaders import load_custom, load_task_data, read_records, task_from_config
 from tasks.registry import custom_task
+from tasks.vocab import Vocab
 
 # ---------------------------------------------------------------------------------------------
 # data readers and vectors
 #
-# The user's own files (tasks/loaders.py): a file that cannot be read as meant is refused with
-# file, line and column, never read some other way. Run through `distillray tune`, the refusal
-# comes from the preflight: no teacher, no Ray, and the work root never written.
+# The user's own files (tasks/loaders.py) and word vectors (tasks/embeddings.py): a file that
+# cannot be read as meant is refused with file, line and column, never read some other way. Run
+# through `distillray tune`, the refusal comes from the preflight: no teacher, no Ray, and the
+# work root never written.
 
 
 @pytest.fixture()
@@ -190,4 +193,37 @@ def test_invalid_utf8_names_the_line(data_run, capsys):
                                        b'"label": 0}\n')
     with pytest.raises(DataError, match=r"x.jsonl, line 2, column 11: not valid UTF-8"):
         list(read_records(data_run / "x.jsonl"))
+    (data_run / "v.txt").write_bytes(b"".join(b"w%d 0.5 0.25\n" % i for i in range(5000))
+                                     + b"caf\xc3 0.5 0.25\n")
+    with pytest.raises(DataError, match=r"v.txt, line 5001, column 4: not valid UTF-8"):
+        check_vector_file(data_run / "v.txt")
 
+
+def _vocab():
+    return Vocab.build(["the cat dog"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-Infinity", "1e40"])
+def test_non_finite_or_overflowing_vectors_are_refused(data_run, capsys, value):
+    (data_run / "vec.txt").write_text(f"the 0.1 0.2 0.3\ncat 0.1 {value} 0.3\ndog 0 0 0\n")
+    what = "beyond float32" if value == "1e40" else "not a finite number"
+    pattern = rf"vec.txt, line 2, column 9: value 2 of 'cat' \({value}\) is {what}"
+    with pytest.raises(DataError, match=pattern):
+        check_vector_file(data_run / "vec.txt")
+    with pytest.raises(DataError, match=pattern):
+        load_word_vectors(data_run / "vec.txt", _vocab())
+    err = _refused(capsys, data_run, ["student.embeddings=vec.txt"])
+    assert f"vec.txt, line 2, column 9: value 2 of 'cat' ({value}) is {what}" in err, err
+    assert "fix or delete that line" in err
+
+
+def test_vector_preflight_reads_the_whole_file(data_run, capsys):
+    # over 64 MiB, the bad line after the first 2,000: long words keep the line count small
+    filler = "w" * (32 << 10)
+    lines = [f"{filler}{i} 0.5 0.25\n" for i in range(2100)]
+    lines.insert(2050, "cat 0.5 nan\n")
+    (data_run / "big.txt").write_text("".join(lines))
+    assert (data_run / "big.txt").stat().st_size > 64 << 20
+    with pytest.raises(DataError, match=r"big.txt, line 2051, column 9: value 2 of 'cat' \(nan\) "
+                                        r"is not a finite number"):
+        check_vector_file(data_run / "big.txt")
