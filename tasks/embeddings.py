@@ -177,7 +177,7 @@ def check_vector_file(path: str | os.PathLike, block: int = 4096) -> int:
     The first line gives the size (a word2vec ``count dim`` header, else the values after the
     word); every line must have that many values after the word, each a finite number float32
     can hold. The file is streamed whatever its size and its values parsed ``block`` lines at a
-    time (about a second per 20 MB), so a bad line anywhere fails here, not after a teacher
+    time (a second or two per 16 MB), so a bad line anywhere fails here, not after a teacher
     trained and labeled.
     """
     p = Path(path)
