@@ -3,6 +3,8 @@ a task's examples."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable
 
 from tasks.registry import TaskSpec
 
@@ -23,6 +25,23 @@ class Example:
 
 class DataError(ValueError):
     """Bad input data: names the file (and line) and says what to do."""
+
+
+def utf8_error(path: str | Path, open_binary: Callable[[Path], IO[bytes]] | None = None) -> str:
+    """Where ``path`` first stops being UTF-8, as ``"<path>, line L, column C: not valid UTF-8
+    (...)"``. A text reader's UnicodeDecodeError counts bytes from the start of the chunk it
+    was decoding, not of the file or a line; this reads the file again, line by line (UTF-8
+    never puts a newline byte inside a character), to name the line and its column."""
+    p = Path(path)
+    with (open_binary or (lambda q: open(q, "rb")))(p) as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                column = len(raw[:e.start].decode("utf-8")) + 1
+                return (f"{p}, line {line_no}, column {column}: not valid UTF-8 ({e.reason}, "
+                        f"byte 0x{raw[e.start]:02x}); re-save the file as UTF-8")
+    return f"{p}: not valid UTF-8; re-save the file as UTF-8"  # the text reader saw otherwise
 
 
 @dataclass

@@ -4,7 +4,9 @@ GloVe text has no header (``word v1 ... vd`` per line); word2vec text starts wit
 ``count dim`` line. The file is streamed and only the vocabulary's rows are parsed, so large files
 are fine (``.gz`` too). A vocabulary word without an exact match takes the vector of its first
 case-insensitive match (for cased files such as word2vec's); words without any get small random
-vectors from a fixed seed, ``<pad>`` gets zeros.
+vectors from a fixed seed, ``<pad>`` gets zeros. A value that is not a finite number float32 can
+hold (``nan``, ``inf``, ``1e40``) is refused with its line and column; :func:`check_vector_file`
+checks every line before any work.
 
 :func:`subword_mean_vectors` builds the vectors from a sub-word embedding table instead (a
 teacher's input embeddings, ``student.embeddings=teacher``): each word gets the mean of its
@@ -19,8 +21,10 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from tasks.data import DataError
+from tasks.data import DataError, utf8_error
 from tasks.vocab import SPECIALS, Vocab
+
+F32_MAX = float(np.finfo(np.float32).max)  # a larger value would load as inf
 
 
 def _open_text(path: Path) -> IO[str]:
@@ -29,18 +33,62 @@ def _open_text(path: Path) -> IO[str]:
     return open(path, encoding="utf-8")
 
 
+def _open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
     """(line number, space-separated fields) of each non-blank line."""
-    line_no = 0
     try:
         with _open_text(path) as f:
             for line_no, line in enumerate(f, start=1):
                 stripped = line.rstrip()
                 if stripped:
                     yield line_no, stripped.split(" ")
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}, line {line_no + 1}: not valid UTF-8 ({e.reason}); word "
-                        "vector files must be UTF-8 text") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{utf8_error(path, _open_binary)} (word vector files are UTF-8 "
+                        "text)") from None
+
+
+def _vector(path: Path, line_no: int, fields: list[str], n_word: int) -> np.ndarray:
+    """The values of one line as float32. A value that is not a number, not finite (nan, inf)
+    or beyond float32 (it would load as inf) is refused, naming its line and column: a
+    non-finite row would make every embedding that looks it up non-finite."""
+    try:
+        values = np.asarray(fields[n_word:], dtype=np.float64)
+        if np.isfinite(values).all() and (np.abs(values) <= F32_MAX).all():
+            return values.astype(np.float32)
+    except ValueError:
+        pass
+    word = " ".join(fields[:n_word])
+    for k, text in enumerate(fields[n_word:]):
+        try:
+            value = float(text)
+            problem = ("not a finite number" if not np.isfinite(value) else
+                       f"beyond float32's range (+-{F32_MAX:.1e})" if abs(value) > F32_MAX else "")
+        except ValueError:
+            problem = "not a number"
+        if problem:
+            column = sum(len(f) + 1 for f in fields[:n_word + k]) + 1
+            raise DataError(f"{path}, line {line_no}, column {column}: value {k + 1} of {word!r} "
+                            f"({text}) is {problem}; fix or delete that line")
+    raise DataError(f"{path}, line {line_no}: the values of {word!r} are not numbers; fix or "
+                    "delete that line")
+
+
+def _check_vectors(path: Path, rows: list[tuple[int, list[str], int]]) -> None:
+    """:func:`_vector` on many lines at once: one numpy parse, line by line only on a failure."""
+    if not rows:
+        return
+    try:
+        values = np.asarray([v for _, fields, n_word in rows for v in fields[n_word:]],
+                            dtype=np.float64)
+        if np.isfinite(values).all() and (np.abs(values) <= F32_MAX).all():
+            return
+    except ValueError:
+        pass
+    for line_no, fields, n_word in rows:
+        _vector(path, line_no, fields, n_word)
 
 
 def _is_number(text: str) -> bool:
@@ -110,10 +158,7 @@ def load_word_vectors(path: str | os.PathLike, vocab: Vocab, expected_dim: int |
             idx = vocab.index(word.lower())
         if idx in special_ids or idx in exact or (idx in found and not is_exact):
             continue
-        try:
-            found[idx] = np.asarray(fields[1:], dtype=np.float32)
-        except ValueError:
-            raise DataError(f"{p}, line {line_no}: a value of {word!r} is not a number") from None
+        found[idx] = _vector(p, line_no, fields, 1)
         if is_exact:
             exact.add(idx)
     if dim is None:
@@ -126,21 +171,22 @@ def load_word_vectors(path: str | os.PathLike, vocab: Vocab, expected_dim: int |
     return matrix, len(found)
 
 
-def check_vector_file(path: str | os.PathLike, full_scan_bytes: int = 64 << 20,
-                      first_lines: int = 2000, parsed_lines: int = 100) -> int:
-    """Cheap check of a word vector file before any work; returns its vector size.
+def check_vector_file(path: str | os.PathLike, block: int = 4096) -> int:
+    """Check a whole word vector file before any work; returns its vector size.
 
     The first line gives the size (a word2vec ``count dim`` header, else the values after the
-    word); every line of a file up to ``full_scan_bytes`` (else its first ``first_lines`` lines)
-    must have that many values after the word, and the first ``parsed_lines`` must be numbers.
+    word); every line must have that many values after the word, each a finite number float32
+    can hold. The file is streamed whatever its size and its values parsed ``block`` lines at a
+    time (a second or two per 16 MB), so a bad line anywhere fails here, not after a teacher
+    trained and labeled.
     """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"word vector file {p} does not exist; give a GloVe or word2vec text "
                         "file (student.embeddings=PATH), or student.embeddings=null for random "
                         "initialisation")
-    limit = None if p.stat().st_size <= full_scan_bytes else first_lines
     dim: int | None = None
+    rows: list[tuple[int, list[str], int]] = []
     for line_no, fields in _lines(p):
         if dim is None:
             dim = _dim_of(fields)
@@ -151,13 +197,15 @@ def check_vector_file(path: str | os.PathLike, full_scan_bytes: int = 64 << 20,
                 continue
         n_word = len(fields) - dim
         if n_word < 1 or (n_word > 1 and _is_number(fields[1])):
+            _check_vectors(p, rows)  # an earlier bad value is named first
             raise DataError(f"{p}, line {line_no}: {len(fields) - 1} values after the word, "
                             f"expected {dim} (the size line 1 gives); the file is cut or "
                             "malformed: fix or delete that line")
-        if line_no <= parsed_lines and n_word == 1 and not all(map(_is_number, fields[1:])):
-            raise DataError(f"{p}, line {line_no}: a value of {fields[0]!r} is not a number")
-        if limit is not None and line_no >= limit:
-            break
+        rows.append((line_no, fields, n_word))
+        if len(rows) >= block:
+            _check_vectors(p, rows)
+            rows = []
+    _check_vectors(p, rows)
     if dim is None:
         raise DataError(f"{p}: the file is empty; expected word vectors")
     return dim

@@ -11,12 +11,13 @@ import hashlib
 import json
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from tasks.config import DataConfig
-from tasks.data import DataError, Example, TaskData  # TaskData: importable from here too
+from tasks.data import DataError, Example, TaskData, utf8_error  # TaskData: importable here too
 from tasks.generated import generate_task_data
 from tasks.registry import TaskSpec, custom_task, get_task, resolve_task_name
 
@@ -29,28 +30,85 @@ GENERATED_DEV_DEFAULT = 128
 # labels and texts
 
 
+# a number as a label: ASCII digits only (str.isdigit() also takes "²", which int() refuses),
+# nan and inf included so that they can be refused by name
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?(?:nan|inf|infinity)",
+                     re.ASCII | re.IGNORECASE)
+_INT = re.compile(r"[+-]?\d+", re.ASCII)
+
+
+def _number(raw: Any) -> float | None:
+    """A label's value when it is a number (a JSON number, or text written as one); else None
+    (names, booleans)."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        try:
+            return float(raw)
+        except OverflowError:  # an integer beyond any float
+            return math.inf if raw > 0 else -math.inf
+    if isinstance(raw, str) and _NUMBER.fullmatch(raw.strip()):
+        return float(raw)
+    return None
+
+
+def _whole(value: float) -> int | None:
+    """``value`` as an integer when it is one (1.0 -> 1), else None: whole numbers written as
+    floats are the same class as the integers."""
+    return int(value) if math.isfinite(value) and value == int(value) else None
+
+
+def _show(raw: Any) -> str:
+    """A label as the user wrote it: strings quoted, JSON literals as JSON writes them."""
+    if isinstance(raw, bool) or raw is None:
+        return json.dumps(raw)
+    return repr(raw)
+
+
+def _label_kind(raw: Any, where: str) -> str:
+    """The kind of a label: "name", "number" or "boolean". A non-finite number (nan, inf) or a
+    JSON list or object is refused."""
+    if isinstance(raw, bool):
+        return "boolean"
+    if isinstance(raw, (list, dict)):
+        raise DataError(f"{where}: label {json.dumps(raw)} is a JSON "
+                        f"{'list' if isinstance(raw, list) else 'object'}; a label is a class "
+                        "name, a number or a boolean")
+    value = _number(raw)
+    if value is None:
+        return "name"
+    if not math.isfinite(value):
+        raise DataError(f"{where}: label {_show(raw)} is not a finite number; fix or delete the "
+                        "row")
+    return "number"
+
+
 def parse_label(raw: Any, task: TaskSpec, where: str) -> int | float:
-    """One raw label -> class index (by name, else an in-range integer) or regression float."""
+    """One raw label -> class index or regression float. A class is matched by name; a whole
+    number (``1``, ``1.0``, JSON ``true``) is matched by value when every class is named by an
+    integer (classes 2 and 10: label 1 is neither), else taken as an index."""
     if raw is None or (isinstance(raw, str) and not raw.strip()):
         raise DataError(f"{where}: missing label; every row needs one")
     if task.label_names is None:
         return _parse_score(raw, task, where)
+    names = task.label_names
     text = str(raw).strip()
-    if text in task.label_names:
-        return task.label_names.index(text)
-    value: int | None = None
-    if isinstance(raw, bool):
-        value = int(raw)
-    elif isinstance(raw, int):
-        value = raw
-    elif isinstance(raw, str) and text.lstrip("-").isdigit():
-        value = int(text)
-    if value is not None and 0 <= value < len(task.label_names):
-        return value
+    if text in names:
+        return names.index(text)
+    _label_kind(raw, where)  # non-finite numbers, lists and objects refused
+    value = float(raw) if isinstance(raw, bool) else _number(raw)
+    whole = _whole(value) if value is not None else None
+    by_value = all(_INT.fullmatch(n) for n in names)
+    if whole is not None:
+        if by_value and str(whole) in names:
+            return names.index(str(whole))
+        if not by_value and 0 <= whole < len(names):
+            return whole
+    expected = (", ".join(names) if by_value else
+                f"{', '.join(names)} or an index 0..{len(names) - 1}")
     raise DataError(
-        f"{where}: unknown label {text!r} for task {task.name}; expected one of "
-        f"{', '.join(task.label_names)} or an index 0..{len(task.label_names) - 1}. Fix the row, "
-        "or set the task's label names (data.label_names) to match the file.")
+        f"{where}: unknown label {text!r} for task {task.name}; expected one of {expected}. "
+        "Fix the row, or set the task's label names (data.label_names) to match the file.")
 
 
 def _parse_score(raw: Any, task: TaskSpec, where: str) -> float:
@@ -74,10 +132,35 @@ def _parse_score(raw: Any, task: TaskSpec, where: str) -> float:
 def _text(raw: Any, where: str) -> str:
     if not isinstance(raw, str):
         raise DataError(f"{where}: expected text, got {type(raw).__name__} {raw!r}")
+    if "\x00" in raw:  # e.g. a JSON "\u0000": no tokenizer reads it as the user meant
+        raise DataError(f"{where}: a NUL character (U+0000) at character {raw.index(chr(0)) + 1} "
+                        "of the text; remove it")
     text = raw.strip()
     if not text:
         raise DataError(f"{where}: empty text; remove the row or fill in the text")
     return text
+
+
+def _no_nul(f: Iterator[str], path: Path) -> Iterator[str]:
+    """The lines of ``f``, refusing a NUL byte (a UTF-16 or binary file read as UTF-8, or a
+    damaged one) with its line and column: csv and json would keep it in the text."""
+    for line_no, line in enumerate(f, start=1):
+        if "\x00" in line:
+            raise DataError(f"{path}, line {line_no}, column {line.index(chr(0)) + 1}: a NUL "
+                            "byte; text files hold none (is the file UTF-16, or binary?). "
+                            "Re-save it as UTF-8 text, or remove the byte")
+        yield line
+
+
+def _unique_header(header: list[str], path: Path) -> None:
+    """csv would map a repeated name to its last column: refuse it, naming both."""
+    first: dict[str, int] = {}
+    for i, name in enumerate(header):
+        if name in first:
+            raise DataError(f"{path}, line 1, column {i + 1}: the header names {name!r} twice "
+                            f"(columns {first[name] + 1} and {i + 1}); rename one so that each "
+                            "column has its own name")
+        first[name] = i
 
 
 # ---------------------------------------------------------------------------------------------
@@ -140,13 +223,14 @@ def load_glue_tsv(task: TaskSpec, glue_dir: str | Path, split: str) -> list[Exam
 def _read_glue_rows(path: Path, task: TaskSpec, layout: TsvLayout) -> Iterator[Example]:
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            reader = csv.reader(_no_nul(f, path), delimiter="\t", quoting=csv.QUOTE_NONE)
             header: list[str] | None = None
             if layout.has_header:
                 header = next(reader, None)
                 if header is None:
                     raise DataError(f"{path}: the file is empty; expected a header line")
                 header = [h.strip() for h in header]
+                _unique_header(header, path)
                 n_cols = len(header)
             else:
                 assert layout.num_columns is not None
@@ -171,9 +255,8 @@ def _read_glue_rows(path: Path, task: TaskSpec, layout: TsvLayout) -> Iterator[E
                 yield Example(id=row_id, text_a=texts[0],
                               text_b=texts[1] if len(texts) > 1 else None, label=label)
                 row_id += 1
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start}); "
-                        "re-save the file as UTF-8") from None
+    except UnicodeDecodeError:
+        raise DataError(utf8_error(path)) from None
 
 
 def _csv_rows(reader: Any, path: Path) -> Iterator[list[str]]:
@@ -283,21 +366,21 @@ def read_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield from _jsonl_records(p)
         else:
             yield from _table_records(p, fmt)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start}); "
-                        "re-save the file as UTF-8") from None
+    except UnicodeDecodeError:
+        raise DataError(utf8_error(p)) from None
 
 
 def _table_records(p: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(p, encoding="utf-8-sig", newline="") as f:
         if fmt == "tsv":  # GLUE convention: quotes are ordinary characters
-            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            reader = csv.reader(_no_nul(f, p), delimiter="\t", quoting=csv.QUOTE_NONE)
         else:
-            reader = csv.reader(f)
+            reader = csv.reader(_no_nul(f, p))
         header = next(reader, None)
         if header is None:
             raise DataError(f"{p}: the file is empty; expected a header line naming the columns")
         header = [h.strip() for h in header]
+        _unique_header(header, p)
         line = reader.line_num + 1
         for row in _csv_rows(reader, p):
             start, line = line, reader.line_num + 1
@@ -309,16 +392,32 @@ def _table_records(p: Path, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
             yield start, dict(zip(header, row))
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in obj:
+            raise _RepeatedKey(k)
+        obj[k] = v
+    return obj
+
+
 def _jsonl_records(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(p, encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, start=1):
+        for line_no, line in enumerate(_no_nul(f, p), start=1):
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as e:
                 raise DataError(f"{p}, line {line_no}: not valid JSON ({e.msg}); each line must "
                                 "be one JSON object") from None
+            except _RepeatedKey as e:  # json keeps the last of a repeated key, silently
+                raise DataError(f"{p}, line {line_no}: the object has key {e.args[0]!r} twice; "
+                                "remove or rename one") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{p}, line {line_no}: expected a JSON object, got "
                                 f"{type(obj).__name__}")
@@ -369,35 +468,37 @@ _INFERRED: dict[tuple, tuple[str, ...] | None] = {}  # the file read once per pr
 
 def _infer_label_names(path: Path, label_column: str) -> tuple[str, ...] | None:
     seen: set[str] = set()
-    numbers = True
+    first: tuple[str, int, Any] | None = None  # the first label's kind, line and value
+    scores = False  # some number is not whole
     for line, rec in read_records(path):
         raw = _field(rec, label_column, f"{path}, line {line}")
+        where = f"{path}, line {line}, column {label_column!r}"
         if raw is None or not str(raw).strip():
-            raise DataError(f"{path}, line {line}, column {label_column!r}: missing label; "
-                            "every row needs one")
-        seen.add(str(raw).strip())
-        if numbers and (isinstance(raw, bool) or not _is_number(raw)):
-            numbers = False
-    if numbers and seen and not all(_is_int(s) for s in seen):
+            raise DataError(f"{where}: missing label; every row needs one")
+        kind = _label_kind(raw, where)
+        if first is None:
+            first = (kind, line, raw)
+        elif kind != first[0]:
+            raise DataError(
+                f"{where}: label {_show(raw)} is a {kind}, but line {first[1]} has a {first[0]} "
+                f"({_show(first[2])}); one label column holds one kind of label (names, numbers "
+                "or booleans). Fix the rows, or give the classes with data.label_names (numbers "
+                "and booleans are then read as class indices)")
+        if kind == "number":
+            whole = _whole(_number(raw))  # type: ignore[arg-type]
+            scores = scores or whole is None
+            seen.add(str(raw).strip() if whole is None else str(whole))
+        else:
+            seen.add(str(raw).strip())
+    if scores:
         return None  # scores such as 3.8: regression
     if len(seen) < 2:
         raise DataError(f"{path}: column {label_column!r} has {len(seen)} distinct label(s) "
                         f"({', '.join(sorted(seen))}); classification needs at least 2. Use "
                         "another label column, or set data.regression=true for a score")
-    if all(_is_int(s) for s in seen):
+    if first is not None and first[0] == "number":
         return tuple(sorted(seen, key=int))
     return tuple(sorted(seen))
-
-
-def _is_int(s: str) -> bool:
-    return s.lstrip("-").isdigit()
-
-
-def _is_number(raw: Any) -> bool:
-    try:
-        return math.isfinite(float(raw))
-    except (TypeError, ValueError):
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +560,22 @@ def task_spec(src: TaskSource) -> TaskSpec:
     return custom_task(src.task, is_pair=is_pair, label_names=labels)
 
 
+def describe_task(task: TaskSpec, src: TaskSource | None = None, shown: int = 30) -> str:
+    """One line saying how every stage will read the task's labels: classification with its
+    classes in index order, or regression; for own data, whether that was inferred."""
+    if task.label_names is None:
+        what = "regression (one score per row)"
+    else:
+        names = task.label_names
+        more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+        what = (f"classification, {len(names)} classes in order: "
+                f"{', '.join(names[:shown])}{more}")
+    if src is not None and src.custom and not src.label_names and not src.regression:
+        what += (f" (inferred from the labels of {src.train_file}; set data.label_names, or "
+                 "data.regression=true for a score, to read them otherwise)")
+    return f"task {task.name}: {what}"
+
+
 def task_from_config(cfg: DataConfig, task: str | None = None) -> TaskSpec:
     """The TaskSpec a DataConfig describes (:func:`task_spec`); ``task``: one of several."""
     return task_spec(TaskSource.of(cfg, task))
@@ -513,9 +630,10 @@ def load_task_data(cfg: DataConfig, task: TaskSpec) -> TaskData:
 
 
 def check_task_data(cfg: DataConfig, task: TaskSpec, rows: int = 50) -> str:
-    """Parse the first ``rows`` rows of each file a task would read (no full load), so a wrong
-    path, column or label fails before any work; returns the resolved source. The hub is not
-    contacted (its errors come when the data loads)."""
+    """Parse each file a task would read, without keeping its examples, so a wrong path, column,
+    label or text fails before any work; returns the resolved source. The user's own files are
+    read whole; a GLUE folder's files (the published distribution) up to ``rows`` rows. The hub
+    is not contacted (its errors come when the data loads)."""
     import itertools
 
     source = resolve_source(cfg, task)
@@ -539,15 +657,16 @@ def check_task_data(cfg: DataConfig, task: TaskSpec, rows: int = 50) -> str:
         if len(cfg.text_columns) != (2 if task.is_pair else 1):
             load_custom(cfg.train_file, list(cfg.text_columns), cfg.label_column, task)  # raises
         for f in (cfg.train_file, cfg.dev_file):
-            first = list(itertools.islice(read_records(f), rows))
-            if not first:
-                raise DataError(f"{f}: no rows; expected a header and at least one example")
-            for line, rec in first:
+            n = 0
+            for line, rec in read_records(f):
+                n += 1
                 where = f"{f}, line {line}"
                 for c in cfg.text_columns:
                     _text(_field(rec, c, where), f"{where}, column {c!r}")
                 parse_label(_field(rec, cfg.label_column, where), task,
                             f"{where}, column {cfg.label_column!r}")
+            if not n:
+                raise DataError(f"{f}: no rows; expected a header and at least one example")
     return source
 
 

@@ -121,7 +121,7 @@ def test_gzip_and_words_with_spaces(tmp_path):
     ("the 1 2 3\ncat 1 2\n", r"g.txt, line 2: 2 values after the word, expected 3"),
     ("the 1 2 3\ncat 1 2 3 4\n", r"line 2: 4 values after the word, expected 3"),
     ("2 3\nthe 1 2 3\ncat 1 2\n", r"line 3: 2 values after the word, expected 3"),
-    ("the 1 2 3\ncat 1 x 3\n", r"line 2: a value of 'cat' is not a number"),
+    ("the 1 2 3\ncat 1 x 3\n", r"line 2, column 7: value 2 of .cat. \(x\) is not a number"),
     ("", r"the file is empty"),
 ])
 def test_malformed_vector_files(tmp_path, content, pattern):

@@ -246,7 +246,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     uri = tracking.resolve_uri(cfg.tracking.uri)
     # every input (tasks and data files, teacher, embeddings, NLTK data, space, work root,
     # tracking store) checked before Ray starts or a teacher trains; then the data itself
-    check_inputs(cfg, space)
+    check_inputs(cfg, space, log=log)
     data = load_data(cfg)
     preflight(cfg, space, data)  # mixture, student vs base model: before any teacher trains
     # unreachable storage, missing teacher resources, paths some node cannot see: fail here,

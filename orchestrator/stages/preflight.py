@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from orchestrator.config import TEACHER_EMBEDDINGS, ConfigError, ExperimentConfig, with_values
 
@@ -196,13 +196,14 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.ind
 
 
 def check_inputs(cfg: ExperimentConfig, space=None, *, teacher: bool = True,
-                 storage: bool = True) -> None:
+                 storage: bool = True, log: Callable[[str], Any] = print) -> None:
     """Every input a run reads, checked cheaply before it does any work: the task names and
-    data files (first rows parsed), the teacher (config readable, head size), the embeddings
-    file, the NLTK data when augmentation is on, the search space, and that the work root and
-    the tracking store are writable. Raises :class:`PreflightError`, one message naming the
-    file, line or key and what to do."""
-    specs = check_tasks(cfg)
+    data files (own files read whole, a GLUE folder's first rows), the teacher (config readable,
+    head size), the embeddings file (read whole), the NLTK data when augmentation is on, the
+    search space, and that the work root and the tracking store are writable. Logs how each
+    task's labels will be read (:func:`check_tasks`). Raises :class:`PreflightError`, one
+    message naming the file, line or key and what to do."""
+    specs = check_tasks(cfg, log)
     if teacher:
         check_teacher_model(cfg, specs)
     check_embeddings(cfg, space)
@@ -213,11 +214,14 @@ def check_inputs(cfg: ExperimentConfig, space=None, *, teacher: bool = True,
         check_writable(cfg)
 
 
-def check_tasks(cfg: ExperimentConfig) -> dict:
-    """Each task's spec (its name known, own data's labels read) and the first rows of its files."""
+def check_tasks(cfg: ExperimentConfig, log: Callable[[str], Any] = print) -> dict:
+    """Each task's spec (its name known, own data's labels read) and the rows of its files
+    (:func:`tasks.loaders.check_task_data`). Logs each task as it will be read, classification
+    with its classes in order or regression, before its rows are checked, so that a user sees
+    what was inferred from the labels before any work."""
     from orchestrator.stages.pipeline import get_task_for
     from tasks.data import DataError
-    from tasks.loaders import check_task_data
+    from tasks.loaders import TaskSource, check_task_data, describe_task
     from tasks.registry import UnknownTaskError
 
     specs = {}
@@ -229,6 +233,7 @@ def check_tasks(cfg: ExperimentConfig) -> dict:
             raise PreflightError(f"{key}: {e}") from None
         except DataError as e:
             raise PreflightError(f"task {name}: {e}") from None
+        log(f"[data] {describe_task(spec, TaskSource.of(cfg.data, name))}")
         try:
             check_task_data(dataclasses.replace(cfg.data, task=spec.name), spec)
         except DataError as e:

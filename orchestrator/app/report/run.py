@@ -70,7 +70,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
     seeds = tuple(dict.fromkeys(seeds)) if seeds else (cfg.train.seed,)
     tasks = task_names(cfg)
     cfg = with_values(cfg, {"work_root": str(Path(cfg.work_root).resolve()), "tasks": tasks})
-    check_inputs(cfg)  # data, teacher, embeddings, NLTK data, stores: before any work or Ray
+    check_inputs(cfg, log=log)  # data, teacher, embeddings, NLTK data, stores: before work or Ray
     ctx = _Report(cfg, name, address, log)
     data = load_data(cfg)
     log(f"[report] {name}: rows {', '.join(r.num for r in selected)} on {', '.join(tasks)}; "
