@@ -1,4 +1,4 @@
-"""Students vs teachers and ELMo on this CPU: non-embedding parameters and batch-1 / batch-64 latency.
+"""Students vs teachers and ELMo on this CPU: non-embedding parameters, batch-1 / batch-64 latency.
 
     .venv/bin/python benchmarks/student_vs_teacher.py                       # the full table
     .venv/bin/python benchmarks/student_vs_teacher.py --repeats 30 --repeats-64 5 --threads 1
@@ -91,7 +91,8 @@ def elmo_summary(df, model, batch_sizes=(1, 64)) -> str:
     parts = model.parameter_breakdown()
     lines = [f"ELMo (shape) parameters: {parts['elmo']:,} for ELMo itself (published: 93.6M) = "
              f"char table {parts['char_embedding']:,} (an nn.Embedding, not counted below) + "
-             f"char CNN, highway and projection {parts['char_cnn']:,} + biLSTM {parts['bilstm']:,}; "
+             f"char CNN, highway and projection {parts['char_cnn']:,} + biLSTM "
+             f"{parts['bilstm']:,}; "
              f"mix and classifier {parts['head']:,}; non-embedding "
              f"{int(df.loc[ELMO, 'non_embedding']):,}"]
     if BILSTM in df.index:
