@@ -43,7 +43,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.append(str(Path(__file__).resolve().parent))  # for elmo_shape, also when loaded by path
 
 from elmo_shape import ElmoShaped, char_inputs  # noqa: E402
 from orchestrator.training.probe import BASE, Bench, default_models, measure  # noqa: E402
