@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.app.run import resolve_run
 from orchestrator.config import ConfigError
+from orchestrator.runtime.redact import redact
 from orchestrator.stages.preflight import check_inputs
 
 
@@ -119,7 +120,7 @@ def cmd_best(args) -> int:
 
     info = best_of_search(args.search, args.tracking_uri, args.experiment)
     for k, v in info.items():
-        print(f"{k}: {v}")
+        print(f"{k}: {redact(v)}")
     return 0
 
 
@@ -177,14 +178,17 @@ def cmd_ui(args) -> int:
     from orchestrator.runtime.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+    # the store reaches the server through its environment, not its argv: argv is readable by
+    # every user of the machine (`ps`), and a database URI may hold a password
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
+    cmd = [sys.executable, "-m", "mlflow", "ui",
            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     from mlflow.tracking import MlflowClient
 
     from orchestrator.runtime.tracking import runs_page
 
     base = f"http://{args.host}:{args.port}"
-    print(f"[ui] MLflow UI on {base} for {uri}")
+    print(f"[ui] MLflow UI on {base} for {redact(uri)}")
     try:  # the runs of the project's experiment, in the UI's "Model training" view
         exp = MlflowClient(uri).get_experiment_by_name(args.experiment)
     except Exception:  # noqa: BLE001 - a store not created yet: the UI still starts
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, OSError, ValueError, LookupError, RuntimeError) as e:
         if os.environ.get("DISTILLRAY_DEBUG"):
             raise
-        print(f"distillray: error: {e}", file=sys.stderr)
+        print(f"distillray: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -30,6 +30,7 @@ from orchestrator.record import outcome
 from orchestrator.runtime import faults, tracking
 from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                               env_storage_path, init_ray, trial_resources)
+from orchestrator.runtime.redact import has_secret, redact
 from orchestrator.stages.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.stages.preflight import check_inputs, preflight
 from search_spaces.loader import SearchSpace
@@ -232,8 +233,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     resources = init_ray(address, log=log)
     check_budget(cfg, resources, log=log)
     check_shared_paths({"work_root": str(work_root), "search.storage_path": storage}, uri, log=log)
-    log(f"[mlflow] tracking store: {uri}  (UI: "
-        f"{uri if uri.startswith(('http://', 'https://')) else 'distillray ui'})")
+    log(f"[mlflow] tracking store: {redact(uri)}  (UI: "
+        f"{redact(uri) if uri.startswith(('http://', 'https://')) else 'distillray ui'})")
 
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id_for(client, cfg)
@@ -463,12 +464,18 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
     import sys
 
     default_uri = uri == tracking.resolve_uri(None) and not uri.startswith(("http", "postgres"))
-    store = "" if default_uri else f" --tracking-uri {shlex.quote(uri)}"
+    # a store whose URI holds a password is never printed on a command line (shell history,
+    # `ps`): the commands read it from $MLFLOW_TRACKING_URI instead
+    secret = has_secret(uri)
+    store = "" if default_uri or secret else f" --tracking-uri {shlex.quote(uri)}"
     exp = "" if experiment == "distillray" else f" --experiment {shlex.quote(experiment)}"
     name = shlex.quote(search)
     lines = ["", "[next] what to do now:"]
+    if secret:
+        lines.append(f"  (export MLFLOW_TRACKING_URI={shlex.quote(redact(uri))} with the real "
+                     "password first: these commands read the store from it)")
     if uri.startswith(("http://", "https://")):
-        lines.append(f"  the runs:      {tracking.runs_page(uri.rstrip('/'), exp_id)}")
+        lines.append(f"  the runs:      {tracking.runs_page(redact(uri).rstrip('/'), exp_id)}")
     else:
         lines.append(f"  the runs:      distillray ui{store}   # then "
                      f"{tracking.runs_page('http://127.0.0.1:5000', exp_id)}")
@@ -477,7 +484,7 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
         lines.append(f"  export it:     distillray export --search {name}{store}{exp} "
                      f"--out {shlex.quote('export-' + search)}   # TorchScript, ONNX, predict.py")
     if registered:
-        env = "" if uri.startswith(("http://", "https://")) and not store else \
+        env = "" if (uri.startswith(("http://", "https://")) and not store) or secret else \
             f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
         body = '{"dataframe_records": [{"text_a": "a gripping, funny film"' + \
             (', "text_b": "a funny film"' if pair else "") + '}]}'
