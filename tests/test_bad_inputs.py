@@ -118,3 +118,66 @@ def test_docs_put_no_secret_on_a_command_line():
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
             if bad.search(line)]
     assert not hits, "secrets on a command line:\n" + "\n".join(hits)
+
+
+def _tiny_student(tmp_path: Path) -> Path:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tests.test_export import make_student
+
+    return make_student(tmp_path, "bilstm", ["sst2"], ["a good film", "a bad film"])
+
+
+def test_export_failing_its_parity_check_leaves_nothing_runnable(tmp_path):
+    from orchestrator.deploy.export import ExportError, export_student
+
+    student = _tiny_student(tmp_path / "s")
+    out = tmp_path / "exports" / "sst2"
+    with pytest.raises(ExportError, match=r"does not reproduce the student.*nothing was written"):
+        export_student(student, out, formats=["onnx"], tolerance=-1.0)  # every check fails
+    assert not out.exists()
+    assert _files(tmp_path / "exports") == []  # no temporary sibling either
+
+
+def test_export_killed_midway_leaves_no_export_json(tmp_path, monkeypatch):
+    """Killed after the model is written but before its checks: no folder names it."""
+    import onnx.checker
+
+    from orchestrator.deploy.export import export_student
+
+    student = _tiny_student(tmp_path / "s")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx.checker, "check_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_student(student, tmp_path / "exports" / "sst2", formats=["onnx"])
+    assert _files(tmp_path / "exports") == []
+
+
+def test_export_into_an_old_export_leaves_no_stale_file(tmp_path):
+    from orchestrator.deploy.export import export_student
+
+    student = _tiny_student(tmp_path / "s")
+    out = tmp_path / "exports" / "sst2"
+    export_student(student, out)  # TorchScript + ONNX
+    (out / "notes-from-before.txt").write_text("stale")
+    res = export_student(student, out, formats=["onnx"])
+    assert res.files["onnx"] == out / "model.onnx" and res.files["onnx"].is_file()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json", "model.onnx", "predict.py", "student.json", "vocab.json"]
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["sst2"]
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(tmp_path):
+    from orchestrator.deploy.export import export_student
+
+    student = _tiny_student(tmp_path / "s")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match="non-empty directory that holds no export.json"):
+        export_student(student, mine)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "s"]
