@@ -5,6 +5,7 @@
     distillray label --task sst2                     distillray best --search NAME
     distillray ui                                    distillray export --search NAME
     distillray report --budget small --tasks sst2,mrpc --out report.md
+    distillray gc [--yes]
 """
 from __future__ import annotations
 
@@ -202,6 +203,19 @@ def cmd_ui(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    """List (and with --yes remove) what the work root holds that nothing references."""
+    from orchestrator.app.gc import run_gc
+    from orchestrator.config import ExperimentConfig
+    from orchestrator.runtime.tracking import resolve_uri
+
+    work_root = (args.work_root or os.environ.get("DISTILLRAY_WORK_ROOT")
+                 or ExperimentConfig().work_root)
+    run_gc(work_root, resolve_uri(args.tracking_uri), remove=args.yes,
+           older_than_h=args.older_than, ray_tmp=args.ray_tmp)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="distillray", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -272,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     # one process reached /health in 9-19 s against 20-21 s for four, and serves one browser
     p.add_argument("--workers", type=int, default=1, help="MLflow server processes")
     p.set_defaults(fn=cmd_ui)
+    p = sub.add_parser("gc", help="list (dry run) or remove work-root entries no run references, "
+                       "partial checkpoints, temporary leftovers and old Ray sessions")
+    p.add_argument("--work-root", default=None, help="default $DISTILLRAY_WORK_ROOT or .distillray")
+    p.add_argument("--tracking-uri", help="the store whose runs say what is in use (default "
+                   "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--older-than", type=float, default=24.0, metavar="HOURS",
+                   help="keep anything touched more recently (a running search's work)")
+    p.add_argument("--ray-tmp", help="Ray's temporary folder (default $RAY_TMPDIR/ray or /tmp/ray)")
+    p.add_argument("--yes", action="store_true", help="remove what is listed (default: list only)")
+    p.set_defaults(fn=cmd_gc)
     return ap
 
 

@@ -181,3 +181,102 @@ def test_export_refuses_a_folder_that_is_not_an_export(tmp_path):
         export_student(student, mine)
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "s"]
+
+
+def _aged(path: Path, hours: float = 48.0) -> Path:
+    """Set ``path`` and everything under it to ``hours`` ago."""
+    import time
+
+    t = time.time() - hours * 3600
+    for p in [*path.rglob("*"), path]:
+        os.utime(p, (t, t), follow_symlinks=False)
+    return path
+
+
+def _work_root_with_leftovers(tmp_path: Path):
+    """A work root and Ray temp folder with one entry of each kind, and a store naming some."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.runtime import tracking
+
+    root, ray_tmp = tmp_path / "wr", tmp_path / "ray"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "art"))
+    tracking.start_run(client, exp, "teacher", {"distillray.teacher_key": "t_run"})
+    tracking.start_run(client, exp, "search", {tracking.TAG_KIND: "search",
+                                              tracking.TAG_SEARCH: "known"})
+    tracking.start_run(client, exp, "trial", {tracking.TAG_SEARCH: "known",
+                                             "distillray.bundle": "b_kept"})
+    for d in ["teachers/t_run", "teachers/t_bundle", "teachers/t_gone", "teachers/.partial/t_old",
+              "bundles/b_kept", "bundles/b_gone", "bundles/.b_x.tmp-1234",
+              "transfer/x_done", "transfer/x_half.parts", "soft_labels/ns1",
+              "tune/known", "tune/known.scheduler", "tune/forgotten",
+              "mlartifacts/1", "teachers/t_fresh"]:
+        (root / d).mkdir(parents=True)
+        (root / d / "weights.bin").write_bytes(b"x" * 1000)
+    (root / "bundles/b_kept/meta.json").write_text(
+        json.dumps({"teachers": {"sst2": {"key": "t_bundle", "path": "x"}}}))
+    for d in ["session_2026-01-01_old", "session_2026-12-01_latest"]:
+        (ray_tmp / d / "logs").mkdir(parents=True)
+    (ray_tmp / "session_latest").symlink_to(ray_tmp / "session_2026-12-01_latest")
+    _aged(root)
+    _aged(ray_tmp)
+    os.utime(root / "teachers/t_fresh")  # touched now: may be a running search's
+    return root, ray_tmp, uri
+
+
+def test_gc_lists_by_default_and_removes_only_with_yes(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    root, ray_tmp, uri = _work_root_with_leftovers(tmp_path)
+    before = _files(root)
+    args = ["gc", "--work-root", str(root), "--tracking-uri", uri, "--ray-tmp", str(ray_tmp)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[-1] for line in out.splitlines() if line.startswith("  ")}
+    gone = {root / "teachers/t_gone", root / "teachers/.partial/t_old", root / "bundles/b_gone",
+            root / "bundles/.b_x.tmp-1234", root / "transfer/x_half.parts",
+            root / "tune/forgotten", ray_tmp / "session_2026-01-01_old"}
+    assert listed == {str(p) for p in gone}, out
+    assert "unreferenced teacher" in out and "old Ray session" in out and "1000 B" in out
+    assert "dry run, nothing removed" in out
+    assert _files(root) == before  # a dry run removes nothing
+    assert main(args + ["--yes"]) == 0
+    assert "removed 7 entries" in capsys.readouterr().out
+    assert not any(p.exists() for p in gone)
+    for kept in ["teachers/t_run", "teachers/t_bundle", "teachers/t_fresh", "bundles/b_kept",
+                 "transfer/x_done", "soft_labels/ns1", "tune/known", "tune/known.scheduler",
+                 "mlartifacts/1"]:
+        assert (root / kept / "weights.bin").is_file(), kept
+    assert (ray_tmp / "session_2026-12-01_latest").is_dir()
+
+
+def test_gc_without_the_tracking_store_lists_and_removes_nothing(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    root, ray_tmp, _ = _work_root_with_leftovers(tmp_path)
+    before = _files(root)
+    missing = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    assert main(["gc", "--work-root", str(root), "--tracking-uri", missing, "--yes",
+                 "--ray-tmp", str(ray_tmp)]) == 2
+    err = capsys.readouterr().err
+    assert "no tracking store at" in err and "--tracking-uri" in err
+    assert _files(root) == before and not (tmp_path / "elsewhere").exists()
+
+
+def test_atomic_dir_output_gets_the_umask_mode(tmp_path):
+    """A shared work root: results must be readable by the group/others the umask allows."""
+    import stat
+
+    from orchestrator.runtime.keys import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "bundles" / "k") as d:
+            (d / "meta.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "bundles" / "k").stat().st_mode) == 0o755

@@ -396,9 +396,10 @@ def check_shared_paths(paths: dict[str, str], tracking_uri: str | None = None,
                             f"({redact(err)})")
     if problems:
         raise StorageError(
-            "; ".join(problems) + ". On a cluster, put the work root, Tune storage and a sqlite "
-            f"store on storage every node mounts (NFS/EFS: --work-root / ${WORK_ROOT_ENV}, "
-            f"--storage-path / ${STORAGE_PATH_ENV}), or use s3:// for storage and an MLflow "
-            "server for tracking")
+            "; ".join(problems) + ". On a cluster, put the work root and Tune storage on "
+            f"storage every node mounts (NFS/EFS: --work-root / ${WORK_ROOT_ENV}, "
+            f"--storage-path / ${STORAGE_PATH_ENV}) or s3:// for storage, and track to an "
+            "MLflow server (docs/cluster.md): a sqlite store is for one machine, several "
+            "writers over NFS lock or corrupt it")
     log(f"[ray] {len(nodes)} nodes see {', '.join(local.values()) or 'the same paths'}"
         + (f" and reach {redact(tracking_uri)}" if url else ""))
