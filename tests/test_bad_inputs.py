@@ -280,3 +280,101 @@ def test_atomic_dir_output_gets_the_umask_mode(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "bundles" / "k").stat().st_mode) == 0o755
+
+
+def _smoke(tmp_path: Path, *sets: str):
+    """The smoke preset on a small CSV data set of its own (train.csv, dev.csv in tmp_path)."""
+    from orchestrator.app.run import resolve_run
+
+    for split, n in (("train", 40), ("dev", 12)):
+        f = tmp_path / f"{split}.csv"
+        if not f.exists():
+            rows = [f"{'a fine good film' if i % 2 else 'a dull bad film'} {i},{i % 2}"
+                    for i in range(n)]
+            f.write_text("text,label\n" + "\n".join(rows) + "\n")
+    extra = {"work_root": str(tmp_path / "wr"), "tracking.uri": f"sqlite:///{tmp_path / 'm.db'}",
+             "search.name": "s1"}
+    data = ["data.source=custom", f"data.train_file={tmp_path / 'train.csv'}",
+            f"data.dev_file={tmp_path / 'dev.csv'}", "data.text_columns=[text]",
+            "data.label_column=label"]
+    return resolve_run("smoke", data + list(sets), None, extra)
+
+
+def _no_ray(*a, **k):
+    raise AssertionError("Ray started")
+
+
+def _resume_stops(tmp_path, monkeypatch, *sets: str) -> str:
+    """Start search s1 (its fingerprint saved, as a started search has it), then re-run its name
+    with ``sets``: the message it stops with; asserts nothing was written meanwhile."""
+    from orchestrator.search import fingerprint, search
+
+    space, cfg, _ = _smoke(tmp_path)
+    (tmp_path / "wr" / "tune").mkdir(parents=True, exist_ok=True)
+    fingerprint.save(str(tmp_path / "wr" / "tune"), "s1",
+                     fingerprint.search_fingerprint(cfg, space, search.load_data(cfg)))
+    saved = _files(tmp_path / "wr")
+    monkeypatch.setattr(search, "init_ray", _no_ray)
+    after = _smoke(tmp_path, *sets)
+    if not sets:  # a data file changed instead: flip the first training label
+        f = tmp_path / "train.csv"
+        f.write_text(f.read_text().replace(",0\n", ",1\n", 1))
+    space2, cfg2, overrides2 = after
+    with pytest.raises(fingerprint.SearchChangedError) as e:
+        search.run_search(cfg2, space2, overrides2, log=lambda *_: None)
+    assert _files(tmp_path / "wr") == saved  # stopped before any work: nothing written
+    # --no-resume starts over (here: gets as far as starting Ray)
+    with pytest.raises(AssertionError, match="Ray started"):
+        search.run_search(cfg2, space2, overrides2, resume=False, log=lambda *_: None)
+    return str(e.value)
+
+
+def test_resume_with_a_changed_config_stops_naming_the_key(tmp_path, monkeypatch):
+    msg = _resume_stops(tmp_path, monkeypatch, "train.lr=0.0123")
+    assert "search 's1' exists" in msg and "1 difference(s)" in msg
+    assert "config.train.lr: " in msg and "-> 0.0123" in msg
+    assert "--no-resume" in msg and "--name s1-2" in msg
+
+
+def test_resume_with_a_changed_data_file_stops_naming_it(tmp_path, monkeypatch):
+    msg = _resume_stops(tmp_path, monkeypatch)
+    assert "1 difference(s)" in msg and ".train: " in msg and "data." in msg, msg
+    assert "--no-resume" in msg
+
+
+def test_resume_with_the_same_config_and_data_goes_on(tmp_path, monkeypatch):
+    from orchestrator.search import fingerprint, search
+
+    space, cfg, overrides = _smoke(tmp_path)
+    (tmp_path / "wr" / "tune").mkdir(parents=True)
+    fingerprint.save(str(tmp_path / "wr" / "tune"), "s1",
+                     fingerprint.search_fingerprint(cfg, space, search.load_data(cfg)))
+    monkeypatch.setattr(search, "init_ray", _no_ray)
+    space, cfg, overrides = _smoke(tmp_path)  # the same command again
+    with pytest.raises(AssertionError, match="Ray started"):
+        search.run_search(cfg, space, overrides, log=lambda *_: None)
+
+
+def test_resume_checks_the_mlflow_parent_run_too(tmp_path):
+    """The Tune state gone (or on another storage path), the parent run still says what ran."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.runtime import tracking
+    from orchestrator.search import fingerprint, search
+
+    space, cfg, _ = _smoke(tmp_path)
+    data = search.load_data(cfg)
+    fp = fingerprint.search_fingerprint(cfg, space, data)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "art"))
+    rid = tracking.start_run(client, exp, "s1", {tracking.TAG_KIND: "search",
+                                                 tracking.TAG_SEARCH: "s1"})
+    fingerprint.record(client, rid, fp)
+    run = client.get_run(rid)
+    assert run.data.tags[fingerprint.TAG] == fingerprint.digest(fp)
+    assert fingerprint.from_parent_run(client, run, fp) is None  # unchanged: resumes
+    space2, cfg2, _ = _smoke(tmp_path, "student.hidden_size=7")
+    fp2 = fingerprint.search_fingerprint(cfg2, space2, data)
+    with pytest.raises(fingerprint.SearchChangedError, match=r"config\.student\.hidden_size"):
+        fingerprint.check_unchanged("s1", fingerprint.from_parent_run(client, run, fp2), fp2,
+                                    "its MLflow parent run")

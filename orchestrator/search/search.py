@@ -31,6 +31,7 @@ from orchestrator.runtime import faults, tracking
 from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                               env_storage_path, init_ray, trial_resources)
 from orchestrator.runtime.redact import has_secret, redact
+from orchestrator.search import fingerprint
 from orchestrator.stages.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.stages.preflight import check_inputs, preflight
 from search_spaces.loader import SearchSpace
@@ -230,6 +231,11 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     # unreachable storage, missing teacher resources, paths some node cannot see: fail here,
     # before any stage that would wait
     storage = check_storage(s.storage_path or env_storage_path() or str(work_root / "tune"))
+    # resume only what matches: the same config, space and data as the search was started with
+    fp = fingerprint.search_fingerprint(cfg, space, data)
+    if resume:
+        fingerprint.check_unchanged(s.name, fingerprint.load_saved(storage, s.name), fp,
+                                    f"its Tune state in {storage}")
     resources = init_ray(address, log=log)
     check_budget(cfg, resources, log=log)
     check_shared_paths({"work_root": str(work_root), "search.storage_path": storage}, uri, log=log)
@@ -238,6 +244,11 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
 
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id_for(client, cfg)
+    if resume:  # the parent run may outlive the Tune state (another storage path)
+        for run in tracking.find_runs(client, exp_id, {tracking.TAG_KIND: "search",
+                                                       tracking.TAG_SEARCH: s.name})[:1]:
+            fingerprint.check_unchanged(s.name, fingerprint.from_parent_run(client, run, fp), fp,
+                                        f"its MLflow parent run {run.info.run_id}")
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
     floor = score_floor(s, data)
@@ -247,6 +258,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             prepare_bundle(cfg, data, teachers, log, labeler)  # shared by every trial: build once
 
         parent = _parent_run(client, exp_id, s.name, resume)
+        fingerprint.save(storage, s.name, fp)
+        fingerprint.record(client, parent, fp)
         tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
                                              # the trials' params to compare (sampled.<key>)
                                              "searched": ",".join(p.key for p in space.params),
