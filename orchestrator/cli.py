@@ -17,7 +17,7 @@ from typing import Any
 
 from orchestrator.app.run import resolve_run
 from orchestrator.config import ConfigError
-from orchestrator.runtime.redact import redact
+from orchestrator.runtime.redact import has_secret, redact
 from orchestrator.stages.preflight import check_inputs
 
 
@@ -33,6 +33,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-root", default=None, help="cache/artifact root: teachers, soft labels, "
                    "bundles (default $DISTILLRAY_WORK_ROOT or .distillray; shared storage on "
                    "clusters)")
+
+
+def _warn_secret_flag(uri: str | None) -> None:
+    """A password in --tracking-uri is on the command line: readable by every user in `ps`."""
+    if has_secret(uri):
+        print(f"distillray: warning: --tracking-uri {redact(uri)} holds a password, which every "
+              "user of this machine can read in `ps` and your shell history keeps; give the URI "
+              "in $MLFLOW_TRACKING_URI instead (for PostgreSQL, the password in ~/.pgpass)",
+              file=sys.stderr)
 
 
 def _extra(args) -> dict[str, Any]:
@@ -301,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _warn_secret_flag(getattr(args, "tracking_uri", None))
     try:
         return args.fn(args)
     except (ConfigError, OSError, ValueError, LookupError, RuntimeError) as e:

@@ -106,6 +106,17 @@ def test_ui_gets_the_store_from_the_environment_not_argv(tmp_path, monkeypatch, 
     assert "postgresql://mlflow:***@db.internal" in out and SECRET not in out
 
 
+def test_a_password_in_tracking_uri_flag_is_warned_about_and_redacted(tmp_path, capsys):
+    from orchestrator import cli
+
+    missing = tmp_path / "nowhere"
+    assert cli.main(["gc", "--work-root", str(missing), "--tracking-uri", PG_URI]) == 2
+    err = capsys.readouterr().err
+    assert "warning: --tracking-uri postgresql://mlflow:***@db.internal" in err
+    assert "$MLFLOW_TRACKING_URI" in err and SECRET not in err
+    assert not missing.exists()
+
+
 def test_docs_put_no_secret_on_a_command_line():
     """No PGPASSWORD=... or user:password@ URI in a documented command."""
     import re
