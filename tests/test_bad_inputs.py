@@ -224,10 +224,13 @@ def _work_root_with_leftovers(tmp_path: Path):
     for d in ["teachers/t_run", "teachers/t_bundle", "teachers/t_gone", "teachers/.partial/t_old",
               "bundles/b_kept", "bundles/b_gone", "bundles/.b_x.tmp-1234",
               "transfer/x_done", "transfer/x_half.parts", "soft_labels/ns1",
-              "tune/known", "tune/known.scheduler", "tune/forgotten",
+              "tune/known", "tune/known.scheduler", "tune/known-0a1b2c3d", "tune/forgotten",
+              "tune/forgotten-4e5f6a7b",
               "mlartifacts/1", "teachers/t_fresh"]:
         (root / d).mkdir(parents=True)
         (root / d / "weights.bin").write_bytes(b"x" * 1000)
+    (root / "tune/known.fingerprint.json").write_text("{}")
+    (root / "tune/forgotten.fingerprint.json").write_text("{}")
     (root / "bundles/b_kept/meta.json").write_text(
         json.dumps({"teachers": {"sst2": {"key": "t_bundle", "path": "x"}}}))
     for d in ["session_2026-01-01_old", "session_2026-12-01_latest"]:
@@ -250,18 +253,20 @@ def test_gc_lists_by_default_and_removes_only_with_yes(tmp_path, capsys):
     listed = {line.split()[-1] for line in out.splitlines() if line.startswith("  ")}
     gone = {root / "teachers/t_gone", root / "teachers/.partial/t_old", root / "bundles/b_gone",
             root / "bundles/.b_x.tmp-1234", root / "transfer/x_half.parts",
-            root / "tune/forgotten", ray_tmp / "session_2026-01-01_old"}
+            root / "tune/forgotten", root / "tune/forgotten-4e5f6a7b",
+            root / "tune/forgotten.fingerprint.json", ray_tmp / "session_2026-01-01_old"}
     assert listed == {str(p) for p in gone}, out
     assert "unreferenced teacher" in out and "old Ray session" in out and "1000 B" in out
     assert "dry run, nothing removed" in out
     assert _files(root) == before  # a dry run removes nothing
     assert main(args + ["--yes"]) == 0
-    assert "removed 7 entries" in capsys.readouterr().out
+    assert "removed 9 entries" in capsys.readouterr().out
     assert not any(p.exists() for p in gone)
     for kept in ["teachers/t_run", "teachers/t_bundle", "teachers/t_fresh", "bundles/b_kept",
                  "transfer/x_done", "soft_labels/ns1", "tune/known", "tune/known.scheduler",
-                 "mlartifacts/1"]:
+                 "tune/known-0a1b2c3d", "mlartifacts/1"]:
         assert (root / kept / "weights.bin").is_file(), kept
+    assert (root / "tune/known.fingerprint.json").is_file()
     assert (ray_tmp / "session_2026-12-01_latest").is_dir()
 
 

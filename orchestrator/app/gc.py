@@ -5,8 +5,8 @@ Listed, with sizes, and removed only when asked (``--yes``):
 - **unreferenced** fine-tuned teachers (``teachers/<key>``) and training bundles
   (``bundles/<key>``): no run of the tracking store names them (a teacher run's
   ``distillray.teacher_key`` tag, a trial's ``distillray.bundle`` tag, a teacher a kept bundle
-  was labeled by), and Tune states (``tune/<name>``, ``tune/<name>.scheduler``) of searches the
-  store does not know. Registered models are runs of the store, so what they came from is kept.
+  was labeled by), and Tune states (``tune/<name>``, ``<name>.scheduler``, ``<name>-<trial>``,
+  ``<name>.fingerprint.json``) of searches the store does not know. Registered models are runs of the store, so what they came from is kept.
 - **partial checkpoints**: teachers' ``teachers/.partial/<key>`` and unfinished transfer sets'
   ``transfer/<key>.parts`` (what a killed run resumes from; abandoned once its config is gone).
 - **temporary leftovers** of atomic writes killed midway (``.<name>.tmp-<id>``).
@@ -164,9 +164,10 @@ def collect(work_root: str | Path, uri: str, older_than_h: float = 24.0,
     for p in _children(root / "transfer", dirs_only=True):
         if p.name.endswith(".parts"):
             add("partial checkpoint", p)
-    for p in _children(root / "tune", dirs_only=True):
-        name = p.name[:-len(".scheduler")] if p.name.endswith(".scheduler") else p.name
-        if name not in refs["searches"]:
+    for p in _children(root / "tune"):
+        # <name>/ (Tune), <name>.scheduler/, <name>.fingerprint.json, <name>-<trial id>/ (Train)
+        if not any(p.name == s or p.name.startswith((f"{s}.", f"{s}-"))
+                   for s in refs["searches"]):
             add("unknown search state", p)
     ray_dir = Path(ray_tmp) if ray_tmp is not None else ray_temp_dir()
     latest = ray_dir / "session_latest"
