@@ -5,6 +5,7 @@
     distillray label --task sst2                     distillray best --search NAME
     distillray ui                                    distillray export --search NAME
     distillray report --budget small --tasks sst2,mrpc --out report.md
+    distillray gc [--yes]
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from orchestrator.app.run import resolve_run
 from orchestrator.config import ConfigError
+from orchestrator.runtime.redact import has_secret, redact
 from orchestrator.stages.preflight import check_inputs
 
 
@@ -31,6 +33,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--work-root", default=None, help="cache/artifact root: teachers, soft labels, "
                    "bundles (default $DISTILLRAY_WORK_ROOT or .distillray; shared storage on "
                    "clusters)")
+
+
+def _warn_secret_flag(uri: str | None) -> None:
+    """A password in --tracking-uri is on the command line: readable by every user in `ps`."""
+    if has_secret(uri):
+        print(f"distillray: warning: --tracking-uri {redact(uri)} holds a password, which every "
+              "user of this machine can read in `ps` and your shell history keeps; give the URI "
+              "in $MLFLOW_TRACKING_URI instead (for PostgreSQL, the password in ~/.pgpass)",
+              file=sys.stderr)
 
 
 def _extra(args) -> dict[str, Any]:
@@ -119,7 +130,7 @@ def cmd_best(args) -> int:
 
     info = best_of_search(args.search, args.tracking_uri, args.experiment)
     for k, v in info.items():
-        print(f"{k}: {v}")
+        print(f"{k}: {redact(v)}")
     return 0
 
 
@@ -186,14 +197,17 @@ def cmd_ui(args) -> int:
     from orchestrator.runtime.tracking import resolve_uri
 
     uri = resolve_uri(args.tracking_uri)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+    # the store reaches the server through its environment, not its argv: argv is readable by
+    # every user of the machine (`ps`), and a database URI may hold a password
+    os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
+    cmd = [sys.executable, "-m", "mlflow", "ui",
            "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     from mlflow.tracking import MlflowClient
 
     from orchestrator.runtime.tracking import runs_page
 
     base = f"http://{args.host}:{args.port}"
-    print(f"[ui] MLflow UI on {base} for {uri}")
+    print(f"[ui] MLflow UI on {base} for {redact(uri)}")
     try:  # the runs of the project's experiment, in the UI's "Model training" view
         exp = MlflowClient(uri).get_experiment_by_name(args.experiment)
     except Exception:  # noqa: BLE001 - a store not created yet: the UI still starts
@@ -204,6 +218,19 @@ def cmd_ui(args) -> int:
     # which slows the UI's start-up on a small machine
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, cmd)
+    return 0
+
+
+def cmd_gc(args) -> int:
+    """List (and with --yes remove) what the work root holds that nothing references."""
+    from orchestrator.app.gc import run_gc
+    from orchestrator.config import ExperimentConfig
+    from orchestrator.runtime.tracking import resolve_uri
+
+    work_root = (args.work_root or os.environ.get("DISTILLRAY_WORK_ROOT")
+                 or ExperimentConfig().work_root)
+    run_gc(work_root, resolve_uri(args.tracking_uri), remove=args.yes,
+           older_than_h=args.older_than, ray_tmp=args.ray_tmp)
     return 0
 
 
@@ -280,17 +307,28 @@ def build_parser() -> argparse.ArgumentParser:
     # one process reached /health in 9-19 s against 20-21 s for four, and serves one browser
     p.add_argument("--workers", type=int, default=1, help="MLflow server processes")
     p.set_defaults(fn=cmd_ui)
+    p = sub.add_parser("gc", help="list (dry run) or remove work-root entries no run references, "
+                       "partial checkpoints, temporary leftovers and old Ray sessions")
+    p.add_argument("--work-root", default=None, help="default $DISTILLRAY_WORK_ROOT or .distillray")
+    p.add_argument("--tracking-uri", help="the store whose runs say what is in use (default "
+                   "$MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    p.add_argument("--older-than", type=float, default=24.0, metavar="HOURS",
+                   help="keep anything touched more recently (a running search's work)")
+    p.add_argument("--ray-tmp", help="Ray's temporary folder (default $RAY_TMPDIR/ray or /tmp/ray)")
+    p.add_argument("--yes", action="store_true", help="remove what is listed (default: list only)")
+    p.set_defaults(fn=cmd_gc)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _warn_secret_flag(getattr(args, "tracking_uri", None))
     try:
         return args.fn(args)
     except (ConfigError, OSError, ValueError, LookupError, RuntimeError) as e:
         if os.environ.get("DISTILLRAY_DEBUG"):
             raise
-        print(f"distillray: error: {e}", file=sys.stderr)
+        print(f"distillray: error: {redact(str(e))}", file=sys.stderr)
         return 2
 
 

@@ -9,11 +9,14 @@
 #    Ray process of the SSH user on the machine, and other people's Ray may run here as root.
 # 2. A copy of cluster.local.yaml with this check's user, key, free ports for the GCS and the
 #    dashboard, and setup_commands that make ~/distillray-venv from the system python3 sharing
-#    $VENV's packages (no network installs); everything else (file_mounts, PATH in ~/.bashrc,
-#    start commands, dashboard on 127.0.0.1) as cluster.local.yaml has it.
+#    $VENV's packages (no network installs) and a Ray token of this check's own ($WORK/auth_token,
+#    shipped as cluster.local.yaml ships ~/.ray/auth_token); everything else (file_mounts, PATH
+#    and RAY_AUTH_MODE=token in ~/.bashrc, start commands, dashboard on 127.0.0.1) as
+#    cluster.local.yaml has it.
 # 3. ray up -y; ray submit tune_mkd.py -- --preset smoke (MLflow in a sqlite store under $WORK,
 #    work root from DISTILLRAY_WORK_ROOT in the user's ~/.bashrc); the dashboard answers on
-#    127.0.0.1 only, also through `ray dashboard`; `ray job submit` joins the cluster; the runs
+#    127.0.0.1 only, also through `ray dashboard`; a client without the token is refused (the
+#    GCS and the dashboard's API); `ray job submit` with the token joins the cluster; the runs
 #    are in MLflow (one child run per trial, none RUNNING); ray down -y; no Ray process is left.
 # The summary at the end lists each step with PASS/FAIL and its time. Exit status 0 when all pass.
 #
@@ -154,6 +157,10 @@ PYEOF
 
 write_config() {
     shared_venv_commands || return 1
+    # the cluster's Ray token (cluster.local.yaml ships the launching user's ~/.ray/auth_token;
+    # this check makes its own, so root's is neither used nor created)
+    ( umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' >"$WORK/auth_token" )
+    TOKEN_FILE=$WORK/auth_token
     # free ports: other Ray instances on this machine may hold 6379, 8265 and the dashboard
     # agent's 52365 (the agent then fails to start, and `ray job submit` finds "no agent")
     GCS_PORT=$(free_port); DASH_PORT=$(free_port); AGENT_PORT=$(free_port)
@@ -163,12 +170,15 @@ src, dst = sys.argv[1:]
 c = yaml.safe_load(open(src))
 c["cluster_name"] = "distillray-launcher-check"
 c["auth"] = {"ssh_user": "$LAUNCH_USER", "ssh_private_key": "$KEY"}
-c["file_mounts"] = {"~/distillray": "$REPO"}
+assert c["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+c["file_mounts"] = {"~/distillray": "$REPO", "~/.ray/auth_token": "$WORK/auth_token"}
 path_line = next(s for s in c["setup_commands"] if "# distillray-venv" in s)
+auth_line = next(s for s in c["setup_commands"] if "# distillray-ray-auth" in s)
 env = "export RAY_TMPDIR=$RAYTMP DISTILLRAY_WORK_ROOT=$UWORK/work  # distillray-check"
 c["setup_commands"] = [  # instead of venv + pip installs (no network): shared_venv_commands
     *$SETUP_JSON,
     path_line,
+    auth_line,
     f"grep -q '# distillray-check' ~/.bashrc || sed -i '1i {env}' ~/.bashrc",
     "mkdir -p $RAYTMP $UWORK/work $UWORK/mlflow",
     "python -c 'import orchestrator, ray; print(\"package ok, ray\", ray.__version__)'",
@@ -223,8 +233,29 @@ dashboard_tunnel() {
     [ "$code" = 200 ]
 }
 
+token_refused() {
+    # the dashboard's API without the token, then with it
+    local without with
+    without=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$DASH_PORT/api/jobs/")
+    with=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $(cat "$TOKEN_FILE")" \
+        "http://127.0.0.1:$DASH_PORT/api/jobs/")
+    echo "dashboard /api/jobs/: without the token HTTP $without, with it HTTP $with"
+    # a driver without a token, and one with another token, against the GCS
+    local out1 out2
+    out1=$(RAY_AUTH_MODE=disabled timeout 120 "$PY" -c \
+        "import ray; ray.init(address='127.0.0.1:$GCS_PORT', log_to_driver=False); print('JOINED')" 2>&1)
+    out2=$(RAY_AUTH_MODE=token RAY_AUTH_TOKEN=not-the-token timeout 120 "$PY" -c \
+        "import ray; ray.init(address='127.0.0.1:$GCS_PORT', log_to_driver=False); print('JOINED')" 2>&1)
+    echo "driver without a token: $(grep -o 'Authentication token is missing or incorrect' <<<"$out1" | head -1 || echo "$out1" | tail -1)"
+    echo "driver with another token: $(grep -o 'Authentication token is missing or incorrect' <<<"$out2" | head -1 || echo "$out2" | tail -1)"
+    [ "$without" = 401 ] && [ "$with" = 200 ] && ! grep -q JOINED <<<"$out1$out2" \
+        && grep -q 'Authentication token is missing or incorrect' <<<"$out1" \
+        && grep -q 'Authentication token is missing or incorrect' <<<"$out2"
+}
+
 job_submit() {
     local upy; upy=$(getent passwd "$LAUNCH_USER" | cut -d: -f6)/distillray-venv/bin/python
+    RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$TOKEN_FILE \
     RAY_ADDRESS="http://127.0.0.1:$DASH_PORT" "$RAY" job submit -- "$upy" -c \
         "from orchestrator.runtime.ray_runtime import init_ray; r = init_ray(); print('job sees CPU', r.get('CPU'))" \
         >"$WORK/job_submit.log" 2>&1
@@ -272,7 +303,8 @@ step "ray up -y (cluster.local.yaml, head 127.0.0.1)" ray_up || exit 1
 step "ray submit tune_mkd.py -- --preset smoke --num-samples $NUM_SAMPLES" ray_submit
 step "dashboard answers on 127.0.0.1 only" dashboard_loopback
 step "ray dashboard (SSH tunnel) answers" dashboard_tunnel
-step "ray job submit joins the cluster" job_submit
+step "a client without the token is refused (GCS, dashboard API)" token_refused
+step "ray job submit (with the token) joins the cluster" job_submit
 step "runs landed in MLflow (sqlite)" mlflow_record
 step "ray down -y, no Ray process left" ray_down
 exit $FAILED

@@ -4,6 +4,9 @@ the check sits in a run's preflight, that the run stopped before writing to the 
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -227,3 +230,391 @@ def test_vector_preflight_reads_the_whole_file(data_run, capsys):
     with pytest.raises(DataError, match=r"big.txt, line 2051, column 9: value 2 of 'cat' \(nan\) "
                                         r"is not a finite number"):
         check_vector_file(data_run / "big.txt")
+
+
+# ---------------------------------------------------------------------------------------------
+# credentials, resume, export, growth
+
+SECRET = "S3cr3tPw"
+PG_URI = f"postgresql://mlflow:{SECRET}@db.internal:5432/mlflow"
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*")) if root.exists() else []
+
+
+def test_redact_hides_uri_passwords_and_secret_query_values():
+    from orchestrator.runtime.redact import has_secret, redact, redact_deep
+
+    assert redact(PG_URI) == "postgresql://mlflow:***@db.internal:5432/mlflow"
+    assert redact(f"https://u:{SECRET}@h:5000/x?sslmode=require&token={SECRET}") == \
+        "https://u:***@h:5000/x?sslmode=require&token=***"
+    assert redact(f"cannot reach {PG_URI} (timeout)") == \
+        "cannot reach postgresql://mlflow:***@db.internal:5432/mlflow (timeout)"
+    # nothing secret: unchanged
+    for uri in ("sqlite:////tmp/mlflow.db", "http://127.0.0.1:5000",
+                "postgresql+psycopg2://mlflow@db:5432/mlflow"):
+        assert redact(uri) == uri and not has_secret(uri)
+    assert has_secret(PG_URI)
+    assert redact_deep({"a": [PG_URI, 3], "b": {"c": PG_URI}}) == \
+        {"a": [redact(PG_URI), 3], "b": {"c": redact(PG_URI)}}
+
+
+def test_tracking_uri_password_never_reaches_params_yaml_or_error_tags(tmp_path):
+    """The resolved config (``tracking.uri`` with a password) as a search logs it: params, the
+    ``search_space.yaml`` artifact, a failed run's error tag."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.config import ExperimentConfig, with_values
+    from orchestrator.runtime import tracking
+
+    cfg = with_values(ExperimentConfig(), {"tracking.uri": PG_URI})
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracking.get_experiment_id(client, "x", str(tmp_path / "art"))
+    rid = tracking.start_run(client, exp, "search", {})
+    tracking.log_params(client, rid, cfg.to_dict())
+    tracking.log_dict_artifact(client, rid, {"config": cfg.to_dict()}, "search_space.yaml")
+    tracking.end_run(client, rid, False, f"OperationalError: could not connect to {PG_URI}")
+    run = client.get_run(rid)
+    assert run.data.params["tracking.uri"] == "postgresql://mlflow:***@db.internal:5432/mlflow"
+    assert SECRET not in repr(run.data.params) and SECRET not in repr(run.data.tags)
+    yaml_text = (tmp_path / "art").rglob("search_space.yaml").__next__().read_text()
+    assert "postgresql://mlflow:***@db.internal" in yaml_text and SECRET not in yaml_text
+
+
+def test_next_steps_never_print_a_password():
+    from orchestrator.search.search import next_steps
+
+    text = next_steps("s", PG_URI, "distillray", "1", True, "m/1")
+    assert SECRET not in text
+    assert "export MLFLOW_TRACKING_URI=" in text and "postgresql://mlflow:***@" in text
+    assert "best student:  distillray best --search s\n" in text and "--tracking-uri" not in text
+
+
+def test_unreachable_store_error_is_redacted():
+    from orchestrator.runtime.tracking import TrackingError, check_reachable
+
+    with pytest.raises(TrackingError) as e:
+        check_reachable(f"http://u:{SECRET}@127.0.0.1:9/", timeout=2)
+    assert "unreachable" in str(e.value) and SECRET not in str(e.value)
+    assert "http://u:***@127.0.0.1:9/" in str(e.value)
+
+
+def test_ui_gets_the_store_from_the_environment_not_argv(tmp_path, monkeypatch, capsys):
+    """`distillray ui` hands MLflow the store in $MLFLOW_BACKEND_STORE_URI (argv shows in `ps`)
+    and prints it redacted."""
+    import mlflow.tracking
+
+    from orchestrator import cli
+
+    seen = {}
+
+    def fake_execv(path, argv):
+        seen["argv"] = list(argv)
+        seen["env"] = os.environ.get("MLFLOW_BACKEND_STORE_URI")
+        raise SystemExit(0)
+
+    class NoStore:
+        def __init__(self, uri):
+            raise RuntimeError("no store here")
+
+    monkeypatch.setattr(cli.os, "execv", fake_execv)
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", NoStore)
+    monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
+    with pytest.raises(SystemExit):
+        cli.main(["ui", "--tracking-uri", PG_URI])
+    assert seen["env"] == PG_URI
+    assert not any(SECRET in a for a in seen["argv"]), seen["argv"]
+    assert seen["argv"][:4] == [sys.executable, "-m", "mlflow", "ui"]
+    out = capsys.readouterr().out
+    assert "postgresql://mlflow:***@db.internal" in out and SECRET not in out
+
+
+def test_a_password_in_tracking_uri_flag_is_warned_about_and_redacted(tmp_path, capsys):
+    from orchestrator import cli
+
+    missing = tmp_path / "nowhere"
+    assert cli.main(["gc", "--work-root", str(missing), "--tracking-uri", PG_URI]) == 2
+    err = capsys.readouterr().err
+    assert "warning: --tracking-uri postgresql://mlflow:***@db.internal" in err
+    assert "$MLFLOW_TRACKING_URI" in err and SECRET not in err
+    assert not missing.exists()
+
+
+def test_docs_put_no_secret_on_a_command_line():
+    """No PGPASSWORD=... or user:password@ URI in a documented command."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md")),
+            *sorted((root / "scripts").glob("*.sh"))]
+    bad = re.compile(r"PGPASSWORD=\S|MLFLOW_TRACKING_PASSWORD=\S|://[^\s/:@]+:[^\s/@*<]+@")
+    hits = [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in docs
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
+            if bad.search(line)]
+    assert not hits, "secrets on a command line:\n" + "\n".join(hits)
+
+
+def _tiny_student(tmp_path: Path) -> Path:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from tests.test_export import make_student
+
+    return make_student(tmp_path, "bilstm", ["sst2"], ["a good film", "a bad film"])
+
+
+def test_export_failing_its_parity_check_leaves_nothing_runnable(tmp_path):
+    from orchestrator.deploy.export import ExportError, export_student
+
+    student = _tiny_student(tmp_path / "s")
+    out = tmp_path / "exports" / "sst2"
+    with pytest.raises(ExportError, match=r"does not reproduce the student.*nothing was written"):
+        export_student(student, out, formats=["onnx"], tolerance=-1.0)  # every check fails
+    assert not out.exists()
+    assert _files(tmp_path / "exports") == []  # no temporary sibling either
+
+
+def test_export_killed_midway_leaves_no_export_json(tmp_path, monkeypatch):
+    """Killed after the model is written but before its checks: no folder names it."""
+    import onnx.checker
+
+    from orchestrator.deploy.export import export_student
+
+    student = _tiny_student(tmp_path / "s")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx.checker, "check_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_student(student, tmp_path / "exports" / "sst2", formats=["onnx"])
+    assert _files(tmp_path / "exports") == []
+
+
+def test_export_into_an_old_export_leaves_no_stale_file(tmp_path):
+    from orchestrator.deploy.export import export_student
+
+    student = _tiny_student(tmp_path / "s")
+    out = tmp_path / "exports" / "sst2"
+    export_student(student, out)  # TorchScript + ONNX
+    (out / "notes-from-before.txt").write_text("stale")
+    res = export_student(student, out, formats=["onnx"])
+    assert res.files["onnx"] == out / "model.onnx" and res.files["onnx"].is_file()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export.json", "model.onnx", "predict.py", "student.json", "vocab.json"]
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["sst2"]
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(tmp_path):
+    from orchestrator.deploy.export import export_student
+
+    student = _tiny_student(tmp_path / "s")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("keep me")
+    with pytest.raises(ValueError, match="non-empty directory that holds no export.json"):
+        export_student(student, mine)
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "s"]
+
+
+def _aged(path: Path, hours: float = 48.0) -> Path:
+    """Set ``path`` and everything under it to ``hours`` ago."""
+    import time
+
+    t = time.time() - hours * 3600
+    for p in [*path.rglob("*"), path]:
+        os.utime(p, (t, t), follow_symlinks=False)
+    return path
+
+
+def _work_root_with_leftovers(tmp_path: Path):
+    """A work root and Ray temp folder with one entry of each kind, and a store naming some."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.runtime import tracking
+
+    root, ray_tmp = tmp_path / "wr", tmp_path / "ray"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "art"))
+    tracking.start_run(client, exp, "teacher", {"distillray.teacher_key": "t_run"})
+    tracking.start_run(client, exp, "search", {tracking.TAG_KIND: "search",
+                                              tracking.TAG_SEARCH: "known"})
+    tracking.start_run(client, exp, "trial", {tracking.TAG_SEARCH: "known",
+                                             "distillray.bundle": "b_kept"})
+    for d in ["teachers/t_run", "teachers/t_bundle", "teachers/t_gone", "teachers/.partial/t_old",
+              "bundles/b_kept", "bundles/b_gone", "bundles/.b_x.tmp-1234",
+              "transfer/x_done", "transfer/x_half.parts", "soft_labels/ns1",
+              "tune/known", "tune/known.scheduler", "tune/known-0a1b2c3d", "tune/forgotten",
+              "tune/forgotten-4e5f6a7b",
+              "mlartifacts/1", "teachers/t_fresh"]:
+        (root / d).mkdir(parents=True)
+        (root / d / "weights.bin").write_bytes(b"x" * 1000)
+    (root / "tune/known.fingerprint.json").write_text("{}")
+    (root / "tune/forgotten.fingerprint.json").write_text("{}")
+    (root / "bundles/b_kept/meta.json").write_text(
+        json.dumps({"teachers": {"sst2": {"key": "t_bundle", "path": "x"}}}))
+    for d in ["session_2026-01-01_old", "session_2026-12-01_latest"]:
+        (ray_tmp / d / "logs").mkdir(parents=True)
+    (ray_tmp / "session_latest").symlink_to(ray_tmp / "session_2026-12-01_latest")
+    _aged(root)
+    _aged(ray_tmp)
+    os.utime(root / "teachers/t_fresh")  # touched now: may be a running search's
+    return root, ray_tmp, uri
+
+
+def test_gc_lists_by_default_and_removes_only_with_yes(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    root, ray_tmp, uri = _work_root_with_leftovers(tmp_path)
+    before = _files(root)
+    args = ["gc", "--work-root", str(root), "--tracking-uri", uri, "--ray-tmp", str(ray_tmp)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[-1] for line in out.splitlines() if line.startswith("  ")}
+    gone = {root / "teachers/t_gone", root / "teachers/.partial/t_old", root / "bundles/b_gone",
+            root / "bundles/.b_x.tmp-1234", root / "transfer/x_half.parts",
+            root / "tune/forgotten", root / "tune/forgotten-4e5f6a7b",
+            root / "tune/forgotten.fingerprint.json", ray_tmp / "session_2026-01-01_old"}
+    assert listed == {str(p) for p in gone}, out
+    assert "unreferenced teacher" in out and "old Ray session" in out and "1000 B" in out
+    assert "dry run, nothing removed" in out
+    assert _files(root) == before  # a dry run removes nothing
+    assert main(args + ["--yes"]) == 0
+    assert "removed 9 entries" in capsys.readouterr().out
+    assert not any(p.exists() for p in gone)
+    for kept in ["teachers/t_run", "teachers/t_bundle", "teachers/t_fresh", "bundles/b_kept",
+                 "transfer/x_done", "soft_labels/ns1", "tune/known", "tune/known.scheduler",
+                 "tune/known-0a1b2c3d", "mlartifacts/1"]:
+        assert (root / kept / "weights.bin").is_file(), kept
+    assert (root / "tune/known.fingerprint.json").is_file()
+    assert (ray_tmp / "session_2026-12-01_latest").is_dir()
+
+
+def test_gc_without_the_tracking_store_lists_and_removes_nothing(tmp_path, capsys):
+    from orchestrator.cli import main
+
+    root, ray_tmp, _ = _work_root_with_leftovers(tmp_path)
+    before = _files(root)
+    missing = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    assert main(["gc", "--work-root", str(root), "--tracking-uri", missing, "--yes",
+                 "--ray-tmp", str(ray_tmp)]) == 2
+    err = capsys.readouterr().err
+    assert "no tracking store at" in err and "--tracking-uri" in err
+    assert _files(root) == before and not (tmp_path / "elsewhere").exists()
+
+
+def test_atomic_dir_output_gets_the_umask_mode(tmp_path):
+    """A shared work root: results must be readable by the group/others the umask allows."""
+    import stat
+
+    from orchestrator.runtime.keys import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "bundles" / "k") as d:
+            (d / "meta.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "bundles" / "k").stat().st_mode) == 0o755
+
+
+def _smoke(tmp_path: Path, *sets: str):
+    """The smoke preset on a small CSV data set of its own (train.csv, dev.csv in tmp_path)."""
+    from orchestrator.app.run import resolve_run
+
+    for split, n in (("train", 40), ("dev", 12)):
+        f = tmp_path / f"{split}.csv"
+        if not f.exists():
+            rows = [f"{'a fine good film' if i % 2 else 'a dull bad film'} {i},{i % 2}"
+                    for i in range(n)]
+            f.write_text("text,label\n" + "\n".join(rows) + "\n")
+    extra = {"work_root": str(tmp_path / "wr"), "tracking.uri": f"sqlite:///{tmp_path / 'm.db'}",
+             "search.name": "s1"}
+    data = ["data.source=custom", f"data.train_file={tmp_path / 'train.csv'}",
+            f"data.dev_file={tmp_path / 'dev.csv'}", "data.text_columns=[text]",
+            "data.label_column=label"]
+    return resolve_run("smoke", data + list(sets), None, extra)
+
+
+def _no_ray(*a, **k):
+    raise AssertionError("Ray started")
+
+
+def _resume_stops(tmp_path, monkeypatch, *sets: str) -> str:
+    """Start search s1 (its fingerprint saved, as a started search has it), then re-run its name
+    with ``sets``: the message it stops with; asserts nothing was written meanwhile."""
+    from orchestrator.search import fingerprint, search
+
+    space, cfg, _ = _smoke(tmp_path)
+    (tmp_path / "wr" / "tune").mkdir(parents=True, exist_ok=True)
+    fingerprint.save(str(tmp_path / "wr" / "tune"), "s1",
+                     fingerprint.search_fingerprint(cfg, space, search.load_data(cfg)))
+    saved = _files(tmp_path / "wr")
+    monkeypatch.setattr(search, "init_ray", _no_ray)
+    after = _smoke(tmp_path, *sets)
+    if not sets:  # a data file changed instead: flip the first training label
+        f = tmp_path / "train.csv"
+        f.write_text(f.read_text().replace(",0\n", ",1\n", 1))
+    space2, cfg2, overrides2 = after
+    with pytest.raises(fingerprint.SearchChangedError) as e:
+        search.run_search(cfg2, space2, overrides2, log=lambda *_: None)
+    assert _files(tmp_path / "wr") == saved  # stopped before any work: nothing written
+    # --no-resume starts over (here: gets as far as starting Ray)
+    with pytest.raises(AssertionError, match="Ray started"):
+        search.run_search(cfg2, space2, overrides2, resume=False, log=lambda *_: None)
+    return str(e.value)
+
+
+def test_resume_with_a_changed_config_stops_naming_the_key(tmp_path, monkeypatch):
+    msg = _resume_stops(tmp_path, monkeypatch, "train.lr=0.0123")
+    assert "search 's1' exists" in msg and "1 difference(s)" in msg
+    assert "config.train.lr: " in msg and "-> 0.0123" in msg
+    assert "--no-resume" in msg and "--name s1-2" in msg
+
+
+def test_resume_with_a_changed_data_file_stops_naming_it(tmp_path, monkeypatch):
+    msg = _resume_stops(tmp_path, monkeypatch)
+    assert "1 difference(s)" in msg and ".train: " in msg and "data." in msg, msg
+    assert "--no-resume" in msg
+
+
+def test_resume_with_the_same_config_and_data_goes_on(tmp_path, monkeypatch):
+    from orchestrator.search import fingerprint, search
+
+    space, cfg, overrides = _smoke(tmp_path)
+    (tmp_path / "wr" / "tune").mkdir(parents=True)
+    fingerprint.save(str(tmp_path / "wr" / "tune"), "s1",
+                     fingerprint.search_fingerprint(cfg, space, search.load_data(cfg)))
+    monkeypatch.setattr(search, "init_ray", _no_ray)
+    space, cfg, overrides = _smoke(tmp_path)  # the same command again
+    with pytest.raises(AssertionError, match="Ray started"):
+        search.run_search(cfg, space, overrides, log=lambda *_: None)
+
+
+def test_resume_checks_the_mlflow_parent_run_too(tmp_path):
+    """The Tune state gone (or on another storage path), the parent run still says what ran."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.runtime import tracking
+    from orchestrator.search import fingerprint, search
+
+    space, cfg, _ = _smoke(tmp_path)
+    data = search.load_data(cfg)
+    fp = fingerprint.search_fingerprint(cfg, space, data)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "art"))
+    rid = tracking.start_run(client, exp, "s1", {tracking.TAG_KIND: "search",
+                                                 tracking.TAG_SEARCH: "s1"})
+    fingerprint.record(client, rid, fp)
+    run = client.get_run(rid)
+    assert run.data.tags[fingerprint.TAG] == fingerprint.digest(fp)
+    assert fingerprint.from_parent_run(client, run, fp) is None  # unchanged: resumes
+    space2, cfg2, _ = _smoke(tmp_path, "student.hidden_size=7")
+    fp2 = fingerprint.search_fingerprint(cfg2, space2, data)
+    with pytest.raises(fingerprint.SearchChangedError, match=r"config\.student\.hidden_size"):
+        fingerprint.check_unchanged("s1", fingerprint.from_parent_run(client, run, fp2), fp2,
+                                    "its MLflow parent run")

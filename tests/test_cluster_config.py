@@ -4,6 +4,7 @@ honours the cluster environment variables. Fast: no Ray is started."""
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,29 @@ def test_local_cluster_yaml_is_valid():
     assert cfg["provider"]["type"] == "local" and cfg["provider"]["head_ip"] == "127.0.0.1"
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
     assert "teacher_gpu" in " ".join(cfg["worker_start_ray_commands"])
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "cluster.local.yaml"])
+def test_launcher_configs_start_ray_with_token_authentication(name):
+    """Without a token anyone who reaches the cluster's ports runs code as its user: every node
+    starts Ray with RAY_AUTH_MODE=token, `ray up` ships the one token to every node (readable by
+    the cluster user only), and login shells (`ray submit`, `ray job submit`) use token mode."""
+    cfg = _prepared(name)
+    assert cfg["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in cfg[key] if "ray start" in c]
+        assert starts and all("RAY_AUTH_MODE=token ray start" in c for c in starts), cfg[key]
+        assert not any("RAY_AUTH_MODE=disabled" in c for c in cfg[key])
+    setup = [c for c in cfg["setup_commands"] if "distillray-ray-auth" in c]
+    assert len(setup) == 1
+    assert "chmod 600 ~/.ray/auth_token" in setup[0] and "export RAY_AUTH_MODE=token" in setup[0]
+    assert "test -s ~/.ray/auth_token" in setup[0]  # no token: the setup fails, Ray never starts
+    if name == "cluster.yaml":  # GPU workers have their own setup list
+        gpu = cfg["available_node_types"]["teacher_gpu"]["worker_setup_commands"]
+        assert any("distillray-ray-auth" in c for c in gpu)
+    raw = (REPO / name).read_text()
+    assert "ray get-auth-token --generate" in raw
+    assert "# \"~/.ray/auth_token\"" not in raw  # the line is on, not commented out
 
 
 def test_ray_up_accepts_the_configs_on_the_command_line():
@@ -297,3 +321,54 @@ def test_two_local_rays_on_one_machine_keep_apart(tmp_path):
         other.kill()
         other.wait(timeout=30)
         time.sleep(1)
+
+
+@pytest.mark.slow
+def test_a_client_without_the_token_is_refused(tmp_path):
+    """Token authentication as the launcher configs switch it on (RAY_AUTH_MODE=token, one
+    token): a driver with no token or another token is refused by the GCS, and the dashboard's
+    API answers 401 without it; with the token the driver joins. One machine, a private Ray."""
+    import secrets
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    head = subprocess.Popen(
+        [sys.executable, "-c",
+         "import ray, time; c = ray.init(address='local', num_cpus=1, include_dashboard=True, "
+         "dashboard_host='127.0.0.1'); "
+         "print(ray.get_runtime_context().gcs_address, c.dashboard_url, flush=True); "
+         "time.sleep(300)"],
+        env=env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, process_group=0)
+    try:
+        line = head.stdout.readline().split()
+        assert len(line) == 2, "the token-authenticated Ray did not start"
+        gcs, dashboard = line
+        client = ("import ray; ray.init(address=%r, log_to_driver=False); "
+                  "print('joined, CPU', ray.cluster_resources()['CPU'])" % gcs)
+
+        def connect(**auth: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", client], env=env | auth,
+                                  capture_output=True, text=True, timeout=180)
+
+        for auth in ({"RAY_AUTH_MODE": "disabled"},  # no token at all
+                     {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}):
+            r = connect(**auth)
+            assert r.returncode != 0 and "joined" not in r.stdout, auth
+            assert "Authentication token is missing or incorrect" in r.stderr, r.stderr[-2000:]
+        r = connect(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
+        assert r.returncode == 0 and "joined, CPU 1.0" in r.stdout, r.stderr[-2000:]
+        url = f"http://{dashboard}/api/jobs/"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url, timeout=30)
+        assert e.value.code == 401
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as ok:
+            assert ok.status == 200
+    finally:
+        head.terminate()
+        head.wait(timeout=60)

@@ -30,13 +30,21 @@ written off: the eager packed student, the TorchScript module and onnxruntime mu
 ``TOLERANCE`` on the check texts (batched and batch 1), and ``predict.py``'s own tokenization +
 onnxruntime must match :class:`orchestrator.deploy.serving.StudentPredictor` (the training-time
 tokenizer) end to end. A failed check raises :class:`ExportError`.
+
+The export is built in a hidden temporary sibling of the output folder (``.<name>.tmp-<id>``) and
+renamed into place only once every check has passed: a killed export never leaves an
+``export.json`` naming a truncated model, a failed check leaves nothing runnable (the temporary
+folder is removed), and exporting into a previous export's folder replaces it whole, so no stale
+file of the old one stays.
 """
 from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,10 +231,55 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         raise ValueError(f"formats={list(formats)}: choose from {', '.join(FORMATS)}")
-    src, out = Path(student_dir), Path(out_dir)
+    src, final = Path(student_dir), Path(out_dir)
     info = check_student_dir(src)
-    if out.resolve() == src.resolve():
+    if final.resolve() == src.resolve():
         raise ValueError("export into a new directory, not into the student dir")
+    _check_replaceable(final)
+    target = final.resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    out = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        res = _export_into(src, out, info, formats, check_texts, tolerance, opset)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # a failed check leaves nothing runnable
+        raise
+    _publish(out, target)
+    res.out_dir = final
+    res.files = {k: final / v.name for k, v in res.files.items()}
+    res.seconds = time.time() - t0
+    return res
+
+
+def _check_replaceable(final: Path) -> None:
+    """``final`` may be new, empty, or a previous export (replaced whole); anything else is
+    refused rather than deleted."""
+    if final.exists() and not final.is_dir():
+        raise ValueError(f"--out {final} exists and is not a directory")
+    if final.is_dir() and any(final.iterdir()) and not (final / EXPORT_FILE).is_file():
+        raise ValueError(f"--out {final} is a non-empty directory that holds no {EXPORT_FILE} "
+                         "(not a previous export): give a new or empty directory; an earlier "
+                         "export's folder is replaced whole")
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the checked export ``tmp`` to ``final``; a previous export there is moved aside
+    first and removed after, so ``final`` never holds a mix of the two."""
+    old = None
+    if final.is_dir() and any(final.iterdir()):
+        old = tmp.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(final, old)
+    elif final.is_dir():
+        final.rmdir()
+    os.rename(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _export_into(src: Path, out: Path, info: dict, formats: tuple[str, ...],
+                 check_texts: list[str] | None, tolerance: float, opset: int) -> ExportResult:
+    """The export itself, written into ``out`` (the temporary folder)."""
+    t0 = time.time()
     texts = [str(t) for t in (check_texts or DEFAULT_CHECK_TEXTS)]
     if len(texts) < 2:
         texts = texts + DEFAULT_CHECK_TEXTS[:2]
@@ -352,7 +405,7 @@ def export_student(student_dir: str | Path, out_dir: str | Path,
     failed = {k: v for k, v in diffs.items() if not v <= tolerance}
     if failed:
         raise ExportError(f"export of {src} does not reproduce the student: max |diff| {failed} "
-                          f"> {tolerance} (files left in {out} for inspection)")
+                          f"> {tolerance}; nothing was written")
     files["predict"] = out / PREDICT_FILE
     files["export_json"] = out / EXPORT_FILE
     return ExportResult(out, files, diffs, names, inputs, outputs, time.time() - t0, export)

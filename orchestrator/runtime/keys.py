@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -153,7 +152,11 @@ def atomic_dir(final: str | os.PathLike, *, root: str | os.PathLike | None = Non
 
     with _disk_full_named(final, root, remove):
         final.parent.mkdir(parents=True, exist_ok=True)
-        made.append(Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent)))
+        # os.mkdir, not tempfile.mkdtemp: the folder gets the umask's mode (mkdtemp's 0700
+        # would lock every other user of a shared work root out of the result)
+        tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:12]}"
+        os.mkdir(tmp)
+        made.append(tmp)
         yield made[0]
         try:
             os.rename(made[0], final)

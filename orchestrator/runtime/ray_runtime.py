@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from orchestrator.config import ExperimentConfig, one_teacher
+from orchestrator.runtime.redact import redact
 
 WORK_ROOT_ENV = "DISTILLRAY_WORK_ROOT"  # cache/artifact root (shared storage on clusters)
 STORAGE_PATH_ENV = "DISTILLRAY_STORAGE_PATH"  # Tune results dir or URI (s3://, gs://, NFS path)
@@ -391,12 +392,14 @@ def check_shared_paths(paths: dict[str, str], tracking_uri: str | None = None,
         ip = n.get("NodeManagerAddress", n["NodeID"][:8])
         problems += [f"node {ip} does not see {what} {probes[what][0]}" for what in missing]
         if err:
-            problems.append(f"node {ip} cannot reach the MLflow server {tracking_uri} ({err})")
+            problems.append(f"node {ip} cannot reach the MLflow server {redact(tracking_uri)} "
+                            f"({redact(err)})")
     if problems:
         raise StorageError(
-            "; ".join(problems) + ". On a cluster, put the work root, Tune storage and a sqlite "
-            f"store on storage every node mounts (NFS/EFS: --work-root / ${WORK_ROOT_ENV}, "
-            f"--storage-path / ${STORAGE_PATH_ENV}), or use s3:// for storage and an MLflow "
-            "server for tracking")
+            "; ".join(problems) + ". On a cluster, put the work root and Tune storage on "
+            f"storage every node mounts (NFS/EFS: --work-root / ${WORK_ROOT_ENV}, "
+            f"--storage-path / ${STORAGE_PATH_ENV}) or s3:// for storage, and track to an "
+            "MLflow server (docs/cluster.md): a sqlite store is for one machine, several "
+            "writers over NFS lock or corrupt it")
     log(f"[ray] {len(nodes)} nodes see {', '.join(local.values()) or 'the same paths'}"
-        + (f" and reach {tracking_uri}" if url else ""))
+        + (f" and reach {redact(tracking_uri)}" if url else ""))

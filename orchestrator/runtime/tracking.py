@@ -17,6 +17,8 @@ from typing import Any, Iterable
 from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
+from orchestrator.runtime.redact import redact, redact_deep
+
 # Tags that make runs findable: a search's parent, a trial's child, a report cell.
 TAG_KIND = "distillray.kind"  # search | trial | teacher | report | stage
 TAG_SEARCH = "distillray.search"
@@ -43,10 +45,10 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
                 if r.status != 200:
-                    raise TrackingError(f"MLflow server {uri} answered {r.status} on /health")
+                    raise TrackingError(f"MLflow server {redact(uri)} answered {r.status} on /health")
         except (urllib.error.URLError, OSError) as e:
             raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({e}); start it "
+                f"MLflow tracking server {redact(uri)} is unreachable ({redact(str(e))}); start it "
                 "(`mlflow server --host 127.0.0.1 ...`) or set --tracking-uri / "
                 "MLFLOW_TRACKING_URI to a reachable store") from None
     elif uri.startswith("sqlite:///"):
@@ -127,10 +129,13 @@ def start_run(client: MlflowClient, experiment_id: str, name: str, tags: dict[st
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    """Log ``params`` (nested dicts flattened to dotted keys), each URI's secret redacted: every
+    UI user reads params, and ``tracking.uri`` may hold a database password."""
     from mlflow.entities import Param
 
     existing = client.get_run(run_id).data.params
-    items = [Param(k, _short(v)) for k, v in flatten(params).items() if k not in existing]
+    items = [Param(k, _short(redact_deep(v))) for k, v in flatten(params).items()
+             if k not in existing]
     for i in range(0, len(items), 100):
         client.log_batch(run_id, params=items[i:i + 100])
 
@@ -147,6 +152,8 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float],
 
 
 def log_dict_artifact(client: MlflowClient, run_id: str, obj: Any, name: str) -> None:
+    """``obj`` as a YAML or JSON artifact, each URI's secret redacted."""
+    obj = redact_deep(obj)
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / name
         if name.endswith((".yaml", ".yml")):
@@ -159,7 +166,7 @@ def log_dict_artifact(client: MlflowClient, run_id: str, obj: Any, name: str) ->
 
 def end_run(client: MlflowClient, run_id: str, ok: bool, error: str | None = None) -> None:
     if error:
-        client.set_tag(run_id, TAG_ERROR, error[:4000])
+        client.set_tag(run_id, TAG_ERROR, redact(error)[:4000])
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED))
 
 

@@ -30,6 +30,8 @@ from orchestrator.record import outcome
 from orchestrator.runtime import faults, tracking
 from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                               env_storage_path, init_ray, trial_resources)
+from orchestrator.runtime.redact import has_secret, redact
+from orchestrator.search import fingerprint
 from orchestrator.stages.pipeline import TeacherRef, load_data, on_demand_labeler, prepare_bundle
 from orchestrator.stages.preflight import check_inputs, preflight
 from search_spaces.loader import SearchSpace
@@ -252,14 +254,24 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
     # unreachable storage, missing teacher resources, paths some node cannot see: fail here,
     # before any stage that would wait
     storage = check_storage(s.storage_path or env_storage_path() or str(work_root / "tune"))
+    # resume only what matches: the same config, space and data as the search was started with
+    fp = fingerprint.search_fingerprint(cfg, space, data)
+    if resume:
+        fingerprint.check_unchanged(s.name, fingerprint.load_saved(storage, s.name), fp,
+                                    f"its Tune state in {storage}")
     resources = init_ray(address, log=log)
     check_budget(cfg, resources, log=log)
     check_shared_paths({"work_root": str(work_root), "search.storage_path": storage}, uri, log=log)
-    log(f"[mlflow] tracking store: {uri}  (UI: "
-        f"{uri if uri.startswith(('http://', 'https://')) else 'distillray ui'})")
+    log(f"[mlflow] tracking store: {redact(uri)}  (UI: "
+        f"{redact(uri) if uri.startswith(('http://', 'https://')) else 'distillray ui'})")
 
     client = MlflowClient(uri)
     exp_id = tracking.experiment_id_for(client, cfg)
+    if resume:  # the parent run may outlive the Tune state (another storage path)
+        for run in tracking.find_runs(client, exp_id, {tracking.TAG_KIND: "search",
+                                                       tracking.TAG_SEARCH: s.name})[:1]:
+            fingerprint.check_unchanged(s.name, fingerprint.from_parent_run(client, run, fp), fp,
+                                        f"its MLflow parent run {run.info.run_id}")
     teachers = ensure_teachers(cfg, data, client, exp_id, log)
     preflight(cfg, space, data, teachers)  # heads and layers of the teachers actually used
     floor = score_floor(s, data)
@@ -269,6 +281,8 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
             prepare_bundle(cfg, data, teachers, log, labeler)  # shared by every trial: build once
 
         parent = _parent_run(client, exp_id, s.name, resume)
+        fingerprint.save(storage, s.name, fp)
+        fingerprint.record(client, parent, fp)
         tracking.log_params(client, parent, {"search": vars(s), "space_file": space.path,
                                              # the trials' params to compare (sampled.<key>)
                                              "searched": ",".join(p.key for p in space.params),
@@ -486,12 +500,18 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
     import sys
 
     default_uri = uri == tracking.resolve_uri(None) and not uri.startswith(("http", "postgres"))
-    store = "" if default_uri else f" --tracking-uri {shlex.quote(uri)}"
+    # a store whose URI holds a password is never printed on a command line (shell history,
+    # `ps`): the commands read it from $MLFLOW_TRACKING_URI instead
+    secret = has_secret(uri)
+    store = "" if default_uri or secret else f" --tracking-uri {shlex.quote(uri)}"
     exp = "" if experiment == "distillray" else f" --experiment {shlex.quote(experiment)}"
     name = shlex.quote(search)
     lines = ["", "[next] what to do now:"]
+    if secret:
+        lines.append(f"  (export MLFLOW_TRACKING_URI={shlex.quote(redact(uri))} with the real "
+                     "password first: these commands read the store from it)")
     if uri.startswith(("http://", "https://")):
-        lines.append(f"  the runs:      {tracking.runs_page(uri.rstrip('/'), exp_id)}")
+        lines.append(f"  the runs:      {tracking.runs_page(redact(uri).rstrip('/'), exp_id)}")
     else:
         lines.append(f"  the runs:      distillray ui{store}   # then "
                      f"{tracking.runs_page('http://127.0.0.1:5000', exp_id)}")
@@ -500,7 +520,7 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
         lines.append(f"  export it:     distillray export --search {name}{store}{exp} "
                      f"--out {shlex.quote('export-' + search)}   # TorchScript, ONNX, predict.py")
     if registered:
-        env = "" if uri.startswith(("http://", "https://")) and not store else \
+        env = "" if (uri.startswith(("http://", "https://")) and not store) or secret else \
             f"MLFLOW_TRACKING_URI={shlex.quote(uri)} "
         body = '{"dataframe_records": [{"text_a": "a gripping, funny film"' + \
             (', "text_b": "a funny film"' if pair else "") + '}]}'

@@ -374,6 +374,7 @@ def check_writable(cfg: ExperimentConfig) -> None:
     import os
 
     from orchestrator.runtime.ray_runtime import StorageError, check_storage
+    from orchestrator.runtime.redact import redact
     from orchestrator.runtime.tracking import TrackingError, check_reachable, resolve_uri
 
     uri = resolve_uri(cfg.tracking.uri)  # the store first: a failed check leaves nothing behind
@@ -383,7 +384,7 @@ def check_writable(cfg: ExperimentConfig) -> None:
         if not target.exists() or not os.access(target, os.W_OK):
             why = "" if target.exists() else " (no such directory)"
             raise PreflightError(
-                f"tracking store {uri}: {target} is not writable{why}; pass --tracking-uri "
+                f"tracking store {redact(uri)}: {target} is not writable{why}; pass --tracking-uri "
                 "sqlite:///<writable path>/mlflow.db or set $MLFLOW_TRACKING_URI")
     else:
         try:

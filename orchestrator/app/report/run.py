@@ -25,6 +25,7 @@ from orchestrator.config import ExperimentConfig, with_values
 from orchestrator.runtime import tracking
 from orchestrator.runtime.machine import describe as describe_machine
 from orchestrator.runtime.progress import duration
+from orchestrator.runtime.redact import redact
 
 
 @dataclass
@@ -135,7 +136,7 @@ def run_report(cfg: ExperimentConfig, *, name: str | None = None, budget: str = 
             describe_budget(budget, cfg, data), _tuning_note(selected, cells, grid, cfg, rung),
             _seeds_note(seeds), ref_note, _stage_note(stages),
             _reuse_note(runs, teachers.reused_by_source, seconds),
-            f"MLflow: experiment `{cfg.tracking.experiment}` at `{ctx.uri}`, parent run "
+            f"MLflow: experiment `{cfg.tracking.experiment}` at `{redact(ctx.uri)}`, parent run "
             f"`{ctx.parent}`; every cell is a run: filter `tags.\"{TAG_REPORT}\" = '{name}' and "
             f"tags.\"{tracking.TAG_KIND}\" = '{KIND_CELL}'` and compare `report_*` metrics."])
         _record(ctx, runs, perf, flags, table, md)
