@@ -124,6 +124,7 @@ class TeacherWorker:
                 "precision": self.precision,
                 "token_budget": self.token_budget,
                 "settings": self.settings.as_dict() if self.settings is not None else None,
+                "cpu_seconds": time.process_time(),  # this process's CPU time so far
                 "max_positions": self.max_positions, "calls": self.calls}
 
     def default_settings(self, precision: str | None = None) -> LabelSettings:
