@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-root", default=None,
                     help="parent of the fresh per-round cache dirs (default: the temp dir)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="pool.probe=false: label with the default settings, not the probe's")
     ap.add_argument("--augment", action="store_true",
                     help="texts = Tang et al. augmentations (tasks.augment) of n/10 sentences")
     args = ap.parse_args(argv)
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     cfgs = {p: PoolConfig(num_actors=args.num_actors, cpus_per_actor=cpus,
                           gpus_per_actor=args.gpus_per_actor, token_budget=args.token_budget,
                           max_batch_size=args.max_batch_size, precision=p,
+                          probe=not args.no_probe,
                           fidelity_threshold=0.0)  # measured here, never falls back
             for p in ("fp32", low)}
     threads = max(1, round(cpus))

@@ -40,6 +40,11 @@ distinct texts it is asked for) in both precisions; below ``pool.fidelity_thresh
 agreement the pool labels in fp32 from then on, with a warning. The verdict (agreement and
 logit RMSE) is kept in ``<cache root>/fidelity/<teacher key>-<precision>.json``, so the gate
 runs once per teacher and precision, and is reported in :meth:`_ActorLabeler.fidelity_metrics`.
+
+Labeling settings (``pool.probe``): on a CPU in reduced precision, the pool probes at start
+which attention kernel, weight casting (autocast, or a bf16 copy of the weights), token budget
+and threads label fastest on this machine within the fidelity threshold, configures every
+actor with them and prints the choice (:mod:`orchestrator.teachers.labeling_probe`).
 """
 from __future__ import annotations
 
