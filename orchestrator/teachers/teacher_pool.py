@@ -804,13 +804,18 @@ class TeacherPool(_ActorLabeler):
         if record is None:
             source = "probed now"
             t0 = time.perf_counter()
-            chosen, trials = default, []
+            chosen, trials, failed = default, [], False
             for stage in lp.STAGES:  # one axis at a time, each stage's winner carried on
                 cands = lp.candidates(chosen, stage, vary_budget=self.cfg.token_budget is None,
                                       vary_threads=vary_threads)
                 if len(cands) < 2:
                     continue
-                got = ray.get(self._actors[0].probe.remote([c.as_dict() for c in cands]))
+                try:
+                    got = ray.get(self._actors[0].probe.remote([c.as_dict() for c in cands]))
+                except ray.exceptions.RayTaskError as e:  # labeling works without the probe
+                    log.warning("labeling probe failed (%s); keeping %s", e, chosen.describe())
+                    failed = True
+                    break
                 trials += [dict(t, stage=stage) for t in got]
                 chosen = lp.choose([lp.Trial.from_dict(t) for t in got],
                                    self.fidelity_threshold, chosen)
@@ -819,7 +824,7 @@ class TeacherPool(_ActorLabeler):
                       "machine": facts, "teacher_key": self.teacher_key,
                       "precision": self.actor_precision,
                       "probe_seconds": round(time.perf_counter() - t0, 3)}
-            if self.probe_root is not None:
+            if self.probe_root is not None and not failed:
                 with contextlib.suppress(OSError):  # a read-only root: probe again next time
                     lp.save_choice(self.probe_root, key, record)
         _PROBED[key] = record
