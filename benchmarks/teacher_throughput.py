@@ -16,7 +16,12 @@ the same directory, as another trial would), then Ray stopped again::
 an untrained head: fine for throughput, meaningless for agreement. Achieved GFLOP/s counts the
 teacher's linear layers (2 x in x out FLOPs per real, unpadded token), the work a matmul peak
 bounds. The last line printed is one JSON object with every ratio (``pool_fp32_vs_naive``,
-``pool_bf16_vs_fp32``, ``bf16_agreement``, ``bf16_peak_fraction``, ...).
+``pool_bf16_vs_fp32``, ``bf16_agreement``, ``bf16_peak_fraction``, ...), the machine
+(``cpu_model``, ``amx``, ``torch_threads``: figures of different machines are not one series)
+and the settings the pool's probe chose (``bf16_settings``, ``bf16_probe_texts_per_s``). Beside
+the wall-clock figures, ``*_cpu_*`` ones divide by the actors' CPU seconds and the peak
+matmuls' CPU seconds (``bf16_cpu_peak_fraction``): on a core shared with other processes,
+those are the ones to compare.
 """
 from __future__ import annotations
 
@@ -115,8 +120,11 @@ class NaiveProcess:
         self.proc.join(timeout=30)
 
 
-def matmul_peak(dtype: str, size: int, threads: int, tries: int = 3) -> float:
-    """GFLOP/s of the best of ``tries`` ``size``-square matmuls in ``dtype`` on ``threads``."""
+def matmul_peak(dtype: str, size: int, threads: int, tries: int = 3,
+                clock=time.perf_counter) -> float:
+    """GFLOP/s of the best of ``tries`` ``size``-square matmuls in ``dtype`` on ``threads``,
+    timed by ``clock`` (``time.process_time``: CPU seconds, which other processes on a shared
+    core do not inflate)."""
     import torch
 
     old = torch.get_num_threads()
@@ -128,9 +136,9 @@ def matmul_peak(dtype: str, size: int, threads: int, tries: int = 3) -> float:
         torch.mm(a, b)  # warm-up
         best = float("inf")
         for _ in range(tries):
-            t0 = time.perf_counter()
+            t0 = clock()
             torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
+            best = min(best, clock() - t0)
         return 2 * size ** 3 / best / 1e9
     finally:
         torch.set_num_threads(old)
@@ -196,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-root", default=None,
                     help="parent of the fresh per-round cache dirs (default: the temp dir)")
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="pool.probe=false: label with the default settings, not the probe's")
     ap.add_argument("--augment", action="store_true",
                     help="texts = Tang et al. augmentations (tasks.augment) of n/10 sentences")
     args = ap.parse_args(argv)
@@ -207,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from orchestrator.config import PoolConfig
     from orchestrator.runtime.precision import cpu_bf16_support
+    from orchestrator.teachers.labeling_probe import machine
     from orchestrator.teachers.teacher_pool import TeacherPool, fidelity
 
     if args.teacher == "demo":
@@ -225,12 +236,16 @@ def main(argv: list[str] | None = None) -> None:
     cfgs = {p: PoolConfig(num_actors=args.num_actors, cpus_per_actor=cpus,
                           gpus_per_actor=args.gpus_per_actor, token_budget=args.token_budget,
                           max_batch_size=args.max_batch_size, precision=p,
+                          probe=not args.no_probe,
                           fidelity_threshold=0.0)  # measured here, never falls back
             for p in ("fp32", low)}
     threads = max(1, round(cpus))
     times: dict[str, list[float]] = {k: [] for k in (
         "naive", "cold_fp32", "warm_fp32", f"cold_{low}", f"warm_{low}")}
     peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    cpu_peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}  # per CPU second
+    cpu_times: dict[str, list[float]] = {f"cold_{p}": [] for p in ("fp32", low)}
+    settings: dict = {}
     logits: dict[str, np.ndarray] = {}
     gate = {}
     for r in range(args.repeats):
@@ -239,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.gpus_per_actor <= 0:
             for dt in peaks:
                 peaks[dt].append(matmul_peak(dt, args.peak_size, threads))
+                cpu_peaks[dt].append(matmul_peak(dt, args.peak_size, threads,
+                                                 clock=time.process_time))
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
         try:
             for p in (("fp32", low) if r % 2 == 0 else (low, "fp32")):
@@ -255,11 +272,17 @@ def main(argv: list[str] | None = None) -> None:
                     # the fidelity gate, once per pool (not timed: once per teacher in use)
                     pool.settle_precision(texts, None, max_length=args.max_length)
                     gate = pool.fidelity_metrics() or gate
+                    if pool.labeling is not None:
+                        settings[p] = pool.labeling
                     root = tempfile.mkdtemp(prefix=f"distillray-bench-cache-{r}-{p}-",
                                             dir=args.cache_root)
+                    cpu0 = sum(i["cpu_seconds"] for i in ray.get(
+                        [a.info.remote() for a in pool.actors]))
                     cold = pool.label_texts(texts, max_length=args.max_length,
                                             cache=pool.cache(root, max_length=args.max_length),
                                             progress=False)
+                    cpu_times[f"cold_{p}"].append(sum(i["cpu_seconds"] for i in ray.get(
+                        [a.info.remote() for a in pool.actors])) - cpu0)
                     warm = pool.label_texts(texts, max_length=args.max_length,
                                             cache=pool.cache(root, max_length=args.max_length),
                                             progress=False)
@@ -280,9 +303,18 @@ def main(argv: list[str] | None = None) -> None:
         naive.close()
     med = {k: statistics.median(v) for k, v in times.items() if v}
     peak = {k: statistics.median(v) for k, v in peaks.items() if v}
+    cpu_med = {k: statistics.median(v) for k, v in cpu_times.items() if v}
+    cpu_peak = {k: statistics.median(v) for k, v in cpu_peaks.items() if v}
     n = len(texts)
     agree = fidelity(logits["fp32"], logits[low])
-    out: dict[str, float] = {"n": n, "rounds": args.repeats}
+    facts = machine()
+    out: dict = {"n": n, "rounds": args.repeats, "cpu_model": facts["cpu_model"],
+                 "amx": facts["amx"], "torch_threads": threads}
+    for p, rec in settings.items():  # the pool's probe: its choice and rate on the probe
+        out[f"{p}_settings"] = rec["choice"]
+        mine = [t for t in rec["trials"] if t["settings"] == rec["choice"]]
+        if mine:
+            out[f"{p}_probe_texts_per_s"] = mine[-1]["texts_per_s"]
     print(f"\nmedians over {args.repeats} rounds:")
     for k in med:
         rate = n / med[k]
@@ -296,6 +328,14 @@ def main(argv: list[str] | None = None) -> None:
     for k, v in peak.items():
         out[f"matmul_peak_{k}_gflops"] = v
         print(f"  matmul peak {k}: {v:.1f} GFLOP/s ({args.peak_size}-square, {threads} threads)")
+    # per CPU second of the actors (and of the peak's matmuls): what a shared core's other
+    # processes do not inflate
+    for k, v in cpu_med.items():
+        out[f"{k}_cpu_texts_per_s"] = n / v
+        out[f"{k}_cpu_linear_gflops"] = flops / v / 1e9
+        print(f"  {k:<12} {v:8.3f} CPU s  {n / v:10.1f} texts per CPU s")
+    for k, v in cpu_peak.items():
+        out[f"matmul_peak_{k}_cpu_gflops"] = v
     if "naive" in med:
         out["pool_fp32_vs_naive"] = med["naive"] / med["cold_fp32"]
         out[f"pool_{low}_vs_naive"] = med["naive"] / med[f"cold_{low}"]
@@ -307,6 +347,11 @@ def main(argv: list[str] | None = None) -> None:
         out["fp32_peak_fraction"] = out["cold_fp32_linear_gflops"] / peak["float32"]
         if low == "bf16":
             out["bf16_peak_fraction"] = out["cold_bf16_linear_gflops"] / peak["bfloat16"]
+    if cpu_peak and cpu_med:
+        out["fp32_cpu_peak_fraction"] = out["cold_fp32_cpu_linear_gflops"] / cpu_peak["float32"]
+        if low == "bf16":
+            out["bf16_cpu_peak_fraction"] = (out["cold_bf16_cpu_linear_gflops"]
+                                             / cpu_peak["bfloat16"])
     out["warm_vs_cold_fp32"] = med["warm_fp32"] / med["cold_fp32"]
     print(f"{low} vs fp32 labels over all {n} texts: argmax agreement {agree['agreement']:.4%}, "
           f"logit RMSE {agree['rmse']:.4g}")

@@ -111,6 +111,10 @@ class PoolConfig:
                                      "precision, the verdict kept beside the cache.")
     fidelity_sample: int = knob(512, "Texts in the fidelity gate's sample (the first ones the "
                                 "teacher labels).")
+    probe: bool = knob(True, "On a CPU in reduced precision: at pool start, time the labeling "
+                       "settings (attention kernel, weight casting, and token budget and threads "
+                       "where unset) and keep the fastest that passes fidelity_threshold; once "
+                       "per machine and teacher.")
 
 
 @dataclass(frozen=True)

@@ -458,7 +458,8 @@ def _search_pool(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], log: Ca
     if not one_teacher(cfg):
         yield None
         return
-    with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
+    with TeacherPool(next(iter(teachers.values())).path, cfg.pool,
+                     probe_root=cfg.work_root) as pool:
         log(f"[pool] {cfg.pool.num_actors} teacher actor(s) serve every trial of the search "
             f"({pool.info['device']}, {pool.actor_precision}, {cfg.pool.cpus_per_actor:g} CPU "
             "each)")

@@ -104,7 +104,8 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
     from orchestrator.teachers.teacher_pool import TeacherPool
 
     if pool is None:
-        with TeacherPool(teacher.path, cfg.pool) as own:
+        with TeacherPool(teacher.path, cfg.pool,
+                         probe_root=cfg.work_root) as own:
             return label_examples(examples, teacher, cfg, work_root, log, own, task)
     texts_a = [e.text_a for e in examples]
     texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None else None
@@ -248,7 +249,8 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
         _check_pool_teacher(pool, teachers)
     for path, names in ({} if on_demand else by_teacher).items():
         with contextlib.nullcontext(pool) if pool is not None \
-                else TeacherPool(path, cfg.pool) as running:
+                else TeacherPool(path, cfg.pool,
+                                 probe_root=cfg.work_root) as running:
             for t in names:
                 res = label_examples(transfer[t], teachers[t], cfg, work_root, log, running, t)
                 logits[t] = res.logits
@@ -338,7 +340,8 @@ def on_demand_labeler(cfg: ExperimentConfig, teachers: dict[str, TeacherRef], sh
         return
     from orchestrator.teachers.teacher_pool import TeacherPool
 
-    with TeacherPool(next(iter(teachers.values())).path, cfg.pool) as pool:
+    with TeacherPool(next(iter(teachers.values())).path, cfg.pool,
+                     probe_root=cfg.work_root) as pool:
         yield pool.client()
 
 

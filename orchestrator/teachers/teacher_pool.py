@@ -40,11 +40,18 @@ distinct texts it is asked for) in both precisions; below ``pool.fidelity_thresh
 agreement the pool labels in fp32 from then on, with a warning. The verdict (agreement and
 logit RMSE) is kept in ``<cache root>/fidelity/<teacher key>-<precision>.json``, so the gate
 runs once per teacher and precision, and is reported in :meth:`_ActorLabeler.fidelity_metrics`.
+
+Labeling settings (``pool.probe``): on a CPU in reduced precision, the pool probes at start
+which attention kernel, weight casting (autocast, or a bf16 copy of the weights), token budget
+and threads label fastest on this machine within the fidelity threshold, configures every
+actor with them and prints the choice (:mod:`orchestrator.teachers.labeling_probe`).
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -66,6 +73,7 @@ from orchestrator.runtime.progress import StageProgress
 from orchestrator.teachers.batching import (length_sorted_batches, restore_order,
                                             token_budget_batches)
 from orchestrator.teachers.cache import SoftLabelCache, text_keys
+from orchestrator.teachers.labeling_probe import LabelSettings, Trial
 from orchestrator.teachers.teacher_model import (Teacher, TeacherError, check_teacher_path,
                                                  load_teacher)
 
@@ -109,6 +117,9 @@ class TeacherWorker:
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
         self.uses_token_types = "token_type_ids" in getattr(tok, "model_input_names", [])
         self.calls = 0
+        # how reduced-precision labels are computed (set by the pool's probe); None: defaults
+        self.settings: LabelSettings | None = None
+        self._cast: dict[str, Teacher] = {}  # precision -> the teacher with weights in it
 
     def info(self) -> dict:
         import torch
@@ -117,7 +128,41 @@ class TeacherWorker:
                 "device": self.device, "threads": torch.get_num_threads(), "pid": os.getpid(),
                 "precision": self.precision,
                 "token_budget": self.token_budget,
+                "settings": self.settings.as_dict() if self.settings is not None else None,
+                "cpu_seconds": time.process_time(),  # this process's CPU time so far
                 "max_positions": self.max_positions, "calls": self.calls}
+
+    def default_settings(self, precision: str | None = None) -> LabelSettings:
+        """The settings labels in ``precision`` (default: the actor's) use unless configured:
+        :func:`labeling_attention`'s kernel, autocast, the pool's token budget and threads."""
+        return LabelSettings(labeling_attention(precision or self.precision, self.device),
+                             "autocast", self.token_budget, self.threads)
+
+    def configure(self, settings: dict | None) -> dict:
+        """Label in the actor's reduced precision with ``settings`` (a
+        :class:`~orchestrator.teachers.labeling_probe.LabelSettings` as a dict; None: the
+        defaults) from now on; fp32 labels keep the defaults. Returns :meth:`info`."""
+        self.settings = None if settings is None else LabelSettings.from_dict(settings)
+        return self.info()
+
+    def _settings_for(self, precision: str) -> LabelSettings:
+        if precision == "fp32" or self.settings is None:
+            return self.default_settings(precision)
+        return self.settings
+
+    def _teacher_for(self, precision: str, settings: LabelSettings) -> Teacher:
+        """The teacher itself, or (weights ``cast``) a copy with its weights in ``precision``,
+        made once: autocast re-casts every weight matrix on every call."""
+        if precision == "fp32" or settings.weights != "cast":
+            return self.teacher
+        if precision not in self._cast:
+            import torch
+
+            from orchestrator.runtime.precision import DTYPES
+
+            model = copy.deepcopy(self.teacher.model).to(getattr(torch, DTYPES[precision]))
+            self._cast[precision] = dataclasses.replace(self.teacher, model=model.eval())
+        return self._cast[precision]
 
     def _encode(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None,
                 max_length: int) -> tuple[list[list[int]], list[list[int]] | None, int]:
@@ -176,8 +221,6 @@ class TeacherWorker:
         mean a single text. Texts longer than ``max_length`` tokens (capped at the model's
         position limit) are truncated and counted. ``precision``: the actor's own (None) or
         ``fp32``."""
-        import torch
-
         faults.point("teacher_actor")
         precision = precision or self.precision
         if precision not in ("fp32", self.precision):
@@ -196,21 +239,74 @@ class TeacherWorker:
                 raise TypeError(f"{name}[{bad}] is {type(texts[bad]).__name__}, not a string")
         if n == 0:
             return np.zeros((0, n_out), dtype=np.float32), 0
+        return self._label(texts_a, texts_b, head, max_length, precision)
+
+    def _label(self, texts_a, texts_b, head: str, max_length: int, precision: str,
+               settings: LabelSettings | None = None) -> tuple[np.ndarray, int]:
+        """:meth:`label` after its checks (``head`` resolved), with ``settings`` (default: the
+        actor's for ``precision``)."""
+        import torch
+
+        s = settings or self._settings_for(precision)
         max_length = int(max_length)
         if self.max_positions:
             max_length = min(max_length, int(self.max_positions))
         ids, types, truncated = self._encode(texts_a, texts_b, max_length)
-        batches = token_budget_batches([len(r) for r in ids], self.token_budget,
+        batches = token_budget_batches([len(r) for r in ids], s.token_budget,
                                        self.cfg.max_batch_size)
         outs = []
-        self.teacher.set_attention(labeling_attention(precision, self.device))
-        with torch.inference_mode(), autocast(precision, self.device):
+        teacher = self._teacher_for(precision, s)
+        teacher.set_attention(s.attention)
+        if torch.get_num_threads() != s.threads:
+            torch.set_num_threads(s.threads)
+        cast = teacher is not self.teacher  # weights already in `precision`: no autocast
+        with torch.inference_mode(), autocast("fp32" if cast else precision, self.device):
             for b in batches:
                 input_ids, mask, tts = self._pad([ids[i] for i in b],
                                                  [types[i] for i in b] if types else None)
-                out = self.teacher.logits(input_ids, mask, tts, head=head)
+                out = teacher.logits(input_ids, mask, tts, head=head)
                 outs.append(out.float().cpu().numpy())
         return restore_order(batches, outs).astype(np.float32, copy=False), truncated
+
+    def probe(self, candidates: list[dict], n: int = 128, rounds: int = 2,
+              max_length: int = 128) -> list[dict]:
+        """Time each candidate setting (:class:`LabelSettings` dicts) labeling ``n`` probe texts
+        (:func:`~orchestrator.teachers.labeling_probe.probe_texts` from the teacher's vocabulary)
+        in the actor's precision, over ``rounds`` rounds in rotating order after one untimed
+        warm-up round, and compare each one's labels with fp32 labels of the same texts.
+        When every candidate runs one thread the actor's CPU seconds are timed (a shared core's
+        other processes do not count), else wall seconds. Returns
+        :class:`~orchestrator.teachers.labeling_probe.Trial` dicts, in the order given. Labels
+        nothing for a caller and leaves the actor's settings as they were."""
+        import torch
+
+        from orchestrator.teachers.labeling_probe import probe_texts
+
+        vocab = self.teacher.tokenizer.get_vocab()
+        texts = probe_texts(sorted(vocab, key=vocab.__getitem__), n)
+        head = next(iter(self.teacher.heads))
+        cands = [LabelSettings.from_dict(c) for c in candidates]
+        ref, _ = self._label(texts, None, head, max_length, "fp32")
+        clock = "cpu" if all(c.threads == 1 for c in cands) else "wall"
+        now = time.process_time if clock == "cpu" else time.perf_counter
+        seconds: list[list[float]] = [[] for _ in cands]
+        outs: list[np.ndarray | None] = [None] * len(cands)
+        try:
+            for r in range(rounds + 1):  # round 0 warms up (the cast copy, oneDNN's caches)
+                k = r % len(cands)
+                for i in list(range(k, len(cands))) + list(range(k)):
+                    t0 = now()
+                    outs[i], _ = self._label(texts, None, head, max_length, self.precision,
+                                             cands[i])
+                    if r:
+                        seconds[i].append(now() - t0)
+        finally:
+            torch.set_num_threads(self.threads)
+        trials = []
+        for c, secs, out in zip(cands, seconds, outs):
+            f = fidelity(ref, out)
+            trials.append(Trial(c, secs, f["agreement"], f["rmse"], len(texts), clock).as_dict())
+        return trials
 
 
 def labeling_attention(precision: str, device: str) -> str:
@@ -614,7 +710,8 @@ class TeacherPool(_ActorLabeler):
                  chunk_size: int = 256, inflight_per_actor: int = 2, max_restarts: int = 3,
                  max_task_retries: int = 3, max_chunk_retries: int = 3,
                  start_timeout_s: float = 300.0, cache_flush_rows: int = 50_000,
-                 cache_flush_s: float = 60.0, seed: int = 0):
+                 cache_flush_s: float = 60.0, seed: int = 0,
+                 probe_root: str | os.PathLike | None = None):
         self.cfg = cfg or PoolConfig()
         if self.cfg.num_actors < 1 or self.cfg.cpus_per_actor < 0 or self.cfg.gpus_per_actor < 0:
             raise ValueError("pool.num_actors must be >= 1, pool.cpus_per_actor and "
@@ -634,6 +731,8 @@ class TeacherPool(_ActorLabeler):
         self._verdicts: dict = {}
         self._teacher_key: str | None = None
         self._actors: list = []
+        self.probe_root = str(probe_root) if probe_root is not None else None
+        self.labeling: dict | None = None  # the probe's choice (see _settle_settings)
         if self.cfg.gpus_per_actor <= 0:  # a CPU precision is checked here, before any actor
             resolve(self.cfg.precision, "cpu", "pool.precision")
         if not ray.is_initialized():
@@ -644,6 +743,7 @@ class TeacherPool(_ActorLabeler):
             self._actors = [self._new_actor() for _ in range(self.cfg.num_actors)]
             infos = self._wait_ready(self._actors)
             self.info = infos[0]
+            self._settle_settings()
         except BaseException:
             self.shutdown()
             raise
@@ -678,11 +778,73 @@ class TeacherPool(_ActorLabeler):
     def actors(self) -> list:
         return list(self._actors)
 
+    # -- the labeling settings for this machine ---------------------------------------------
+
+    def _settle_settings(self) -> None:
+        """On a CPU in reduced precision (``pool.probe``): the fastest labeling settings that
+        pass the fidelity threshold (:mod:`orchestrator.teachers.labeling_probe`), from the
+        record of an earlier probe on this machine and teacher when there is one (under
+        ``probe_root``, else in this process), else probed now on the first actor; every actor
+        is configured with them and the choice is printed."""
+        from orchestrator.teachers import labeling_probe as lp
+
+        if (not self.cfg.probe or self.info.get("device") != "cpu"
+                or self.actor_precision == "fp32"):
+            return
+        default = LabelSettings(labeling_attention(self.actor_precision, "cpu"), "autocast",
+                                int(self.info["token_budget"]), int(self.info["threads"]))
+        vary_threads = self.cfg.torch_threads is None
+        facts = lp.machine()
+        key = lp.choice_key(facts, self.teacher_key, self.actor_precision, default.threads,
+                            self.cfg.token_budget, vary_threads)
+        record = _PROBED.get(key)
+        if record is None and self.probe_root is not None:
+            record = lp.load_choice(self.probe_root, key)
+        source = "probed before"
+        if record is None:
+            source = "probed now"
+            t0 = time.perf_counter()
+            chosen, trials, failed = default, [], False
+            for stage in lp.STAGES:  # one axis at a time, each stage's winner carried on
+                cands = lp.candidates(chosen, stage, vary_budget=self.cfg.token_budget is None,
+                                      vary_threads=vary_threads)
+                if len(cands) < 2:
+                    continue
+                try:
+                    got = ray.get(self._actors[0].probe.remote([c.as_dict() for c in cands]))
+                except ray.exceptions.RayTaskError as e:  # labeling works without the probe
+                    log.warning("labeling probe failed (%s); keeping %s", e, chosen.describe())
+                    failed = True
+                    break
+                trials += [dict(t, stage=stage) for t in got]
+                chosen = lp.choose([lp.Trial.from_dict(t) for t in got],
+                                   self.fidelity_threshold, chosen)
+            record = {"choice": chosen.as_dict(), "default": default.as_dict(),
+                      "threshold": self.fidelity_threshold, "trials": trials,
+                      "machine": facts, "teacher_key": self.teacher_key,
+                      "precision": self.actor_precision,
+                      "probe_seconds": round(time.perf_counter() - t0, 3)}
+            if self.probe_root is not None and not failed:
+                with contextlib.suppress(OSError):  # a read-only root: probe again next time
+                    lp.save_choice(self.probe_root, key, record)
+        _PROBED[key] = record
+        infos = ray.get([a.configure.remote(record["choice"]) for a in self._actors])
+        self.info = infos[0]
+        self.labeling = record
+        print(describe_choice(record, source), flush=True)
+
+    def _configure(self, actor) -> None:
+        """Give a restarted or new actor the pool's labeling settings (Ray restarts an actor
+        with its constructor's arguments only)."""
+        if self.labeling is not None:
+            ray.get(actor.configure.remote(self.labeling["choice"]), timeout=self.start_timeout_s)
+
     def _revive(self, slot: int) -> None:
         """After a RayActorError: keep the actor if Ray restarted it, else replace it."""
         actor = self._actors[slot]
         try:
             ray.get(actor.info.remote(), timeout=self.start_timeout_s)
+            self._configure(actor)
             return
         except (RayActorError, GetTimeoutError):
             pass
@@ -691,6 +853,7 @@ class TeacherPool(_ActorLabeler):
             ray.kill(actor, no_restart=True)
         fresh = self._new_actor()
         self._wait_ready([fresh])
+        self._configure(fresh)
         self._actors[slot] = fresh
 
     # -- heads, caches ----------------------------------------------------------------------
@@ -742,6 +905,26 @@ class TeacherPool(_ActorLabeler):
         return f"TeacherPool({self.teacher_path!r}, actors={len(self._actors)})"
 
 
+# probe records by choice key, for pools started in this process without a probe root
+_PROBED: dict[str, dict] = {}
+
+
+def describe_choice(record: dict, source: str = "probed now") -> str:
+    """One line on a probe's choice: the machine, the settings and their rate on the probe's
+    sample, against the default settings' rate."""
+    m = record.get("machine", {})
+    choice = LabelSettings.from_dict(record["choice"])
+    rates = {json.dumps(t["settings"], sort_keys=True): t for t in record.get("trials", [])}
+    mine = rates.get(json.dumps(choice.as_dict(), sort_keys=True))
+    base = rates.get(json.dumps(record.get("default", {}), sort_keys=True))
+    rate = (f": {mine['texts_per_s']:.0f} texts/s on the probe's {mine['n']} texts, agreement "
+            f"with fp32 {mine['agreement']:.2%}" if mine else "")
+    vs = (f" (defaults: {base['texts_per_s']:.0f} texts/s)" if base and base is not mine else "")
+    return (f"teacher pool: labeling in {record.get('precision', '?')} on "
+            f"{m.get('cpu_model', '?')} ({'AMX' if m.get('amx') else 'no AMX'}) with "
+            f"{choice.describe()}{rate}{vs}; {source}")
+
+
 def _wait_dead(actors: list, wait_s: float) -> None:
     """Probe each killed actor until a call to it fails with RayActorError (Ray has marked it
     dead and released its resources), or until ``wait_s`` has passed; then warn and go on."""
@@ -790,6 +973,10 @@ class PoolClient(_ActorLabeler):
     def _revive(self, slot: int) -> None:
         try:
             ray.get(self._actors[slot].info.remote(), timeout=self.restart_timeout_s)
+            settings = self.info.get("settings")
+            if settings is not None:  # a restarted actor starts with the default settings
+                ray.get(self._actors[slot].configure.remote(settings),
+                        timeout=self.restart_timeout_s)
         except (RayActorError, GetTimeoutError) as e:
             raise TeacherError(f"teacher actor {slot} of {self.teacher_path} is gone and did "
                                f"not restart ({type(e).__name__}); the pool that owns it "
