@@ -15,6 +15,7 @@ smoke: venv
 	$(PY) tune_mkd.py --preset smoke
 
 test: venv
+	.venv/bin/ruff check .
 	.venv/bin/lint-imports --no-cache
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 

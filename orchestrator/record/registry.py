@@ -35,7 +35,8 @@ def best_child_run(client: MlflowClient, search: str, experiment: str = "distill
     runs = [r for r in runs if "final_best_dev_score" in r.data.metrics or "best_dev_score" in r.data.metrics]
     if not runs:
         raise NotFoundError(f"search {search!r} has no finished trial with a dev score")
-    key = lambda r: r.data.metrics.get("final_best_dev_score", r.data.metrics.get("best_dev_score"))
+    def key(r):
+        return r.data.metrics.get("final_best_dev_score", r.data.metrics.get("best_dev_score"))
     return parent, max(runs, key=key)
 
 

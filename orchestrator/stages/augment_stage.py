@@ -161,7 +161,7 @@ def _manifest_ok(folder: Path) -> dict[str, Any] | None:
             return None
         if file_digest(fpath, 64) != manifest["sha256"]:
             return None
-    except Exception:  # unreadable manifest or Parquet file: rebuild
+    except Exception:  # noqa: BLE001 - unreadable manifest or Parquet file: rebuild
         return None
     return manifest
 
