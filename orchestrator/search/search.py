@@ -487,6 +487,9 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
             env = f"PATH={shlex.quote(bindir)}:$PATH " + env
         lines.append(f"  serve it:      {env}mlflow models serve -m models:/{registered} "
                      f"--env-manager local --host 127.0.0.1 --port {port}")
+        # the model needs only what its MLmodel lists (mlflow, onnxruntime, ...), not this repo
+        lines.append(f"  or, anywhere:  {env}mlflow models serve -m models:/{registered} "
+                     f"--env-manager uv --host 127.0.0.1 --port {port}   # a fresh environment")
         lines.append(f"  ask it:        curl -s http://127.0.0.1:{port}/invocations -H "
                      f"'Content-Type: application/json' -d '{body}'")
     elif has_best:
