@@ -16,6 +16,7 @@ from typing import Any
 
 from orchestrator.app.run import resolve_run
 from orchestrator.config import ConfigError
+from orchestrator.runtime import progress
 from orchestrator.stages.preflight import check_inputs
 
 
@@ -273,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    progress.quiet_library_bars()  # in a log file, progress lines only
     try:
         return args.fn(args)
     except (ConfigError, OSError, ValueError, LookupError, RuntimeError) as e:

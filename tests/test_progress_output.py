@@ -4,6 +4,7 @@ on a terminal."""
 from __future__ import annotations
 
 import io
+import os
 import re
 
 import torch
@@ -92,3 +93,29 @@ def test_rates_below_ten_a_second_keep_two_digits():
     now[0] += 8.0
     p.update(3)
     assert lines == ["[teacher] t: 3/100 steps (3%), 0.38/s, about 4m19s left"]
+
+
+def test_library_bars_are_off_in_a_log_file(monkeypatch):
+    """Off a terminal, transformers' own bars ("Loading weights") are off in this process and
+    tqdm's in the processes it starts (TQDM_DISABLE); a user's TQDM_DISABLE=0 wins."""
+    import subprocess
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    from orchestrator.runtime.progress import quiet_library_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored afterwards
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    quiet_library_bars()
+    assert hf_logging.is_progress_bar_enabled() and os.environ["TQDM_DISABLE"] == "0"
+    monkeypatch.delenv("TQDM_DISABLE")
+    try:
+        quiet_library_bars()  # pytest's capture: not a terminal
+        assert not hf_logging.is_progress_bar_enabled()
+    finally:
+        hf_logging.enable_progress_bar()
+    child = subprocess.run(
+        [sys.executable, "-c", "from tqdm import tqdm\nfor _ in tqdm(range(3)): pass"],
+        capture_output=True, text=True, env=dict(os.environ), timeout=120)
+    assert child.returncode == 0 and child.stderr == ""  # a Ray worker's bars: none

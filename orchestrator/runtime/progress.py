@@ -14,6 +14,7 @@ frames, about 100 KB for one teacher fine-tune. Either way the closing line is l
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Callable, TextIO
@@ -36,6 +37,24 @@ def duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def quiet_library_bars() -> None:
+    """Off a terminal, turn off the tqdm bars of libraries (transformers' "Loading weights" of
+    each model, the hub's downloads): here through transformers' switch, in the processes
+    started from here (Ray workers) through ``TQDM_DISABLE`` and ``HF_HUB_DISABLE_PROGRESS_BARS``,
+    which tqdm and the hub read when imported. A user's own TQDM_DISABLE wins."""
+    if on_terminal():
+        return
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    if os.environ["TQDM_DISABLE"].strip().lower() in ("", "0", "false", "no"):
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a declared dependency
+        return
+    hf_logging.disable_progress_bar()
 
 
 def _rate(per_s: float) -> str:
@@ -68,7 +87,8 @@ class StageProgress:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, initial=self.resumed, unit=unit.rstrip("s") or unit,
-                            desc=f"[{stage}] {task}", file=stream, leave=False)
+                            desc=f"[{stage}] {task}", file=stream, leave=False,
+                            disable=False)  # asked for, on a terminal: TQDM_DISABLE aside
 
     @property
     def done(self) -> int:
