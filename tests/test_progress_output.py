@@ -119,3 +119,14 @@ def test_library_bars_are_off_in_a_log_file(monkeypatch):
         [sys.executable, "-c", "from tqdm import tqdm\nfor _ in tqdm(range(3)): pass"],
         capture_output=True, text=True, env=dict(os.environ), timeout=120)
     assert child.returncode == 0 and child.stderr == ""  # a Ray worker's bars: none
+
+
+def test_tunes_status_table_every_5_minutes_in_a_log_file(monkeypatch):
+    """Tune's trial table (about 1 KB) every 5 min off a terminal, not every 30 s."""
+    from ray.tune.experimental.output import ProgressReporter
+
+    from orchestrator.search.search import _tune_status_in_a_log_file
+
+    monkeypatch.setattr(ProgressReporter, "_heartbeat_freq", 30)
+    _tune_status_in_a_log_file()  # pytest's capture: not a terminal
+    assert ProgressReporter._heartbeat_freq == 300
