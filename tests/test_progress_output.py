@@ -106,6 +106,7 @@ def test_library_bars_are_off_in_a_log_file(monkeypatch):
     from orchestrator.runtime.progress import quiet_library_bars
 
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored afterwards
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "0")
     quiet_library_bars()
     assert hf_logging.is_progress_bar_enabled() and os.environ["TQDM_DISABLE"] == "0"
@@ -113,6 +114,9 @@ def test_library_bars_are_off_in_a_log_file(monkeypatch):
     try:
         quiet_library_bars()  # pytest's capture: not a terminal
         assert not hf_logging.is_progress_bar_enabled()
+        from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+        assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
     finally:
         hf_logging.enable_progress_bar()
     child = subprocess.run(

@@ -41,15 +41,17 @@ def duration(seconds: float) -> str:
 
 def quiet_library_bars() -> None:
     """Off a terminal, turn off the tqdm bars of libraries (transformers' "Loading weights" of
-    each model, the hub's downloads): here through transformers' switch, in the processes
-    started from here (Ray workers) through ``TQDM_DISABLE`` and ``HF_HUB_DISABLE_PROGRESS_BARS``,
-    which tqdm and the hub read when imported. A user's own TQDM_DISABLE wins."""
+    each model, the hub's downloads, MLflow's artifact downloads): here through transformers'
+    switch and MLflow's variable, in the processes started from here (Ray workers) through
+    ``TQDM_DISABLE`` and ``HF_HUB_DISABLE_PROGRESS_BARS``, which tqdm and the hub read when
+    imported. A user's own TQDM_DISABLE wins."""
     if on_terminal():
         return
     os.environ.setdefault("TQDM_DISABLE", "1")
     if os.environ["TQDM_DISABLE"].strip().lower() in ("", "0", "false", "no"):
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # read at each download
     try:
         from transformers.utils import logging as hf_logging
     except ImportError:  # pragma: no cover - transformers is a declared dependency
