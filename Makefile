@@ -3,10 +3,14 @@
 #   make test   - the default test suite (fast; slow tests: make test-slow)
 PY := .venv/bin/python
 
-.PHONY: venv demo smoke test test-slow test-all clean
+.PHONY: venv lock demo smoke test test-slow test-all clean
 
 venv:
 	@bash scripts/setup_venv.sh
+
+# resolve pyproject.toml again into requirements.lock (commit both together)
+lock: venv
+	$(PY) scripts/lock.py
 
 demo: venv
 	$(PY) tune_mkd.py --preset demo
@@ -15,6 +19,8 @@ smoke: venv
 	$(PY) tune_mkd.py --preset smoke
 
 test: venv
+	$(PY) scripts/lock.py --check
+	.venv/bin/ruff check .
 	.venv/bin/lint-imports --no-cache
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; fi; exit $$rc
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from orchestrator.app.run import resolve_run
 from orchestrator.config import ConfigError
+from orchestrator.runtime import progress
 from orchestrator.runtime.redact import has_secret, redact
 from orchestrator.stages.preflight import check_inputs
 
@@ -323,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _warn_secret_flag(getattr(args, "tracking_uri", None))
+    progress.quiet_library_bars()  # in a log file, progress lines only
     try:
         return args.fn(args)
     except (ConfigError, OSError, ValueError, LookupError, RuntimeError) as e:

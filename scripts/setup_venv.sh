@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Create and fill .venv when missing (idempotent). Prefers the CPU build of torch on machines
-# without an NVIDIA GPU: the local CPU wheel when pip can find it, else PyTorch's CPU index.
+# Create and fill .venv when missing or older than pyproject.toml or requirements.lock
+# (idempotent): the locked versions of every package (`make lock` writes the lock), then this
+# project itself without dependencies. torch is the lock's CPU build on machines without an
+# NVIDIA GPU (the local wheel when pip can find it, else PyTorch's CPU index, declared in
+# pyproject.toml), the same version's CUDA build from PyPI where there is one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -19,17 +22,23 @@ if [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then exit 0; fi
+lock=requirements.lock
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt "$lock" ]; then exit 0; fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    .venv/bin/pip install -q torch
-  else
-    .venv/bin/pip install -q "torch==2.13.0+cpu" 2>/dev/null \
-      || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu \
-      || .venv/bin/pip install -q torch
-  fi
+# a lock older than pyproject.toml still installs (so that `make lock` can run in this venv);
+# `make test` fails on it
+.venv/bin/python scripts/lock.py --check || true
+torch_pin=$(grep -m1 '^torch==' "$lock" | cut -d' ' -f1)
+cpu_index=$(sed -n '/name = "pytorch-cpu"/,/^url/s/^url = "\(.*\)"/\1/p' pyproject.toml)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  # the locked version's CUDA build (and its CUDA libraries) from PyPI
+  grep -v '^torch==' "$lock" > .venv/requirements-gpu.txt
+  .venv/bin/pip install -q -r .venv/requirements-gpu.txt "${torch_pin%+cpu}"
+else
+  .venv/bin/pip install -q "$torch_pin" 2>/dev/null \
+    || .venv/bin/pip install -q "$torch_pin" --extra-index-url "$cpu_index"
+  .venv/bin/pip install -q -r "$lock"
 fi
-.venv/bin/pip install -q -e ".[dev]"
+.venv/bin/pip install -q --no-deps -e .
 touch "$stamp"

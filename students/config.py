@@ -18,7 +18,8 @@ class StudentConfig:
                                   "embeddings of `teacher.model` (the pre-trained base model, "
                                   "not random:*; the size is its input-embedding size, the "
                                   "hidden size of a BERT: 384 for MiniLM-L6; words only [UNK] "
-                                  "to its tokenizer get the [UNK] row); null: random initialization. Ignored by transformer "
+                                  "to its tokenizer get the [UNK] row); null: random "
+                                  "initialization. Ignored by transformer "
                                   "students (they use the teacher's tokenizer; see "
                                   "`init_from_teacher`).")
     embed_dim: int = knob(300, "Embedding size when `embeddings` is null (else the vectors' "

@@ -241,6 +241,11 @@ def test_ray_train_settings_reach_every_worker_and_the_users_win(monkeypatch):
     assert env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "3"
     assert env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "1"
 
+    # bars off in a log file (progress.quiet_library_bars): the workers on every node too
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    rr.init_ray(address="10.0.0.1:6379", log=lambda m: None)
+    assert seen[-1]["runtime_env"]["env_vars"]["TQDM_DISABLE"] == "1"
+
 
 def test_trial_resources_hold_the_training_share_in_local_mode():
     """Train's workers hold the training CPUs themselves, so a trial holds a token share; a

@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -380,3 +381,61 @@ def test_registering_the_same_run_again_adds_no_version(tmp_path):
     assert len(client.search_model_versions("name='m'")) == 1
     assert client.get_run(parent.info.run_id).data.tags["distillray.registered_model"] == "m/1"
     assert client.get_model_version("m", "1").tags["final_best_dev_score"] == "0.8"
+
+
+# a child Python that cannot import this repository: what a fresh serving environment sees
+_NO_REPO = """
+import importlib.abc, json, sys
+class NoRepo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"orchestrator", "tasks", "students", "search_spaces", "knobs"}:
+            raise ModuleNotFoundError(f"{name}: this repository is not installed here")
+sys.meta_path.insert(0, NoRepo())
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+rows = pd.DataFrame({"text_a": json.loads(sys.argv[2])})
+print(json.dumps(model.predict(rows).to_dict("records")))
+"""
+
+
+def test_registered_model_needs_only_what_its_mlmodel_lists(tmp_path):
+    """The registered model is the ONNX export and its predict.py behind a models-from-code
+    pyfunc: its requirements are mlflow, pandas, numpy and onnxruntime (not distillray), and it
+    loads and answers where this repository cannot be imported, as the trained student does."""
+    import os
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.record.registry import register_best
+    from orchestrator.runtime import tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = tracking.get_experiment_id(client, "distillray", str(tmp_path / "artifacts"))
+    parent = client.create_run(exp, tags={tracking.TAG_KIND: "search", tracking.TAG_SEARCH: "s1"})
+    run = client.create_run(exp, tags={tracking.TAG_KIND: "trial", tracking.TAG_SEARCH: "s1"})
+    texts = ["a good film", "a bad film", "zxqv florbish !"]
+    st = make_student(tmp_path / "trial", "bilstm", ["sst2"], texts)
+    client.log_artifacts(run.info.run_id, str(st), "student")
+    assert register_best(client, uri, parent.info.run_id, run.info.run_id, "m",
+                         [(t, None) for t in texts]) == ("1", True)
+
+    mlflow.set_tracking_uri(uri)
+    model_dir = Path(mlflow.artifacts.download_artifacts("models:/m/1", dst_path=str(tmp_path / "m")))
+    reqs = (model_dir / "requirements.txt").read_text().split()
+    assert sorted(r.split("==")[0] for r in reqs) == ["mlflow", "numpy", "onnxruntime", "pandas"]
+    assert all("==" in r for r in reqs) and not any("distillray" in r for r in reqs)
+    code = [p for p in model_dir.rglob("*.py") if "export" not in p.parts]
+    assert code and not any(re.search(r"^\s*(from|import) (orchestrator|tasks|students)\b",
+                                      p.read_text(), re.M) for p in code)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["MLFLOW_TRACKING_URI"] = uri
+    out = subprocess.run([sys.executable, "-I", "-c", _NO_REPO, str(model_dir), json.dumps(texts)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    served = json.loads(out.stdout.strip().splitlines()[-1])
+    want = StudentPredictor(st).predict(texts)
+    assert [r["label"] for r in served] == [w["label"] for w in want]
+    assert np.allclose([r["logits"] for r in served], [w["logits"] for w in want], atol=1e-4)

@@ -92,7 +92,8 @@ def test_same_table_as_an_uninterrupted_report(runs):
     b = json.loads((runs["killed"] / "report.json").read_text())
     assert [(c["row"], c["task"]) for c in a["cells"]] == [("teacher", "sst2"),
                                                           ("bilstm_soft", "sst2")]
-    strip = lambda cells: [{k: c[k] for k in ("row", "task", "score", "metrics")} for c in cells]
+    def strip(cells):
+        return [{k: c[k] for k in ("row", "task", "score", "metrics")} for c in cells]
     assert strip(b["cells"]) == strip(a["cells"])
 
 

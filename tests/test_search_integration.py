@@ -343,3 +343,88 @@ def test_registered_model_is_served_and_answers_raw_text(smoke, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # a fresh environment: mlflow and its dependencies installed
+def test_registered_model_serves_from_a_fresh_environment_without_this_repo(smoke, tmp_path):
+    """The registered model serves from a new virtual environment holding only what its
+    MLmodel's requirements.txt lists (installed with the machine's pip set-up: its cache, its
+    local wheels), with this repository neither installed there nor on the path; its answer is
+    the one the exported predict.py gives in that environment."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    import mlflow
+
+    uri, _ = smoke
+    mlflow.set_tracking_uri(uri)
+    model = Path(mlflow.artifacts.download_artifacts("models:/smoke-student/1",
+                                                     dst_path=str(tmp_path / "model")))
+    reqs = (model / "requirements.txt").read_text().split()
+    assert reqs and not any("distillray" in r for r in reqs)
+    env_dir = tmp_path / "env"
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(env_dir)], check=True, timeout=300)
+    py, bindir = env_dir / "bin" / "python", env_dir / "bin"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = str(bindir) + os.pathsep + env.get("PATH", "")
+    pip = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r",
+                          str(model / "requirements.txt")], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    no_repo = subprocess.run([str(py), "-c", "import orchestrator"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert no_repo.returncode != 0 and "No module named 'orchestrator'" in no_repo.stderr
+
+    text = "a gripping , funny film"
+    ref = subprocess.run([str(py), str(model / "artifacts" / "export" / "predict.py"), text],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    want = json.loads(ref.stdout.strip().splitlines()[-1])
+
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [str(bindir / "mlflow"), "models", "serve", "-m", "models:/smoke-student/1",
+             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=f, stderr=subprocess.STDOUT, env={**env, "MLFLOW_TRACKING_URI": uri},
+            cwd=tmp_path, process_group=0)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, "the server exited:\n" + log.read_text()[-3000:]
+            assert time.time() < deadline, "no answer in 120 s:\n" + log.read_text()[-3000:]
+            time.sleep(1)
+        body = json.dumps({"dataframe_records": [{"text_a": text}]}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            got = json.loads(r.read())["predictions"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    assert len(got) == 1 and got[0]["label"] == want["label"]
+    assert got[0]["logits"] == pytest.approx(want["logits"], abs=1e-5)

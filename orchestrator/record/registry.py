@@ -9,6 +9,10 @@ from mlflow.tracking import MlflowClient
 from orchestrator.runtime import faults, tracking
 
 
+# the model's code, copied into each registered model: found, not imported (MLflow runs it)
+SERVED_MODEL_FILE = Path(__file__).resolve().parents[1] / "deploy" / "served_model.py"
+
+
 class NotFoundError(LookupError):
     pass
 
@@ -35,7 +39,8 @@ def best_child_run(client: MlflowClient, search: str, experiment: str = "distill
     runs = [r for r in runs if "final_best_dev_score" in r.data.metrics or "best_dev_score" in r.data.metrics]
     if not runs:
         raise NotFoundError(f"search {search!r} has no finished trial with a dev score")
-    key = lambda r: r.data.metrics.get("final_best_dev_score", r.data.metrics.get("best_dev_score"))
+    def key(r):
+        return r.data.metrics.get("final_best_dev_score", r.data.metrics.get("best_dev_score"))
     return parent, max(runs, key=key)
 
 
@@ -84,17 +89,35 @@ def registered_version(client: MlflowClient, model_name: str, run_id: str) -> st
     return str(max(int(v.version) for v in versions)) if versions else None
 
 
+def served_requirements(export_dir: str | Path) -> list[str]:
+    """What the registered model needs to serve, pinned to the versions here: MLflow, pandas,
+    numpy, ONNX Runtime, and ``tokenizers`` when the export's ``predict.py`` uses that package.
+    Not distillray: the model runs from its exported files alone."""
+    import json
+    from importlib.metadata import version
+
+    names = ["mlflow", "pandas", "numpy", "onnxruntime"]
+    info = json.loads((Path(export_dir) / "export.json").read_text())
+    if (info.get("tokenizer") or {}).get("kind") == "tokenizers":
+        names.append("tokenizers")
+    return [f"{n}=={version(n)}" for n in names]
+
+
 def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_id: str,
                   model_name: str, sample_texts: list[tuple[str, str | None]]) -> tuple[str, bool]:
     """Log the best student as an MLflow pyfunc model (signature + input example) in its trial run
     and register it under ``model_name``; returns the model version and whether it is new. A
     search run again (resumed after a kill during registration, or finished and run again) finds
-    the version registered from the same run and completes its tags instead of adding one."""
+    the version registered from the same run and completes its tags instead of adding one.
+
+    The model is the student exported to ONNX with its standalone ``predict.py`` (checked
+    against the trained student by the export), served by :mod:`orchestrator.deploy.served_model`:
+    it needs mlflow, pandas, numpy and onnxruntime, not this repository."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from orchestrator.deploy.serving import StudentPredictor, StudentPyfunc
+    from orchestrator.deploy.export import export_student
 
     version = registered_version(client, model_name, best_run_id)
     if version is not None:
@@ -103,19 +126,23 @@ def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_i
     mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as d:
         student = download_student(client, best_run_id, d)
-        pred = StudentPredictor(student)
+        pairs = bool(sample_texts) and sample_texts[0][1] is not None
+        checks = [a for a, _ in sample_texts] + ([b for _, b in sample_texts] if pairs else [])
+        # the export checks that predict.py and ONNX Runtime answer as the trained student does
+        exported = export_student(student, Path(d) / "export", formats=("onnx",),
+                                  check_texts=checks or None).out_dir
         cols = {"text_a": [a for a, _ in sample_texts]}
-        if sample_texts and sample_texts[0][1] is not None:
+        if pairs:
             cols["text_b"] = [b for _, b in sample_texts]
         example = pd.DataFrame(cols)
         # the output (label, probabilities, logits) holds nested values: only the input is typed
         signature = infer_signature(example)
-        pred.predict(cols["text_a"], cols.get("text_b"))  # the model answers before it is logged
         with mlflow.start_run(run_id=best_run_id):
             info = mlflow.pyfunc.log_model(
-                name="model", python_model=StudentPyfunc(), artifacts={"student": str(student)},
+                name="model", python_model=str(SERVED_MODEL_FILE),
+                artifacts={"export": str(exported)},
                 signature=signature, input_example=example, registered_model_name=model_name,
-                pip_requirements=["torch", "safetensors", "numpy", "pandas", "distillray"])
+                pip_requirements=served_requirements(exported))
     version = str(info.registered_model_version)
     faults.point("register_model")  # registered, not yet tagged
     _tag_version(client, model_name, version, best_run_id, parent_run_id)

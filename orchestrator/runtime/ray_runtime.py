@@ -61,6 +61,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None,
     if address == "local":
         address = None
     env_vars = {"TOKENIZERS_PARALLELISM": "false", **train_env(local=not address)}
+    # progress bars off in a log file (progress.quiet_library_bars): the workers' too, on any node
+    env_vars.update({k: os.environ[k] for k in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS")
+                     if k in os.environ})
     if address:
         gcs = _gcs_address(address)
         if gcs:  # as below: Train's placement-group cleaner must find this cluster, not another

@@ -27,7 +27,7 @@ import pandas as pd
 from orchestrator.config import (ExperimentConfig, SearchConfig, objectives, one_teacher,
                                  trial_config, with_values)
 from orchestrator.record import outcome
-from orchestrator.runtime import faults, tracking
+from orchestrator.runtime import faults, progress, tracking
 from orchestrator.runtime.ray_runtime import (check_budget, check_shared_paths, check_storage,
                                               env_storage_path, init_ray, trial_resources)
 from orchestrator.runtime.redact import has_secret, redact
@@ -301,6 +301,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         trainable = tune.with_resources(trainable, trial_resources(cfg))
         path = f"{storage.rstrip('/')}/{s.name}"
         _snapshot_often()
+        _tune_status_in_a_log_file()
         if resume and tune.Tuner.can_restore(path):
             log(f"[tune] resuming search {s.name} from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
@@ -531,12 +532,31 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
             env = f"PATH={shlex.quote(bindir)}:$PATH " + env
         lines.append(f"  serve it:      {env}mlflow models serve -m models:/{registered} "
                      f"--env-manager local --host 127.0.0.1 --port {port}")
+        # the model needs only what its MLmodel lists (mlflow, onnxruntime, ...), not this repo
+        lines.append(f"  or, anywhere:  {env}mlflow models serve -m models:/{registered} "
+                     f"--env-manager uv --host 127.0.0.1 --port {port}   # a fresh environment")
         lines.append(f"  ask it:        curl -s http://127.0.0.1:{port}/invocations -H "
                      f"'Content-Type: application/json' -d '{body}'")
     elif has_best:
         lines.append("  register it:   rerun with --set search.register_model=NAME to serve it "
                      "with `mlflow models serve`")
     return "\n".join(lines)
+
+
+def _tune_status_in_a_log_file(every_s: float = 300.0) -> None:
+    """Tune prints its trials' table every 30 s: a terminal shows each in turn, a log file keeps
+    every copy (about 1 KB each, most of a demo's log). Off a terminal, every ``every_s``
+    seconds instead; the trials' own report lines carry the progress between. Ray 2.60 has no
+    setting for it, so this sets its reporter's class attribute (``_heartbeat_freq``, marked
+    "make this configurable"); a Ray without it keeps its default."""
+    if progress.on_terminal():
+        return
+    try:
+        from ray.tune.experimental.output import ProgressReporter
+    except ImportError:  # pragma: no cover - a Ray that moved it: its default stays
+        return
+    if isinstance(getattr(ProgressReporter, "_heartbeat_freq", None), (int, float)):
+        ProgressReporter._heartbeat_freq = max(ProgressReporter._heartbeat_freq, every_s)
 
 
 def _snapshot_often(seconds: float = 2.0) -> None:

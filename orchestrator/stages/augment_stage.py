@@ -161,7 +161,7 @@ def _manifest_ok(folder: Path) -> dict[str, Any] | None:
             return None
         if file_digest(fpath, 64) != manifest["sha256"]:
             return None
-    except Exception:  # unreadable manifest or Parquet file: rebuild
+    except Exception:  # noqa: BLE001 - unreadable manifest or Parquet file: rebuild
         return None
     return manifest
 
@@ -316,12 +316,6 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, leave=False)
-
-
 _REMOTE: dict[str, Any] = {}
 
 
@@ -432,7 +426,7 @@ class _Run:
     """What one call needs beside the examples and the config."""
     mask_token: str
     pair_mode: str
-    progress: bool  # tqdm bars
+    progress: bool  # tqdm bars in place of the progress lines, on a terminal
     nltk_paths: list[str] | None
     parallel: bool
     seconds: _Seconds  # this call's id (in every chunk record it writes) and clock
@@ -463,7 +457,8 @@ def _tag(chunks: list[list[Example]], cfg: AugmentConfig, run: _Run,
     todo = [i for i, r in enumerate(results) if r is None]
     meter = StageProgress("augment", f"{run.task} POS tagging", sum(len(c) for c in chunks),
                           unit="examples", done=sum(len(chunks[i]) for i in range(len(chunks))
-                                                    if results[i] is not None), log=run.log)
+                                                    if results[i] is not None), log=run.log,
+                          bar=run.progress)
 
     def done(i: int, out: tuple) -> None:
         counts, tags, task_s = out
@@ -473,11 +468,10 @@ def _tag(chunks: list[list[Example]], cfg: AugmentConfig, run: _Run,
                                "task_seconds": task_s, "call": clock.call})
         clock.add(clock.tagging, clock.call, spent)
         results[i] = (counts, tags)
-        bar.update(len(chunks[i]))
         meter.update(len(chunks[i]))
         faults.point("augment_chunk")
 
-    with _progress(sum(len(chunks[i]) for i in todo), "augment: tagging", run.progress) as bar:
+    try:
         if run.parallel and todo:
             _run_bounded(lambda i: _remote("tag").remote(chunks[i], run.nltk_paths,
                                                          run.mask_token, cfg.max_words),
@@ -488,6 +482,8 @@ def _tag(chunks: list[list[Example]], cfg: AugmentConfig, run: _Run,
                 counts, tags = _tag_chunk(chunks[i], run.nltk_paths, run.mask_token,
                                           cfg.max_words)
                 done(i, (counts, tags, time.perf_counter() - t0))
+    finally:
+        meter.close()
     meter.finish()
     counts = aug.merge_counts(r[0] for r in results)
     return {t: dict(c) for t, c in counts.items()}, [r[1] for r in results]
@@ -522,7 +518,7 @@ def _augment(chunks: list[list[Example]], chunk_tags: list[list], lexicon, cfg: 
     draws = [sum(aug.n_iter_for(cfg, e.text_b is not None) for e in c) for c in chunks]
     meter = StageProgress("augment", run.task, sum(draws), unit="samples",
                           done=sum(d for d, t in zip(draws, tables) if t is not None),
-                          log=run.log)
+                          log=run.log, bar=run.progress)
 
     def done(i: int, out: tuple) -> None:
         data, st, task_s = out
@@ -533,11 +529,10 @@ def _augment(chunks: list[list[Example]], chunk_tags: list[list], lexicon, cfg: 
                     "seconds": spent, "task_seconds": task_s, "call": clock.call})
         clock.add(clock.augmenting, clock.call, spent)
         tables[i], stats[i] = table, st
-        bar.update(len(chunks[i]))
         meter.update(draws[i])
         faults.point("augment_chunk")
 
-    with _progress(sum(len(chunks[i]) for i in todo), "augment: sampling", run.progress) as bar:
+    try:
         if run.parallel and todo:
             import ray
 
@@ -551,6 +546,8 @@ def _augment(chunks: list[list[Example]], chunk_tags: list[list], lexicon, cfg: 
             for i in todo:
                 done(i, _augment_task(chunks[i], chunk_tags[i], lexicon, cfg, run.mask_token,
                                       run.pair_mode))
+    finally:
+        meter.close()
     meter.finish()
     merged = aug.AugmentStats()
     for st in stats:
@@ -634,7 +631,8 @@ def augment_dataset(
     ``data_key`` identifies the examples' content (the caller's data hash). ``mask_token`` is the
     teacher tokenizer's mask token. With ``cfg.enabled`` False the transfer set is the originals.
     ``log``: progress lines (at most every 30 s and at each phase's end), named by ``task``
-    (default: ``data_key`` up to its first ``:``); ``progress``: tqdm bars.
+    (default: ``data_key`` up to its first ``:``); ``progress``: tqdm bars in place of the
+    progress lines, on a terminal.
     Raises ``ValueError`` naming the field for a bad config,
     :class:`tasks.augment.NltkDataMissingError` before any work when NLTK data is missing, and
     :class:`orchestrator.runtime.keys.DiskFullError` when the disk fills (re-run once space is

@@ -85,8 +85,8 @@ def transfer_examples(cfg: ExperimentConfig, data: TaskData, work_root: Path, ma
     lab = t.column("label").to_pylist()
     ids = t.column("example_id").to_pylist()
     aug = t.column("aug_index").to_pylist()
-    examples = [Example(id=i * 1000 + k, text_a=a, text_b=b, label=l)
-                for i, k, a, b, l in zip(ids, aug, ta, tb, lab)]
+    examples = [Example(id=i * 1000 + k, text_a=a, text_b=b, label=y)
+                for i, k, a, b, y in zip(ids, aug, ta, tb, lab)]
     stats = {"n_in": res.n_in, "n_out": res.n_out, **{k: v for k, v in res.stats.items()
                                                       if isinstance(v, (int, float))}}
     return examples, stats, res.path
@@ -132,7 +132,8 @@ def data_stage_seconds(cfg: ExperimentConfig, data: dict[str, TaskData],
     resumption that contributed (what a results report quotes):
 
     - ``augment``: this config's transfer set
-      (:func:`orchestrator.stages.augment_stage.stage_seconds`); None when augmentation is off, the set is not finished, or it predates the record;
+      (:func:`orchestrator.stages.augment_stage.stage_seconds`); None when augmentation is off,
+      the set is not finished, or it predates the record;
     - ``label``: all bulk labeling into the task teacher's soft-label cache (its head and max
       length, every precision), whichever transfer sets it was for (with and without
       augmentation share the cache;

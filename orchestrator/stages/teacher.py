@@ -22,6 +22,7 @@ from orchestrator.config import TeacherConfig
 from orchestrator.runtime import faults
 from orchestrator.runtime.keys import atomic_dir, atomic_file, content_key
 from orchestrator.runtime.precision import autocast, resolve
+from orchestrator.runtime.progress import StageProgress
 from orchestrator.teachers.batching import length_grouped_batches, length_sorted_batches
 from orchestrator.teachers.teacher_model import (HEADS_FILE, RUN_RECORD_FILE, TeacherError,
                                                  base_model_identity, create_random_teacher)
@@ -309,18 +310,18 @@ class FinetuneRun:
     ``<partial>/checkpoint.pt`` atomically: weights, optimizer, schedule, step, the torch RNG,
     the best weights so far and the seconds spent. A killed run called again with the same
     teacher key resumes from it and takes the same batches; ``discard`` removes it once the
-    teacher is saved.
+    teacher is saved. Progress: a bar on a terminal, else a line through ``log`` at most every
+    ``every_s`` seconds (percent, rate, time left, loss).
     """
 
     def __init__(self, partial: Path, cfg: TeacherConfig, total: int, steps_per_epoch: int,
-                 desc: str, log=print):
+                 desc: str, log=print, every_s: float = 30.0):
         self.partial, self.cfg, self.total, self.desc, self.log = partial, cfg, total, desc, log
+        self.every_s = every_s
         self.steps_per_epoch = max(1, steps_per_epoch)
         self.path = partial / "checkpoint.pt"
 
     def fit(self, model, plan: list, step_fn, evaluate) -> dict:
-        from tqdm.auto import tqdm
-
         assert len(plan) == self.total
         opt, sched = optimizer_and_schedule(model, self.cfg, self.total)
         state = {"step": 0, "seconds": 0.0, "best_score": None, "best_step": None,
@@ -333,7 +334,8 @@ class FinetuneRun:
         model.train()
         t_start, t_saved = time.perf_counter(), time.perf_counter()
         spent0, first = state["seconds"], state["step"]
-        bar = tqdm(total=self.total, initial=first, desc=self.desc, unit="step")
+        meter = StageProgress("teacher", self.desc, self.total, unit="steps", done=first,
+                              log=self.log, every_s=self.every_s, bar=True)
         for step in range(first, self.total):
             loss = step_fn(model, plan[step])
             loss.backward()
@@ -342,8 +344,7 @@ class FinetuneRun:
             sched.step()
             opt.zero_grad(set_to_none=True)
             state["step"] = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            meter.update(1, note=f"loss {loss.item():.4f}")
             epoch_end = (step + 1) % self.steps_per_epoch == 0 or step + 1 == self.total
             if epoch_end:
                 self._evaluate(model, evaluate, state)
@@ -353,7 +354,7 @@ class FinetuneRun:
                 self._save(model, opt, sched, state)
                 t_saved = time.perf_counter()
             faults.point("teacher_finetune")  # after this step's checkpoint, if it wrote one
-        bar.close()
+        meter.close()  # the line below closes the stage
         if self.cfg.keep_best_epoch and state["best_model"] is not None:
             model.load_state_dict(state["best_model"])
         model.eval()

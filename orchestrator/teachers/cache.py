@@ -162,7 +162,8 @@ class SoftLabelCache:
     """Teacher logits keyed by text, shared by every trial that uses the same teacher setup.
 
     ``root``: local path or fsspec URI; ``teacher_key``:
-    :func:`~orchestrator.teachers.teacher_model.teacher_identity` of the teacher; ``tokenizer_name``: the tokenizer identity (for a teacher
+    :func:`~orchestrator.teachers.teacher_model.teacher_identity` of the teacher;
+    ``tokenizer_name``: the tokenizer identity (for a teacher
     dir that bundles its tokenizer, its files are already in ``teacher_key``); ``max_length``:
     the truncation length; ``head``: the resolved head name; ``precision``: the precision the
     labels were computed in (``fp32 | bf16 | fp16``).

@@ -600,7 +600,7 @@ class _ActorLabeler:
         todo = [(k, texts_a[first[k]], texts_b[first[k]] if texts_b is not None else None)
                 for k in missing]
         meter = StageProgress("label", task or head_name, len(first), unit="texts",
-                              done=len(first) - len(todo), log=log)
+                              done=len(first) - len(todo), log=log, bar=progress)
         truncated, retried = self._compute(todo, head_name, max_length, labels, cache, progress,
                                            precision, meter, t0)
         meter.finish()
@@ -617,8 +617,6 @@ class _ActorLabeler:
                  t_start: float | None = None) -> tuple[int, int]:
         if not todo:
             return 0, 0
-        from tqdm.auto import tqdm
-
         call = uuid.uuid4().hex[:12]  # this call's id in the cache's ledger
         last_flush = time.perf_counter() if t_start is None else t_start
         unsaved: dict[str, np.ndarray] = {}
@@ -641,8 +639,6 @@ class _ActorLabeler:
         load = [0] * len(self._actors)
         attempts = [0] * len(chunks)
         truncated = retried = 0
-        bar = tqdm(total=len(todo), unit="text", desc="teacher labels", disable=not progress,
-                   leave=False)
         try:
             while queue or inflight:
                 while queue:
@@ -675,7 +671,6 @@ class _ActorLabeler:
                     for (k, _, _), row in zip(chunks[cid], out):
                         labels[k] = row
                         unsaved[k] = row
-                    bar.update(len(out))
                     if meter is not None:
                         meter.update(len(out))
                     faults.point("labeling")
@@ -683,7 +678,6 @@ class _ActorLabeler:
                             or time.perf_counter() - last_flush >= self.cache_flush_s):
                         flush()
         finally:
-            bar.close()
             flush()  # keep finished work even when labeling fails part-way
         return truncated, retried
 

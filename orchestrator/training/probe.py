@@ -90,8 +90,9 @@ def default_models(words: int, pieces: int, include: list[str] | None = None,
             hf_bert(dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                           intermediate_size=1536), teacher_dir),
             bert_inputs(pieces, hf=True),
-            "6 x (384, 12 heads, ffn 1536)" + ("" if (teacher_dir is not None and (teacher_dir / "config.json").is_file())
-                                               else ", random weights"), pieces),
+            "6 x (384, 12 heads, ffn 1536)"
+            + ("" if (teacher_dir is not None and (teacher_dir / "config.json").is_file())
+               else ", random weights"), pieces),
         BASE: lambda: Bench(hf_bert({}), bert_inputs(pieces, hf=True),
                             "12 x (768, 12 heads, ffn 3072)", pieces),
         "BERT-large": lambda: Bench(
