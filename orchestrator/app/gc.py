@@ -6,7 +6,8 @@ Listed, with sizes, and removed only when asked (``--yes``):
   (``bundles/<key>``): no run of the tracking store names them (a teacher run's
   ``distillray.teacher_key`` tag, a trial's ``distillray.bundle`` tag, a teacher a kept bundle
   was labeled by), and Tune states (``tune/<name>``, ``<name>.scheduler``, ``<name>-<trial>``,
-  ``<name>.fingerprint.json``) of searches the store does not know. Registered models are runs of the store, so what they came from is kept.
+  ``<name>.fingerprint.json``) of searches the store does not know. Registered models are runs
+  of the store, so what they came from is kept.
 - **partial checkpoints**: teachers' ``teachers/.partial/<key>`` and unfinished transfer sets'
   ``transfer/<key>.parts`` (what a killed run resumes from; abandoned once its config is gone).
 - **temporary leftovers** of atomic writes killed midway (``.<name>.tmp-<id>``).

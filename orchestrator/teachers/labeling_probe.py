@@ -9,7 +9,8 @@ time (:func:`candidates`: attention kernel x weight casting, then the token budg
 threads; only the knobs the config leaves unset), compares each candidate's labels with fp32
 ones, and keeps the fastest whose argmax agreement passes ``pool.fidelity_threshold``
 (:func:`choose`; the incumbent when none passes). An actor of one thread is timed by its CPU
-seconds, which other processes on a shared core do not inflate; more threads, by wall time. The pool's fidelity gate then still checks the chosen settings on the first real texts.
+seconds, which other processes on a shared core do not inflate; more threads, by wall time. The
+pool's fidelity gate then still checks the chosen settings on the first real texts.
 
 The choice is kept per machine (CPU model, CPU flags, torch version), teacher, precision and
 CPU share, in ``<probe root>/labeling_probe/<key>.json`` (:func:`load_choice`,
