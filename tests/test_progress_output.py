@@ -108,6 +108,7 @@ def test_library_bars_are_off_in_a_log_file(monkeypatch):
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored afterwards
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "0")
+    hf_logging.enable_progress_bar()  # an earlier CLI call in this process may have turned it off
     quiet_library_bars()
     assert hf_logging.is_progress_bar_enabled() and os.environ["TQDM_DISABLE"] == "0"
     monkeypatch.delenv("TQDM_DISABLE")
