@@ -242,7 +242,10 @@ def test_stage_times_print_the_same_in_the_report_and_the_readme():
     from orchestrator.app.report import results_json, results_markdown, stage_seconds
     from orchestrator.app.report.table import _stage_note
 
-    stages = stage_seconds([], [], {}, None, 1978.6, {"labeling": 7199.5})
+    from types import SimpleNamespace
+
+    teachers = SimpleNamespace(seconds={"teacher": 0.0})  # the report's teacher stages
+    stages = stage_seconds([], [], teachers, 1978.6, {"labeling": 7199.5})
     assert stages == {"teacher": 0.0, "labeling": 7200.0, "measure": 1979.0}
     readme = results_markdown(results_json("full", [], [], pd.DataFrame(), stages))
     for text in (_stage_note(stages), readme):
@@ -293,7 +296,8 @@ def test_cell_key_follows_what_shapes_the_student():
     base = resolve_report("report_smoke", "small", ["sst2"], [])
     data = {"sst2": generate_task_data(get_task("sst2"), 30, 10, 0)}
     refs = {"sst2": TeacherRef("/t/a", "key-a", "sst2", 32)}
-    row = ROWS[3]  # bilstm_kd
+    by_id = {r.id: r for r in ROWS}
+    row = by_id["bilstm_kd"]
     key = cell_key(row, row_config(base, row, {}, ["sst2"]), data, refs)
     same = row_config(base, row, {"bilstm_kd": {"train.cpus_per_worker": 0.5}}, ["sst2"])
     assert cell_key(row, same, data, refs) == key  # resources do not change the student
@@ -301,4 +305,5 @@ def test_cell_key_follows_what_shapes_the_student():
     assert cell_key(row, lr, data, refs) != key
     other_teacher = {"sst2": TeacherRef("/t/b", "key-b", "sst2", 32)}
     assert cell_key(row, row_config(base, row, {}, ["sst2"]), data, other_teacher) != key
-    assert cell_key(ROWS[2], row_config(base, ROWS[2], {}, ["sst2"]), data, refs) != key
+    gold = by_id["bilstm_gold"]
+    assert cell_key(gold, row_config(base, gold, {}, ["sst2"]), data, refs) != key
