@@ -197,6 +197,14 @@ def _grid_of(row: Row, c: ExperimentConfig, grid: tuple[float, ...], rung: int |
     return lrs, rung
 
 
+def _grid_record(lrs: tuple[float, ...], pick: int, scores: list[float], rung: int | None,
+                 rung_scores: list | None) -> dict:
+    """How a cell picked its learning rate, as its tuning record keeps it."""
+    return {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
+            "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung else None,
+            "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None}
+
+
 def _grid_key(keys: list[str], rung: int | None) -> str:
     return keys[0] if len(keys) == 1 else content_key({"grid": keys, **({"rung": rung} if rung
                                                                        else {})})
@@ -235,9 +243,7 @@ def _single_cell(ctx: _Report, row: Row, cfg: ExperimentConfig, task: str, data,
         return _failed(ctx, row, task, key, e)
     chosen = trained[pick]
     m = _task_metrics(chosen.best, task)
-    tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
-              "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung else None,
-              "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None,
+    tuning = {**_grid_record(lrs, pick, scores, rung, rung_scores),
               "best_epoch": chosen.best.get("epoch"), "epochs_run": chosen.best.get("epochs_run"),
               "patience": c.train.patience, "max_epochs": c.train.epochs,
               **({"min_epochs": c.train.min_epochs} if c.train.min_epochs else {})}
@@ -313,10 +319,7 @@ def _mkd_cells(ctx: _Report, row: Row, cfg: ExperimentConfig, tasks: list[str], 
     cells = []
     for task in tasks:
         m = {k: v for k, v in best[task].items() if k not in ("epoch", "report")}
-        tuning = {"lr": lrs[pick], "lr_grid": list(lrs) if len(lrs) > 1 else None,
-                  "grid_scores": [float(x) for x in scores] if len(lrs) > 1 and not rung
-                  else None,
-                  "rung": rung, "rung_scores": [float(x) for x in rung_scores] if rung else None,
+        tuning = {**_grid_record(lrs, pick, scores, rung, rung_scores),
                   "selection": "per-task best dev report",
                   "best_epoch": best[task]["epoch"], "epochs_run": t.best.get("epochs_run"),
                   "patience": cfg.train.patience, "max_epochs": cfg.train.epochs,
