@@ -113,8 +113,9 @@ class PoolConfig:
                                 "teacher labels).")
     probe: bool = knob(True, "On a CPU in reduced precision: at pool start, time the labeling "
                        "settings (attention kernel, weight casting, and token budget and threads "
-                       "where unset) and keep the fastest that passes fidelity_threshold; once "
-                       "per machine and teacher.")
+                       "where unset) and keep the fastest that passes fidelity_threshold (a "
+                       "candidate must beat the default by over 5%); once per machine and "
+                       "teacher.")
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,17 @@ def sampled(run) -> dict:
     return {k: v for k, v in run.data.params.items() if k.startswith("sampled.")}
 
 
+def share_probe(ref_root: Path, root: Path) -> None:
+    """Give a run the reference's labeling-probe record (``pool.probe``). The probe picks the
+    fastest bf16 settings by timing, so two work roots on one machine can pick different
+    kernels, whose labels differ in the last bf16 bits, more than the 1e-4 the cache check
+    allows; with the record, every run labels as the reference did, as a resumed run in one
+    work root does."""
+    src = ref_root / "work" / "labeling_probe"
+    if src.is_dir():
+        shutil.copytree(src, root / "work" / "labeling_probe")
+
+
 def cache_rows(root: Path) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
     """Every soft-label shard under the work root, checked: (namespace -> text key -> logits,
     problems)."""
@@ -329,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             root = top / f"run{i + 1}-{p}"
             shutil.rmtree(root, ignore_errors=True)
             root.mkdir()
+            share_probe(ref_root, root)
             log = root / "log.txt"
             t1 = time.time()
             try:

@@ -29,8 +29,21 @@ def test_choose_falls_back_to_the_incumbent():
     other = LabelSettings("sdpa", "cast", 2048, 1)
     assert lp.choose([_trial(other, [0.1], agreement=0.5)], 0.995, DEFAULT) == DEFAULT
     assert lp.choose([], 0.995, DEFAULT) == DEFAULT
-    # a tie keeps the earlier trial (the incumbent is measured first)
-    assert lp.choose([_trial(DEFAULT, [1.0]), _trial(other, [1.0])], 0.9, other) == DEFAULT
+    # a tie keeps the incumbent, wherever it was measured
+    assert lp.choose([_trial(DEFAULT, [1.0]), _trial(other, [1.0])], 0.9, other) == other
+    assert lp.choose([_trial(DEFAULT, [1.0]), _trial(other, [1.0])], 0.9, DEFAULT) == DEFAULT
+
+
+def test_choose_keeps_the_incumbent_unless_clearly_faster():
+    other = LabelSettings("sdpa", "cast", 2048, 1)
+    # 3% faster is inside the timing noise: the incumbent stays, so runs label alike
+    assert lp.choose([_trial(DEFAULT, [1.0]), _trial(other, [0.97])], 0.995, DEFAULT) == DEFAULT
+    assert lp.choose([_trial(DEFAULT, [1.0]), _trial(other, [0.90])], 0.995, DEFAULT) == other
+    assert lp.choose([_trial(DEFAULT, [1.0]), _trial(other, [0.97])], 0.995, DEFAULT,
+                     margin=0.0) == other
+    # an incumbent that fails the threshold gives way to the fastest that passes
+    assert lp.choose([_trial(DEFAULT, [1.0], agreement=0.9), _trial(other, [0.99])], 0.995,
+                     DEFAULT) == other
 
 
 def test_candidates_vary_one_axis_and_only_unset_knobs():

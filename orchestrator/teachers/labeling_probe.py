@@ -94,6 +94,10 @@ def candidates(best: LabelSettings, stage: str, vary_budget: bool = True,
     return [best] + [c for c in out if c != best]
 
 
+# a candidate must be this much faster than the incumbent to replace it
+MARGIN = 0.05
+
+
 @dataclass
 class Trial:
     """One candidate's probe result: its seconds per round for the sample, and how its labels
@@ -126,14 +130,21 @@ class Trial:
                    str(d.get("clock", "wall")))
 
 
-def choose(trials: Sequence[Trial], threshold: float, default: LabelSettings) -> LabelSettings:
+def choose(trials: Sequence[Trial], threshold: float, default: LabelSettings,
+           margin: float = MARGIN) -> LabelSettings:
     """The settings of the fastest trial (lowest median seconds) whose agreement with fp32 is at
-    least ``threshold``; ``default`` when none passes or there are none. Ties keep the earlier
-    trial (the default is measured first)."""
+    least ``threshold``, when it beats ``default``'s trial by more than ``margin`` (a share of
+    the default's median); ``default`` otherwise, and when none passes or there are none. Ties
+    keep the earlier trial (the default is measured first). The margin keeps a timing wobble
+    from switching kernels, whose bf16 labels differ in the last bits, from run to run."""
     passing = [t for t in trials if t.agreement >= threshold and t.seconds]
     if not passing:
         return default
-    return min(passing, key=lambda t: t.median_s).settings
+    best = min(passing, key=lambda t: t.median_s)
+    incumbent = next((t for t in passing if t.settings == default), None)
+    if incumbent is not None and best.median_s >= incumbent.median_s * (1 - margin):
+        return default
+    return best.settings
 
 
 # ---------------------------------------------------------------------------------------------
