@@ -362,6 +362,7 @@ def test_registered_model_needs_only_what_its_mlmodel_lists(tmp_path):
     import os
 
     import mlflow
+    import yaml
     from mlflow.tracking import MlflowClient
 
     from orchestrator.record.registry import register_best
@@ -386,6 +387,12 @@ def test_registered_model_needs_only_what_its_mlmodel_lists(tmp_path):
     code = [p for p in model_dir.rglob("*.py") if "export" not in p.parts]
     assert code and not any(re.search(r"^\s*(from|import) (orchestrator|tasks|students)\b",
                                       p.read_text(), re.M) for p in code)
+    # it loads from its own copy of its code, not from a pickled class that names a module path
+    # of this repository: moving code in the repository never breaks a registered model
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models from code
+    assert (model_dir / Path(flavor["model_code_path"]).name).is_file()
+    assert not list(model_dir.rglob("*.pkl"))
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = uri
