@@ -1,4 +1,6 @@
-"""Shared fixtures: the local assets (skipped with a reason when absent), and a private Ray."""
+"""Shared fixtures: the local assets (skipped with a reason when absent), a private local Ray
+(plain, or started as a search starts it), a run guarded against doing work before its checks.
+Helpers that are not fixtures (tiny students, bundles, replayed curves) are in _support.py."""
 from __future__ import annotations
 
 import os
@@ -13,6 +15,68 @@ from orchestrator.config import find_assets
 # names (another user's, or a search running beside the tests). Tests of joining a cluster pass
 # its address explicitly.
 os.environ["RAY_ADDRESS"] = "local"
+
+
+def _private_ray(start):
+    """Start a private local Ray with ``start()`` unless one is up already; shut it down after
+    the module's tests only if this fixture started it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        start()
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private local Ray for tests of Ray tasks and actors: 2 CPUs, no dashboard, workers'
+    output and Ray's own logging kept out of the test's. Yields the ``ray`` module."""
+    import ray
+
+    yield from _private_ray(lambda: ray.init(address="local", num_cpus=2, include_dashboard=False,
+                                             log_to_driver=False, configure_logging=False))
+
+
+@pytest.fixture(scope="module")
+def ray_search():
+    """A private local Ray of 2 CPUs started as a search starts one (``init_ray``: the dashboard
+    on loopback, which Tune's trial clean-up needs, and the GCS port every worker is told), for
+    tests that run a search or Ray Train. Yields the ``ray`` module."""
+    from orchestrator.runtime.ray_runtime import init_ray
+
+    yield from _private_ray(lambda: init_ray(num_cpus=2, log=lambda m: None))
+
+
+@pytest.fixture()
+def guarded(tmp_path, monkeypatch):
+    """A working dir for a run that must stop at its input checks: no tracking URI, work root or
+    NLTK data from the environment, and a failure if a teacher is fine-tuned or Ray is started
+    (before or after the test). Yields the working dir."""
+    import ray
+
+    import orchestrator.runtime.ray_runtime
+    import orchestrator.search.search
+    import orchestrator.stages.teacher
+
+    def forbidden(what):
+        def f(*a, **k):
+            raise AssertionError(f"{what} was called before the bad input was reported")
+        return f
+
+    monkeypatch.chdir(tmp_path)
+    for name in ("MLFLOW_TRACKING_URI", "DISTILLRAY_WORK_ROOT", "NLTK_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(orchestrator.stages.teacher, "finetune_teacher",
+                        forbidden("finetune_teacher"))
+    monkeypatch.setattr(orchestrator.search.search, "init_ray", forbidden("init_ray"))
+    monkeypatch.setattr(orchestrator.runtime.ray_runtime, "init_ray", forbidden("init_ray"))
+    monkeypatch.setattr(ray, "init", forbidden("ray.init"))
+    assert not ray.is_initialized()
+    yield tmp_path
+    assert not ray.is_initialized()
 
 
 @pytest.fixture(scope="session")

@@ -471,19 +471,8 @@ def test_stage_cache_reuse_and_rebuild(tmp_path):
     assert len(list((tmp_path / TAGS_DIR).iterdir())) == 1
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 @needs_sst2
-def test_stage_output_identical_across_workers_and_chunks(tmp_path, ray_cluster):
+def test_stage_output_identical_across_workers_and_chunks(tmp_path, ray_local):
     examples = sst2_examples(300)
     examples += [Example(1000 + i, e.text_a, examples[i + 1].text_a, None)
                  for i, e in enumerate(examples[:40])]  # a few pairs, unlabeled

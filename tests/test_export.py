@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
-import random
 import re
 import subprocess
 import sys
@@ -19,23 +18,18 @@ import torch
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from _support import generated, make_student  # noqa: E402
 from orchestrator.config import ExperimentConfig, StudentConfig  # noqa: E402
 from orchestrator.deploy.export import export_student  # noqa: E402
 from orchestrator.deploy.serving import StudentPredictor  # noqa: E402
 from orchestrator.stages.pipeline import _spec_dict  # noqa: E402
 from orchestrator.training.train import build_from_meta, save_student  # noqa: E402
 from students.layers import set_export_mode  # noqa: E402
-from tasks.generated import generate_examples  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
 from tasks.text import tokenize  # noqa: E402
 from tasks.vocab import Vocab  # noqa: E402
 
 TOL = 1e-4
-TINY = {"bilstm": dict(embed_dim=12, hidden_size=10, relu_size=14, num_layers=2),
-        "bcn": dict(embed_dim=12, hidden_size=8),
-        "transformer": dict(tf_hidden=16, tf_layers=2, tf_heads=2, tf_ffn=32, max_length=24)}
-
-
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models on a shared machine: one thread is fastest and avoids spin contention."""
@@ -43,11 +37,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(prev)
-
-
-def generated(task: str, n: int = 12, seed: int = 0) -> list[tuple[str, str | None]]:
-    ex = generate_examples(get_task(task), n, random.Random(seed))
-    return [(e.text_a, e.text_b) for e in ex]
 
 
 def dev_texts(glue_dir: Path, folder: str, n: int) -> list[tuple[str, str | None]]:
@@ -61,38 +50,6 @@ def dev_texts(glue_dir: Path, folder: str, n: int) -> list[tuple[str, str | None
         a, b = head.index("#1 String"), head.index("#2 String")
         return [(r[a], r[b]) for r in rows]
     return [(r[head.index("sentence")], None) for r in rows]
-
-
-def make_student(tmp: Path, arch: str, tasks: list[str], texts: list[str], tokenizer_dir=None,
-                 seed: int = 0) -> Path:
-    """A random-weight student saved in orchestrator.training.train.save_student's layout."""
-    bundle = tmp / "bundle"
-    bundle.mkdir(parents=True, exist_ok=True)
-    if arch == "transformer":
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        tok.save_pretrained(str(bundle / "tokenizer"))
-        vocab_size, encoding = len(tok), "wordpiece"
-    else:
-        vocab = Vocab.build(texts)
-        vocab.save(bundle / "vocab.json")
-        vocab_size, encoding = len(vocab), "words"
-    specs = {t: get_task(t) for t in tasks}
-    meta = {"tasks": {t: {"num_outputs": s.num_outputs, "pair": s.is_pair,
-                          "regression": s.is_regression, "dev_splits": ["dev"],
-                          "spec": _spec_dict(s)} for t, s in specs.items()},
-            "encoding": encoding, "vocab_size": vocab_size}
-    cfg = ExperimentConfig(student=StudentConfig(arch=arch, dropout=0.1,
-                                                 **{"max_length": 20, **TINY[arch]}))
-    torch.manual_seed(seed)
-    model = build_from_meta(cfg, meta, None)
-    with torch.no_grad():  # padding rows stay zero; everything else non-trivial
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    out = tmp / "student"
-    out.mkdir()
-    save_student(model, out, cfg, meta, bundle)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -405,6 +362,7 @@ def test_registered_model_needs_only_what_its_mlmodel_lists(tmp_path):
     import os
 
     import mlflow
+    import yaml
     from mlflow.tracking import MlflowClient
 
     from orchestrator.record.registry import register_best
@@ -429,6 +387,12 @@ def test_registered_model_needs_only_what_its_mlmodel_lists(tmp_path):
     code = [p for p in model_dir.rglob("*.py") if "export" not in p.parts]
     assert code and not any(re.search(r"^\s*(from|import) (orchestrator|tasks|students)\b",
                                       p.read_text(), re.M) for p in code)
+    # it loads from its own copy of its code, not from a pickled class that names a module path
+    # of this repository: moving code in the repository never breaks a registered model
+    flavor = yaml.safe_load((model_dir / "MLmodel").read_text())["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"  # models from code
+    assert (model_dir / Path(flavor["model_code_path"]).name).is_file()
+    assert not list(model_dir.rglob("*.pkl"))
 
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["MLFLOW_TRACKING_URI"] = uri

@@ -141,12 +141,11 @@ def test_worker_labels_with_cast_weights_close_to_fp32(tmp_path):
     assert w.settings == cast  # the probe leaves the worker's settings as they were
 
 
-def test_pool_probes_once_prints_its_choice_and_configures_the_actors(tmp_path, capsys):
+def test_pool_probes_once_prints_its_choice_and_configures_the_actors(tmp_path, capsys,
+                                                                     ray_local):
     """A bf16 pool on a CPU probes at start, prints the choice, keeps the record under its probe
     root and gives every actor the chosen settings; a second pool on the same machine and
     teacher reads the record instead of probing; pool.probe=false and fp32 pools do not probe."""
-    import ray
-
     from orchestrator.teachers import teacher_pool
     from orchestrator.teachers.teacher_model import create_random_teacher
     from orchestrator.teachers.teacher_pool import TeacherPool
@@ -156,30 +155,26 @@ def test_pool_probes_once_prints_its_choice_and_configures_the_actors(tmp_path, 
     root = tmp_path / "work"
     base = dict(num_actors=1, cpus_per_actor=1, torch_threads=1, token_budget=256,
                 precision="bf16")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        teacher_pool._PROBED.clear()
-        with TeacherPool(path, PoolConfig(**base), probe_root=root) as pool:
-            record = pool.labeling
-            chosen = record["choice"]
-            assert pool.info["settings"] == chosen
-            # threads and budget fixed by the config: only the kernel stage ran (4 candidates)
-            assert [t["stage"] for t in record["trials"]] == ["kernel"] * 4
-            assert chosen["token_budget"] == 256 and chosen["threads"] == 1
-            out = pool.label_texts(["a good movie", "a bad plot"], progress=False)
-            assert out.logits.shape == (2, 2)
-        assert "teacher pool: labeling in bf16 on" in capsys.readouterr().out
-        assert len(list((root / "labeling_probe").glob("*.json"))) == 1
+    teacher_pool._PROBED.clear()
+    with TeacherPool(path, PoolConfig(**base), probe_root=root) as pool:
+        record = pool.labeling
+        chosen = record["choice"]
+        assert pool.info["settings"] == chosen
+        # threads and budget fixed by the config: only the kernel stage ran (4 candidates)
+        assert [t["stage"] for t in record["trials"]] == ["kernel"] * 4
+        assert chosen["token_budget"] == 256 and chosen["threads"] == 1
+        out = pool.label_texts(["a good movie", "a bad plot"], progress=False)
+        assert out.logits.shape == (2, 2)
+    assert "teacher pool: labeling in bf16 on" in capsys.readouterr().out
+    assert len(list((root / "labeling_probe").glob("*.json"))) == 1
 
-        teacher_pool._PROBED.clear()  # a new process: only the file remains
-        with TeacherPool(path, PoolConfig(**base), probe_root=root) as again:
-            assert again.labeling["choice"] == chosen
-            assert again.info["settings"] == chosen
-        assert "; probed before" in capsys.readouterr().out
+    teacher_pool._PROBED.clear()  # a new process: only the file remains
+    with TeacherPool(path, PoolConfig(**base), probe_root=root) as again:
+        assert again.labeling["choice"] == chosen
+        assert again.info["settings"] == chosen
+    assert "; probed before" in capsys.readouterr().out
 
-        for cfg in (PoolConfig(**dict(base, probe=False)), PoolConfig(**dict(base,
-                                                                             precision="fp32"))):
-            with TeacherPool(path, cfg, probe_root=root) as plain:
-                assert plain.labeling is None and plain.info["settings"] is None
-    finally:
-        ray.shutdown()
+    for cfg in (PoolConfig(**dict(base, probe=False)), PoolConfig(**dict(base,
+                                                                         precision="fp32"))):
+        with TeacherPool(path, cfg, probe_root=root) as plain:
+            assert plain.labeling is None and plain.info["settings"] is None

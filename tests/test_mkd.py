@@ -155,17 +155,7 @@ def test_multitask_teacher_has_every_head_and_is_reused(smoke):
     assert multitask_teacher_key(cfg.teacher, {t: data[t] for t in ("sst2", "mrpc")}) != res.key
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from orchestrator.runtime.ray_runtime import init_ray
-    init_ray(num_cpus=2, log=lambda m: None)
-    yield
-    ray.shutdown()
-
-
-def test_teacher_pool_serves_every_head(smoke, ray_session):
+def test_teacher_pool_serves_every_head(smoke, ray_search):
     from orchestrator.config import PoolConfig
     from orchestrator.teachers.teacher_model import load_teacher
     from orchestrator.teachers.teacher_pool import TeacherPool
@@ -281,7 +271,7 @@ def test_a_task_without_a_teacher_head_is_an_error(smoke):
 # a tiny multi-task search, end to end, read back from MLflow
 
 
-def test_mkd_smoke_search_records_per_task_metrics_in_mlflow(smoke, ray_session):
+def test_mkd_smoke_search_records_per_task_metrics_in_mlflow(smoke, ray_search):
     from mlflow.tracking import MlflowClient
 
     from orchestrator.runtime import tracking

@@ -92,16 +92,12 @@ def test_stream_fetches_a_window_ahead_not_the_whole_split(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def on_demand_search(tmp_path_factory):
+def on_demand_search(ray_search, tmp_path_factory):
     import os
 
-    import ray
-
     from orchestrator.app.run import resolve_run
-    from orchestrator.runtime.ray_runtime import init_ray
     from orchestrator.search.search import run_search
 
-    init_ray(num_cpus=2)
     work = tmp_path_factory.mktemp("on_demand")
     old = os.getcwd()
     os.chdir(work)
@@ -115,7 +111,6 @@ def on_demand_search(tmp_path_factory):
         yield uri, out, cfg, space, overrides
     finally:
         os.chdir(old)
-        ray.shutdown()
 
 
 def test_search_reports_twice_per_epoch_and_labels_as_it_trains(on_demand_search):

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from _support import replay
 from orchestrator.config import ConfigError, ExperimentConfig, SearchConfig, validate
 from orchestrator.search.pareto_asha import ParetoASHA, keeps, rung_milestones
 from orchestrator.search.search import make_scheduler, pareto_front, score_floor
@@ -34,22 +35,6 @@ TANG = {
 MAJORITY = 0.5092  # SST-2 dev accuracy of always predicting the training set's majority class
 
 
-def replay(scheduler, trials=TANG, score="dev_score", cost="latency_ms") -> dict[str, int]:
-    """Feed each trial's reports (one trial at a time, as max_concurrent=1 runs them) until the
-    scheduler stops it; the number of reports each trial got to make."""
-    made = {}
-    for tid, (latency, scores) in trials.items():
-        trial = SimpleNamespace(trial_id=tid)
-        scheduler.on_trial_add(None, trial)
-        for i, value in enumerate(scores, start=1):
-            action = scheduler.on_trial_result(None, trial, {
-                "training_iteration": i, score: value, cost: latency})
-            made[tid] = i
-            if action == "STOP":
-                break
-    return made
-
-
 def test_rungs_match_ray_asha():
     assert rung_milestones(1, 3, 13) == [1, 3, 9]
     assert rung_milestones(1, 2, 4) == [1, 2]
@@ -72,9 +57,9 @@ def test_on_the_tang_search_it_keeps_what_asha_keeps_plus_the_fast_student():
     from ray.tune.schedulers import ASHAScheduler
 
     asha = replay(ASHAScheduler(metric="dev_score", mode="max", time_attr="training_iteration",
-                                max_t=13, grace_period=1, reduction_factor=3))
+                                max_t=13, grace_period=1, reduction_factor=3), TANG)
     pareto = replay(ParetoASHA("dev_score", "latency_ms", max_t=13, grace_period=1,
-                               reduction_factor=3, floor=MAJORITY))
+                               reduction_factor=3, floor=MAJORITY), TANG)
     # what ASHA did in that search: 52ec5f75 (0.735 at 0.43 ms, the fastest good student) was
     # stopped at the third report, a hair below the top third of two trials 3.5 to 10 times slower
     assert asha["52ec5f75"] == 3

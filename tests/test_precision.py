@@ -170,19 +170,12 @@ def test_fidelity_measures_argmax_agreement_and_rmse():
 # the fidelity gate, with a tiny random teacher
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def _texts(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [" ".join(rng.choice(WORDS, int(rng.integers(1, 30)))) for _ in range(n)]
 
 
-def test_gate_falls_back_to_fp32_below_threshold_and_runs_once(ray_cluster, tmp_path, caplog):
+def test_gate_falls_back_to_fp32_below_threshold_and_runs_once(ray_local, tmp_path, caplog):
     teacher = create_random_teacher(tmp_path / "t", WORDS, num_labels=3, head_name="sst2",
                                     max_position=64, seed=1)
     texts = _texts(200, seed=0)

@@ -4,36 +4,8 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from orchestrator import cli
-
-
-@pytest.fixture()
-def guarded(tmp_path, monkeypatch):
-    """A working dir, and a failure if a teacher is fine-tuned or Ray is started."""
-    import ray
-
-    import orchestrator.runtime.ray_runtime
-    import orchestrator.search.search
-    import orchestrator.stages.teacher
-
-    def forbidden(what):
-        def f(*a, **k):
-            raise AssertionError(f"{what} was called before the bad input was reported")
-        return f
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("NLTK_DATA", raising=False)
-    monkeypatch.setattr(orchestrator.stages.teacher, "finetune_teacher",
-                        forbidden("finetune_teacher"))
-    monkeypatch.setattr(orchestrator.search.search, "init_ray", forbidden("init_ray"))
-    monkeypatch.setattr(orchestrator.runtime.ray_runtime, "init_ray", forbidden("init_ray"))
-    monkeypatch.setattr(ray, "init", forbidden("ray.init"))
-    assert not ray.is_initialized()
-    yield tmp_path
-    assert not ray.is_initialized()
 
 
 def _tune(capsys, *sets, preset="smoke"):

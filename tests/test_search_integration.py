@@ -16,16 +16,6 @@ from conftest import wait_for_health
 pytestmark = pytest.mark.timeout(600)
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    from orchestrator.runtime.ray_runtime import init_ray
-    init_ray(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture()
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -47,7 +37,7 @@ def _runs(uri: str, search: str):
 
 
 @pytest.fixture(scope="module")
-def smoke(ray_session, tmp_path_factory):
+def smoke(ray_search, tmp_path_factory):
     """One smoke search shared by the tests that read its record."""
     from orchestrator.search.search import run_search
 
@@ -129,7 +119,7 @@ def test_experiment_kind_trial_names_and_parent_comparison(smoke):
         assert "best_dev_score" in c.data.metrics and "latency_ms" in c.data.metrics
 
 
-def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
+def test_failing_trials_are_retried_then_marked_failed(ray_search, workdir):
     from orchestrator.search.search import run_search
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -152,7 +142,7 @@ def test_failing_trials_are_retried_then_marked_failed(ray_session, workdir):
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-trial", "train-workers"])
-def test_startup_draws_meet_the_first_rung_together(ray_session, workdir, workers):
+def test_startup_draws_meet_the_first_rung_together(ray_search, workdir, workers):
     """search.startup_rung=synchronous through Tune and Ray Train: each draw pauses at the first
     rung until all have reached it; the kept ones resume their Train run from the checkpoint of
     that report (not from scratch), the others stop; one child run per trial, none left running.

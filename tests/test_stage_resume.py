@@ -286,18 +286,6 @@ def test_augment_disk_full_is_a_clear_error_and_the_rerun_resumes(tmp_path, tiny
     assert res.path.read_bytes() == reference
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
-    yield ray
-    if started:
-        ray.shutdown()
-
-
 def test_augment_ray_path_resumes_with_only_the_missing_chunks(tmp_path, tiny_nltk_data,
                                                                reference, ray_local,
                                                                monkeypatch):

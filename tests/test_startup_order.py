@@ -5,9 +5,10 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from _support import TANG_ALONE, Recorder, replay
 from orchestrator.config import ConfigError, SearchConfig, build_config, load_space
 from orchestrator.search.pareto_asha import ParetoASHA
 from orchestrator.search.search import make_searcher
@@ -15,25 +16,6 @@ from orchestrator.search.startup_order import CheapestFirst, TrainingWork, start
 from tasks.data import Example
 from tasks.loaders import TaskData
 from tasks.registry import get_task
-from tests.test_pareto_asha import replay
-
-
-class Recorder(Searcher):
-    """Suggests {"k": n} for its n-th suggestion; records what it is told, under which id."""
-
-    def __init__(self):
-        super().__init__(metric="dev_score", mode="max")
-        self.suggested, self.results, self.completed = [], [], []
-
-    def suggest(self, trial_id):
-        self.suggested.append(trial_id)
-        return {"k": len(self.suggested) - 1}
-
-    def on_trial_result(self, trial_id, result):
-        self.results.append((trial_id, result["dev_score"]))
-
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        self.completed.append((trial_id, error))
 
 
 COSTS = [5.0, 1.0, 3.0, 1.0, 9.0]  # cost of the k-th draw
@@ -208,28 +190,8 @@ def test_word_vector_size_of_teacher_embeddings_is_the_base_models(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# why: the tang search's 8 configurations, each run alone to the end (2026-11-26, run
-# 20261126-011112): per trial in drawn order, (batch-1 latency ms, estimated work in 1e10,
-# seconds, dev accuracy at each of its 12 reports). Replayed under Pareto ASHA one at a time.
-
-TANG_ALONE = {
-    "ee6cb861": (5.77, 26.86, 201, [0.658, 0.656, 0.732, 0.752, 0.744, 0.747, 0.747, 0.751,
-                                   0.748, 0.749, 0.774, 0.769]),
-    "9fcc0c9f": (0.39, 1.54, 85, [0.509, 0.509, 0.509, 0.509, 0.538, 0.563, 0.57, 0.595,
-                                  0.614, 0.616, 0.612, 0.624]),
-    "ef1de1b1": (1.88, 8.69, 138, [0.663, 0.7, 0.737, 0.735, 0.757, 0.749, 0.755, 0.76, 0.764,
-                                  0.771, 0.766, 0.758]),
-    "5db50ab1": (0.5, 1.66, 110, [0.704, 0.648, 0.735, 0.74, 0.753, 0.757, 0.76, 0.767, 0.761,
-                                 0.757, 0.767, 0.778]),
-    "d7c93c10": (5.02, 29.26, 242, [0.584, 0.696, 0.679, 0.716, 0.667, 0.724, 0.718, 0.755,
-                                   0.728, 0.764, 0.749, 0.722]),
-    "42836c99": (1.58, 8.68, 100, [0.509, 0.593, 0.607, 0.635, 0.57, 0.634, 0.627, 0.622, 0.614,
-                                  0.608, 0.622, 0.631]),
-    "f2dd5ac5": (2.65, 15.17, 199, [0.655, 0.701, 0.725, 0.731, 0.716, 0.729, 0.747, 0.727,
-                                   0.734, 0.735, 0.725, 0.757]),
-    "223d8123": (4.81, 33.57, 389, [0.729, 0.757, 0.76, 0.76, 0.761, 0.784, 0.75, 0.768, 0.781,
-                                   0.773, 0.786, 0.778]),
-}
+# why: the tang search's 8 configurations (TANG_ALONE), each run alone to the end, replayed under
+# Pareto ASHA one at a time
 
 
 def replayed(order: list[str]) -> tuple[dict[str, int], float]:

@@ -11,10 +11,10 @@ import pytest
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
+from _support import TANG_ALONE, Recorder
 from orchestrator.config import ConfigError, SearchConfig, build_config
 from orchestrator.search.pareto_asha import PARKED, CohortLimiter, ParetoASHA
 from orchestrator.search.search import make_scheduler, synchronous_cohort
-from tests.test_startup_order import TANG_ALONE, Recorder
 
 MAJORITY = 0.5092
 CHEAPEST_FIRST = ["9fcc0c9f", "5db50ab1", "42836c99", "ef1de1b1", "f2dd5ac5", "ee6cb861",

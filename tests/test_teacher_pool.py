@@ -24,7 +24,6 @@ from orchestrator.teachers.teacher_pool import PoolResourceError, TeacherPool
 
 WORDS = ("the a movie film good bad great terrible plot actor boring fun slow sharp witty dull "
          "story scene music cast ending long short brilliant awful").split()
-NAMESPACE = "distillray-tests"
 MAXLEN = 64
 
 
@@ -68,14 +67,6 @@ def test_over_budget_item_gets_its_own_batch_and_order_is_restored():
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE,
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     return create_random_teacher(tmp_path_factory.mktemp("teacher") / "t", WORDS, num_labels=3,
                                  head_name="sst2", max_position=128, seed=1)
@@ -87,7 +78,7 @@ def direct(teacher_dir):
 
 
 @pytest.fixture(scope="module")
-def pool(ray_cluster, teacher_dir):
+def pool(ray_local, teacher_dir):
     # fp32: these tests compare the labels with direct fp32 model calls
     cfg = PoolConfig(num_actors=2, cpus_per_actor=0.5, token_budget=256, max_batch_size=8,
                      precision="fp32")
@@ -345,7 +336,7 @@ def test_two_train_workers_label_through_the_pool_client(pool, direct, tmp_path)
     assert all(r["max_err"] < 1e-5 for r in reports)
 
 
-def test_shutdown_kills_the_actors(ray_cluster, teacher_dir, pool):
+def test_shutdown_kills_the_actors(ray_local, teacher_dir, pool):
     with TeacherPool(teacher_dir, PoolConfig(num_actors=1, cpus_per_actor=0.5)) as p:
         actor = p.actors[0]
         assert p.label_texts(["good film"], progress=False).logits.shape == (1, 3)

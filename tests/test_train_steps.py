@@ -6,57 +6,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import build_config
+from _support import random_bundle, tiny_config
 from orchestrator.training import worker
-from orchestrator.training.bundle import write_split
 from orchestrator.training.train import REPORT
 from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from orchestrator.training.worker import (InProcess, Progress, Reporter, batches, resume,
                                           run_stage1, run_stage2, setup, stage1_reports)
-from tasks.registry import get_task
 
 TIMING = ("epoch_seconds", "latency_ms", "checkpoint_path")
-
-
-def _bundle(root: Path, tasks=("sst2",), n: int = 96, n_dev: int = 32, vocab: int = 40) -> Path:
-    """A bundle as the pipeline writes one (word ids, teacher logits), of random rows."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    meta = {}
-    for t in tasks:
-        spec = get_task(t)
-        k = len(spec.label_names)
-
-        def ids(m):
-            return [list(map(int, rng.integers(2, vocab, size=rng.integers(2, 9))))
-                    for _ in range(m)]
-
-        write_split(root / f"train-{t}.parquet", ids(n), None, None,
-                    rng.integers(0, k, n).astype(float), rng.normal(size=(n, k)))
-        write_split(root / f"dev-{t}-dev.parquet", ids(n_dev), None, None,
-                    rng.integers(0, k, n_dev).astype(float))
-        meta[t] = {"num_outputs": k, "pair": False, "regression": False, "dev_splits": ["dev"],
-                   "train_size": n, "spec": {key: (list(v) if isinstance(v, tuple) else v)
-                                             for key, v in asdict(spec).items()}}
-    (root / "meta.json").write_text(json.dumps({"tasks": meta, "encoding": "words",
-                                                "vocab_size": vocab, "embed_dim": None,
-                                                "soft_labels": "precomputed"}))
-    return root
-
-
-def _cfg(**train):
-    # dropout draws from the torch RNG as it trains: a resume must restore it
-    return build_config({"student": {"arch": "bilstm", "embed_dim": 8, "hidden_size": 6,
-                                     "relu_size": 8, "dropout": 0.2},
-                         "train": {"num_workers": 0, "batch_size": 16, "lr": 0.01,
-                                   "torch_threads": 1, **train}})
 
 
 class _Killed(Exception):
@@ -107,19 +70,19 @@ def _scripted(monkeypatch, scores: list[float]):
 # setup, batches
 
 def test_setup_builds_the_seeded_student_and_probes_it_on_rank_0(tmp_path):
-    b = _bundle(tmp_path / "b")
-    first, second = setup(_cfg(), b), setup(_cfg(), b, rank=1, world=2)
+    b = random_bundle(tmp_path / "b")
+    first, second = setup(tiny_config(), b), setup(tiny_config(), b, rank=1, world=2)
     assert _same_weights(first.model, second.model)
     assert set(first.probe) == {"latency_ms", "non_embedding_params", "params"}
     assert second.probe == {}  # only rank 0 measures
     assert first.optimizer.param_groups[0]["lr"] == 0.01
     assert list(first.specs) == ["sst2"] and len(first.train["sst2"]) == 96
-    assert not _same_weights(setup(_cfg(seed=1), b).model, first.model)
+    assert not _same_weights(setup(tiny_config(seed=1), b).model, first.model)
 
 
 def test_batches_shard_the_rows_by_rank(tmp_path):
-    b = _bundle(tmp_path / "b", ("sst2", "cola"))
-    w = setup(_cfg(), b, rank=1, world=2)
+    b = random_bundle(tmp_path / "b", ("sst2", "cola"))
+    w = setup(tiny_config(), b, rank=1, world=2)
     data = batches(w, Progress())
     assert list(data.streams["cola"].shard) == list(range(1, 96, 2))
     assert data.sizes == {"sst2": 96, "cola": 96}
@@ -131,18 +94,18 @@ def test_batches_shard_the_rows_by_rank(tmp_path):
 # resume
 
 def test_a_fresh_start_resumes_nothing(tmp_path):
-    w = setup(_cfg(), _bundle(tmp_path / "b"))
+    w = setup(tiny_config(), random_bundle(tmp_path / "b"))
     assert resume(w, None) == Progress()
 
 
 def test_resume_restores_weights_optimizer_rng_and_streams(tmp_path):
-    b = _bundle(tmp_path / "b")
+    b = random_bundle(tmp_path / "b")
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
-    _steps(_cfg(epochs=3), b, ck, [], kill_after=2)
+    _steps(tiny_config(epochs=3), b, ck, [], kill_after=2)
     d = _latest(ck)
     saved = torch.load(d / "resume.pt", weights_only=True)
 
-    w = setup(_cfg(epochs=3), b)
+    w = setup(tiny_config(epochs=3), b)
     torch.manual_seed(123)  # whatever the RNG holds now, resume puts back the checkpoint's
     progress = resume(w, d)
     assert (progress.start, progress.done, progress.stage1_reports) == (2, False, None)
@@ -165,8 +128,8 @@ def test_a_run_cut_after_any_report_ends_as_one_never_cut(tmp_path, cut):
     """MKD, two reports per epoch, stage 2: cut in stage 1 mid-epoch (1), at an epoch's end
     (3... 4: stage 1's last) and in stage 2 (5); the resumed run reports what the uncut one did
     and ends with the same students, byte for byte."""
-    b = _bundle(tmp_path / "b", ("sst2", "cola"))
-    cfg = _cfg(epochs=2, evals_per_epoch=2, finetune_epochs=2)
+    b = random_bundle(tmp_path / "b", ("sst2", "cola"))
+    cfg = tiny_config(epochs=2, evals_per_epoch=2, finetune_epochs=2)
     whole, cut_run = TrialCheckpoints(str(tmp_path / "s"), "whole"), TrialCheckpoints(
         str(tmp_path / "s"), "cut")
     ref: list = []
@@ -190,7 +153,7 @@ def test_a_run_cut_after_any_report_ends_as_one_never_cut(tmp_path, cut):
 def test_reports_carry_their_number_epoch_and_startup_once(tmp_path):
     sent: list = []
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
-    _steps(_cfg(epochs=2, evals_per_epoch=2), _bundle(tmp_path / "b"), ck, sent,
+    _steps(tiny_config(epochs=2, evals_per_epoch=2), random_bundle(tmp_path / "b"), ck, sent,
            startup={"startup_seconds": 7.0})
     assert [m[REPORT] for m in sent] == [1, 2, 3, 4]
     assert [m["epoch"] for m in sent] == [0.5, 1.0, 1.5, 2.0]
@@ -215,7 +178,7 @@ def test_patience_stops_stage_1_after_that_many_epochs_without_a_better_score(
     _scripted(monkeypatch, scores)
     sent: list = []
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
-    _steps(_cfg(epochs=5, patience=1, evals_per_epoch=evals), _bundle(tmp_path / "b"), ck, sent)
+    _steps(tiny_config(epochs=5, patience=1, evals_per_epoch=evals), random_bundle(tmp_path / "b"), ck, sent)
     assert [m["dev_score"] for m in sent] == scores[:stops_after]
     state = json.loads((_latest(ck) / "train_state.json").read_text())
     assert state == {"report": stops_after - 1, "best": 0.6, "bad_epochs": evals, "done": True}
@@ -230,8 +193,8 @@ def test_patience_counts_only_after_min_epochs(tmp_path, monkeypatch, evals):
     _scripted(monkeypatch, scores)
     sent: list = []
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
-    _steps(_cfg(epochs=8, patience=1, min_epochs=3, evals_per_epoch=evals),
-           _bundle(tmp_path / "b"), ck, sent)
+    _steps(tiny_config(epochs=8, patience=1, min_epochs=3, evals_per_epoch=evals),
+           random_bundle(tmp_path / "b"), ck, sent)
     assert [m["dev_score"] for m in sent] == scores[:4 * evals]
     state = json.loads((_latest(ck) / "train_state.json").read_text())
     assert state == {"report": 4 * evals - 1, "best": 0.2, "bad_epochs": evals, "done": True}
@@ -240,7 +203,7 @@ def test_patience_counts_only_after_min_epochs(tmp_path, monkeypatch, evals):
 def test_min_epochs_past_a_flat_start_trains_min_plus_patience_epochs(tmp_path, monkeypatch):
     _scripted(monkeypatch, [0.0] * 20)
     sent: list = []
-    _steps(_cfg(epochs=10, patience=2, min_epochs=5), _bundle(tmp_path / "b"),
+    _steps(tiny_config(epochs=10, patience=2, min_epochs=5), random_bundle(tmp_path / "b"),
            TrialCheckpoints(str(tmp_path / "s"), "run"), sent)
     assert len(sent) == 7  # without min_epochs: 3 (the first report, then 2 without a better)
 
@@ -249,8 +212,8 @@ def test_resumed_after_patience_stopped_stage_1_goes_on_with_stage_2(tmp_path, m
     """Killed right after stage 1's early stop: the resumed run makes no stage-1 report and
     numbers stage 2's epochs on from where stage 1 stopped."""
     _scripted(monkeypatch, [0.5, 0.6, 0.6])
-    b = _bundle(tmp_path / "b", ("sst2", "cola"))
-    cfg = _cfg(epochs=6, patience=1, finetune_epochs=2)
+    b = random_bundle(tmp_path / "b", ("sst2", "cola"))
+    cfg = tiny_config(epochs=6, patience=1, finetune_epochs=2)
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
     sent: list = []
     _steps(cfg, b, ck, sent, kill_after=3)
@@ -275,8 +238,8 @@ def test_resumed_after_patience_stopped_stage_1_goes_on_with_stage_2(tmp_path, m
 def test_stage_2_reports_as_further_epochs_with_each_tasks_student(tmp_path):
     sent: list = []
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
-    _steps(_cfg(epochs=2, evals_per_epoch=2, finetune_epochs=2),
-           _bundle(tmp_path / "b", ("sst2", "cola")), ck, sent)
+    _steps(tiny_config(epochs=2, evals_per_epoch=2, finetune_epochs=2),
+           random_bundle(tmp_path / "b", ("sst2", "cola")), ck, sent)
     assert [(m[REPORT], m["epoch"], m["stage"]) for m in sent] == [
         (1, 0.5, 1), (2, 1.0, 1), (3, 1.5, 1), (4, 2.0, 1), (5, 3, 2), (6, 4, 2)]
     assert {"sst2_train_loss", "cola_train_loss", "sst2_score", "cola_score"} <= set(sent[-1])
@@ -295,8 +258,8 @@ def test_a_done_checkpoint_trains_nothing(tmp_path, monkeypatch):
     returns before anything trains or reports."""
     import ray.train
 
-    b = _bundle(tmp_path / "b")
-    cfg = _cfg(epochs=2)
+    b = random_bundle(tmp_path / "b")
+    cfg = tiny_config(epochs=2)
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
     _steps(cfg, b, ck, [])
     before = {p.name: p.read_bytes() for p in _latest(ck).iterdir()}
@@ -318,8 +281,8 @@ def test_the_top_function_resumes_a_cut_run_as_the_steps_do(tmp_path, monkeypatc
     3, run again, the same students as the steps' uncut run."""
     import ray.train
 
-    b = _bundle(tmp_path / "b")
-    cfg = _cfg(epochs=3)
+    b = random_bundle(tmp_path / "b")
+    cfg = tiny_config(epochs=3)
     ref = TrialCheckpoints(str(tmp_path / "s"), "ref")
     _steps(cfg, b, ref, [])
     sent: list = []
@@ -348,8 +311,8 @@ def test_paused_at_a_rung_then_started_again_ends_as_a_run_never_paused(tmp_path
     a run never paused."""
     import ray.train
 
-    b = _bundle(tmp_path / "b")
-    cfg = _cfg(epochs=3)
+    b = random_bundle(tmp_path / "b")
+    cfg = tiny_config(epochs=3)
     ref = TrialCheckpoints(str(tmp_path / "s"), "ref")
     _steps(cfg, b, ref, [])
     sent: list = []
@@ -372,8 +335,8 @@ def test_paused_at_a_rung_then_started_again_ends_as_a_run_never_paused(tmp_path
 
 
 def test_run_stage1_until_returns_none_when_it_paused_and_the_count_when_it_ended(tmp_path):
-    b = _bundle(tmp_path / "b")
-    cfg = _cfg(epochs=2)
+    b = random_bundle(tmp_path / "b")
+    cfg = tiny_config(epochs=2)
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
     w = setup(cfg, b)
     progress = Progress()
@@ -410,7 +373,7 @@ class _Sink:
 
 @pytest.mark.parametrize("rank", [0, 1])
 def test_reporter_logs_and_checkpoints_on_rank_0_only(tmp_path, rank):
-    w = setup(_cfg(), _bundle(tmp_path / "b"), rank=rank, world=2)
+    w = setup(tiny_config(), random_bundle(tmp_path / "b"), rank=rank, world=2)
     sink, client = _Sink(), _Client()
     Reporter(w, sink, client if rank == 0 else None, "run-1")(
         2, {"epoch": 3, "train_loss": 0.5, "dev_score": 0.7, "best_dev_score": 0.8},
@@ -438,7 +401,7 @@ def test_distilled_gives_the_last_and_best_checkpoint_in_either_mode(tmp_path):
 
     sent: list = []
     ck = TrialCheckpoints(str(tmp_path / "s"), "run")
-    _steps(_cfg(epochs=3), _bundle(tmp_path / "b"), ck, sent)
+    _steps(tiny_config(epochs=3), random_bundle(tmp_path / "b"), ck, sent)
     with Distilled(None, str(tmp_path / "s"), "run", local=True).checkpoint_dirs() as (last, best):
         assert json.loads((last / "metrics.json").read_text())[REPORT] == 3
         best_report = max(sent, key=lambda m: (m["dev_score"], -m[REPORT]))[REPORT]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from _support import random_bundle, tiny_config
 from orchestrator.training.trial_checkpoints import STATE_FILE, TrialCheckpoints
 
 
@@ -85,10 +86,9 @@ def test_local_mode_outside_a_tune_trial_trains_in_this_process_and_resumes(tmp_
     import torch
 
     from orchestrator.training.distill import distill_one
-    from test_train_steps import _bundle, _cfg
 
-    bundle = _bundle(tmp_path / "bundle")
-    cfg = _cfg(epochs=3, torch_threads=1)
+    bundle = random_bundle(tmp_path / "bundle")
+    cfg = tiny_config(epochs=3, torch_threads=1)
     threads = torch.get_num_threads()
     storage = str(tmp_path / "train")
     try:

@@ -19,7 +19,8 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
 def resolve_run(preset: str, sets: list[str] | None = None, assets: str | None = None,
                 extra: dict[str, Any] | None = None):
     """Returns (space, cfg, overrides). ``overrides`` carries every resolved value (asset paths
-    included) so each trial rebuilds exactly the same base config."""
+    included): the startup order's cost estimates rebuild trial configs from it
+    (``config.apply_sample``); the trials themselves derive theirs from ``cfg``."""
     return resolve_overrides(preset, {**(extra or {}), **parse_sets(sets)}, assets)
 
 
