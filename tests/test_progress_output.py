@@ -97,7 +97,8 @@ def test_rates_below_ten_a_second_keep_two_digits():
 
 def test_library_bars_are_off_in_a_log_file(monkeypatch):
     """Off a terminal, transformers' own bars ("Loading weights") are off in this process and
-    tqdm's in the processes it starts (TQDM_DISABLE); a user's TQDM_DISABLE=0 wins."""
+    tqdm's in the processes it starts (TQDM_DISABLE), and Ray prints its workers' line prefixes
+    without colour codes; a user's TQDM_DISABLE=0 wins."""
     import subprocess
     import sys
 
@@ -107,6 +108,7 @@ def test_library_bars_are_off_in_a_log_file(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)  # restored afterwards
     monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    monkeypatch.delenv("RAY_COLOR_PREFIX", raising=False)
     monkeypatch.setenv("TQDM_DISABLE", "0")
     hf_logging.enable_progress_bar()  # an earlier CLI call in this process may have turned it off
     quiet_library_bars()
@@ -115,6 +117,7 @@ def test_library_bars_are_off_in_a_log_file(monkeypatch):
     try:
         quiet_library_bars()  # pytest's capture: not a terminal
         assert not hf_logging.is_progress_bar_enabled()
+        assert os.environ["RAY_COLOR_PREFIX"] == "0"  # Ray's worker-line prefix, uncoloured
         from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
         assert MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.get() is False
