@@ -282,3 +282,22 @@ def test_trial_lines_pickle_without_their_log():
     lines = TrialLines("dev_score", "max", 3, log=lambda m: seen.append(m))
     copy = pickle.loads(pickle.dumps(lines))
     assert copy.log is print and copy.total_reports == 3 and lines.log is not print
+
+
+def test_a_restored_search_gets_this_calls_output():
+    """Tune restores a search with the run config it was started with; a search started on a
+    terminal and resumed into a log file gets the log file's output (and back)."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from orchestrator.search.search import _restored_output
+    from orchestrator.search.trial_lines import TrialLines
+
+    saved = tune.RunConfig(verbose=0, callbacks=[TrialLines("dev_score", "max", 3)])
+    tuner = SimpleNamespace(_local_tuner=SimpleNamespace(get_run_config=lambda: saved))
+    _restored_output(tuner, 1, [])  # resumed on a terminal
+    assert saved.verbose == 1 and saved.callbacks == []
+    fresh = TrialLines("dev_score", "max", 3)
+    _restored_output(tuner, 0, [fresh])  # and into a log file again
+    assert saved.verbose == 0 and saved.callbacks == [fresh]
