@@ -21,8 +21,9 @@ pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 3
 # what a trial's log costs, and the rest of a search's (data, Ray, teacher, labels, the results
-# table, the next steps): measured about 0.7 KB and 4.6 KB on the smoke preset. A Tune trial table
-# alone is about 1 KB a copy and each trial's boxed config and result about 2 KB
+# table, the next steps): measured about 0.7 KB and 4.6 KB on the smoke preset. With Tune's
+# output a trial cost about 3.1 KB (its config and result boxed), and its trial table about 1 KB
+# a copy, so 3 trials came to 16 KB: well over this bound
 PER_TRIAL, FIXED = 1_200, 8_000
 ENDING = re.compile(r"^\[trial\] (\w+) (finished at report \d+/\d+|finished early at report "
                     r"\d+/\d+ \(patience\)|stopped at rung \d+ \(report \d+/\d+\)|"
