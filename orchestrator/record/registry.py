@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -137,7 +138,11 @@ def register_best(client: MlflowClient, uri: str, parent_run_id: str, best_run_i
         example = pd.DataFrame(cols)
         # the output (label, probabilities, logits) holds nested values: only the input is typed
         signature = infer_signature(example)
-        with mlflow.start_run(run_id=best_run_id):
+        with mlflow.start_run(run_id=best_run_id), warnings.catch_warnings():
+            # MLflow suggests type hints on predict each time it loads the served model (three
+            # times while logging it, in colour): the signature is given here instead
+            warnings.filterwarnings("ignore", message=r"(\x1b\[\d+m)?Add type hints to the "
+                                    r"`predict` method", category=UserWarning)
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(SERVED_MODEL_FILE),
                 artifacts={"export": str(exported)},

@@ -44,9 +44,12 @@ def quiet_library_bars() -> None:
     each model, the hub's downloads, MLflow's artifact downloads): here through transformers'
     switch and MLflow's variable, in the processes started from here (Ray workers) through
     ``TQDM_DISABLE`` and ``HF_HUB_DISABLE_PROGRESS_BARS``, which tqdm and the hub read when
-    imported. A user's own TQDM_DISABLE wins."""
+    imported. A user's own TQDM_DISABLE wins. Also off a terminal: the ``(_trial pid=...)``
+    prefix Ray puts before a worker's lines without its colour codes (``RAY_COLOR_PREFIX=0``,
+    read as each line is printed), which a file keeps as escape sequences."""
     if on_terminal():
         return
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     os.environ.setdefault("TQDM_DISABLE", "1")
     if os.environ["TQDM_DISABLE"].strip().lower() in ("", "0", "false", "no"):
         return

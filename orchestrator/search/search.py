@@ -301,10 +301,11 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
         trainable = tune.with_resources(trainable, trial_resources(cfg))
         path = f"{storage.rstrip('/')}/{s.name}"
         _snapshot_often()
-        _tune_status_in_a_log_file()
+        verbose, callbacks = tune_output(s, cfg.train, log)
         if resume and tune.Tuner.can_restore(path):
             log(f"[tune] resuming search {s.name} from {path}")
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+            _restored_output(tuner, verbose, callbacks)
         else:
             cohort = synchronous_cohort(s)
             searcher = make_searcher(s, space, overrides, data, cfg.train.seed, log)
@@ -326,7 +327,7 @@ def run_search(cfg: ExperimentConfig, space: SearchSpace, overrides: dict[str, A
                                             num_samples=s.num_samples,
                                             reuse_actors=cfg.train.num_workers == 0),
                 run_config=tune.RunConfig(
-                    name=s.name, storage_path=storage, verbose=1,
+                    name=s.name, storage_path=storage, verbose=verbose, callbacks=callbacks,
                     failure_config=tune.FailureConfig(max_failures=s.max_failures)))
         results = tuner.fit()
     table = results_table(results, s.metric, cfg.train.epochs)
@@ -543,20 +544,39 @@ def next_steps(search: str, uri: str, experiment: str, exp_id: str, has_best: bo
     return "\n".join(lines)
 
 
-def _tune_status_in_a_log_file(every_s: float = 300.0) -> None:
-    """Tune prints its trials' table every 30 s: a terminal shows each in turn, a log file keeps
-    every copy (about 1 KB each, most of a demo's log). Off a terminal, every ``every_s``
-    seconds instead; the trials' own report lines carry the progress between. Ray 2.60 has no
-    setting for it, so this sets its reporter's class attribute (``_heartbeat_freq``, marked
-    "make this configurable"); a Ray without it keeps its default."""
+def tune_output(s: SearchConfig, tc, log: Callable = print) -> tuple[int, list]:
+    """Tune's verbosity and the callbacks that show the search. On a terminal, Tune's own
+    output (verbose=1: its trial table every 30 s, each trial's config and result boxed). Off
+    one (a log file), Tune silent (verbose=0) and :class:`TrialLines`: a line per trial start
+    and end and a search line at most every 30 s, where every copy of Tune's table would stay
+    in the file."""
     if progress.on_terminal():
+        return 1, []
+    from orchestrator.search.pareto_asha import rung_milestones
+    from orchestrator.search.trial_lines import TrialLines
+
+    reports = total_reports(tc)
+    rungs = ([] if s.scheduler == "none" else
+             [r for r in rung_milestones(s.grace_period, s.reduction_factor, reports + 1)
+              if r < reports])
+    return 0, [TrialLines(s.metric, s.mode, reports, rungs, log=log)]
+
+
+def _restored_output(tuner, verbose: int, callbacks: list) -> None:
+    """A restored search keeps the run config it was started with (Tune reads it back from its
+    state): give it this call's verbosity and trial lines, so a search started on a terminal and
+    resumed into a log file (or the other way round) shows what this call's output suits. Ray
+    2.60 restores no run config from arguments; this goes through the restored tuner's
+    ``get_run_config()``, and a Ray without it keeps the saved output."""
+    from orchestrator.search.trial_lines import TrialLines
+
+    local = getattr(tuner, "_local_tuner", None)
+    run_config = local.get_run_config() if hasattr(local, "get_run_config") else None
+    if run_config is None:
         return
-    try:
-        from ray.tune.experimental.output import ProgressReporter
-    except ImportError:  # pragma: no cover - a Ray that moved it: its default stays
-        return
-    if isinstance(getattr(ProgressReporter, "_heartbeat_freq", None), (int, float)):
-        ProgressReporter._heartbeat_freq = max(ProgressReporter._heartbeat_freq, every_s)
+    run_config.verbose = verbose
+    run_config.callbacks = [c for c in (run_config.callbacks or [])
+                            if not isinstance(c, TrialLines)] + list(callbacks)
 
 
 def _snapshot_often(seconds: float = 2.0) -> None:

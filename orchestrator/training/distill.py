@@ -9,6 +9,7 @@ search); a run whose last checkpoint is marked done trains nothing.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -95,6 +96,8 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.insert(0, TuneReportCallback())
+    if local:
+        _quiet_local_mode_note()
     scaling = ray.train.ScalingConfig(
         num_workers=tc.num_workers, use_gpu=tc.use_gpu and not local,
         resources_per_worker=None if local else
@@ -113,3 +116,18 @@ def make_trainer(cfg: ExperimentConfig, bundle: str | Path, run_id: str | None,
                            "started_at": started_at, "pause_after": pause_after,
                            "checkpoints": {"storage": storage_path, "name": name} if local else None},
         scaling_config=scaling, run_config=run_config)
+
+
+class _LocalModeNote(logging.Filter):
+    """Drops Ray Train's "Running in local mode ... please file a report" note, which it logs
+    for every ScalingConfig with no workers: here local mode is the presets' choice, and the
+    note came once per trial into a search's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Running in local mode")
+
+
+def _quiet_local_mode_note() -> None:
+    note = logging.getLogger("ray.train.v2.api.config")  # the module that logs it (Ray 2.60)
+    if not any(isinstance(f, _LocalModeNote) for f in note.filters):
+        note.addFilter(_LocalModeNote())
