@@ -16,7 +16,9 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.runtime import tracking
 
-pytestmark = pytest.mark.timeout(900)
+# slow: a whole smoke search as a subprocess (about 2 minutes), which the default suite's budget
+# does not hold; trial_lines' own logic is covered by tests/test_progress_output.py
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = 3
