@@ -27,6 +27,8 @@ import yaml
 from knobs import ConfigError, knob, section, set_path, with_values
 from search_spaces import loader as _spaces
 from students.config import StudentConfig
+from students.losses import KINDS as LOSSES
+from students.registry import student_kind
 from tasks.config import DataConfig
 
 ASSETS_ENV = "DISTILLRAY_ASSETS"
@@ -496,8 +498,8 @@ def validate(cfg: ExperimentConfig) -> None:
     if a.max_ngram < 1:
         raise ConfigError(f"augment.max_ngram={a.max_ngram} must be at least 1")
     t = cfg.train
-    if t.loss not in ("mse", "kl", "ce"):
-        raise ConfigError(f"train.loss={t.loss!r}: choose mse, kl or ce")
+    if t.loss not in LOSSES:
+        raise ConfigError(f"train.loss={t.loss!r}: choose {', '.join(LOSSES)}")
     if not 0.0 <= t.alpha <= 1.0:
         raise ConfigError(f"train.alpha={t.alpha} is outside [0, 1]")
     if t.temperature <= 0:
@@ -534,13 +536,15 @@ def validate(cfg: ExperimentConfig) -> None:
             f"tasks {', '.join(cfg.tasks)} each have their own teacher: set teacher.multitask=true "
             "(one teacher, a head per task) or train.soft_labels=precomputed")
     s = cfg.student
-    if s.arch not in ("bilstm", "bcn", "transformer"):
-        raise ConfigError(f"student.arch={s.arch!r}: choose bilstm, bcn or transformer")
+    try:
+        kind = student_kind(s.arch)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if s.channels not in ("single", "multi"):
         raise ConfigError(f"student.channels={s.channels!r}: choose single or multi")
     if not 0.0 <= s.dropout < 1.0:
         raise ConfigError(f"student.dropout={s.dropout} is outside [0, 1)")
-    if s.embeddings == TEACHER_EMBEDDINGS and s.arch != "transformer" \
+    if s.embeddings == TEACHER_EMBEDDINGS and kind.words \
             and cfg.teacher.model.startswith("random:"):
         raise ConfigError(
             f"student.embeddings=teacher reads the input embeddings of the pre-trained "

@@ -6,9 +6,11 @@ id 0), ``.heads`` (one head per task), ``shared_parameters()``, ``non_embedding_
 from students.bcn import BCNStudent
 from students.bilstm import BiLSTMStudent
 from students.factory import build_student, count_parameters
+from students.registry import StudentKind, register, student_kind
 from students.heads import TaskHeads
 from students.losses import distillation_loss
 from students.transformer import TransformerStudent, init_from_bert
 
-__all__ = ["BCNStudent", "BiLSTMStudent", "TaskHeads", "TransformerStudent", "build_student",
-           "count_parameters", "distillation_loss", "init_from_bert"]
+__all__ = ["BCNStudent", "BiLSTMStudent", "StudentKind", "TaskHeads", "TransformerStudent",
+           "build_student", "count_parameters", "distillation_loss", "init_from_bert", "register",
+           "student_kind"]

@@ -284,3 +284,45 @@ def test_build_student_from_config(arch):
 def test_build_student_rejects_unknown_arch():
     with pytest.raises(ValueError, match="bilstm, bcn, transformer"):
         build_student(StudentConfig(arch="gru"), V, {"sst2": 2}, pair=False)
+
+
+def test_a_registered_student_kind_is_accepted_built_and_named_everywhere():
+    """A new student is one register() call: the config check accepts its name, build_student
+    builds it, run names use its shape, and the bundle key follows its input encoding."""
+    from orchestrator.config import ConfigError, ExperimentConfig, validate, with_values
+    from orchestrator.runtime.tracking import trial_run_name
+    from students import registry
+    from students.registry import StudentKind, names, register, student_kind
+
+    built = []
+
+    def build(cfg, vocab_size, heads, pair, pretrained, max_position):
+        built.append((vocab_size, dict(heads), pair))
+        return BiLSTMStudent(vocab_size, cfg.embed_dim, 8, 1, 8, heads, 0.0, pair)
+
+    with pytest.raises(ConfigError, match="choose bilstm, bcn, transformer"):
+        validate(with_values(ExperimentConfig(), {"student.arch": "tiny"}))
+    register(StudentKind("tiny", "words", False, build, lambda c: "t8", "a test student"))
+    try:
+        assert names()[-1] == "tiny" and student_kind("tiny").words
+        with pytest.raises(ValueError, match="registered already"):
+            register(StudentKind("tiny", "words", False, build, str, "again"))
+        cfg = with_values(ExperimentConfig(), {"student.arch": "tiny"})
+        validate(cfg)
+        model = build_student(cfg.student, 50, {"sst2": 2}, False)
+        assert isinstance(model, BiLSTMStudent) and built == [(50, {"sst2": 2}, False)]
+        assert trial_run_name(3, cfg).startswith("trial-3 tiny t8 lr")
+    finally:
+        registry._KINDS.pop("tiny", None)
+    assert "tiny" not in names()
+    with pytest.raises(ValueError, match="encoding="):
+        StudentKind("odd", "bytes", False, build, str, "")
+
+
+def test_builtin_kinds_say_what_the_code_used_to_test_by_name():
+    from students.registry import student_kind
+
+    assert [student_kind(a).encoding for a in ("bilstm", "bcn", "transformer")] == \
+        ["words", "words", "wordpiece"]
+    assert [student_kind(a).from_teacher_layers for a in ("bilstm", "bcn", "transformer")] == \
+        [False, False, True]

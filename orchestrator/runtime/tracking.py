@@ -189,11 +189,10 @@ def _short(v: Any) -> str:
 def trial_run_name(number: int, cfg) -> str:
     """A trial's run name that says what it trains: ``trial-3 bilstm h150 lr1.3e-3`` (the
     trial's number in its search, the student's shape and learning rate)."""
+    from students.registry import student_kind
+
     st = cfg.student
-    if st.arch == "transformer":
-        shape = f"L{st.tf_layers} h{st.tf_hidden}"
-    else:
-        shape = f"h{st.hidden_size}"
+    shape = student_kind(st.arch).shape(st)
     return f"trial-{number} {st.arch} {shape} lr{_short_float(cfg.train.lr)}"
 
 

@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 from ray.tune.search import Searcher
 
+from students.registry import student_kind
+
 
 class CheapestFirst(Searcher):
     """Hands out ``searcher``'s first ``batch`` suggestions sorted by ``cost`` (ties: drawn order)."""
@@ -154,7 +156,7 @@ class TrainingWork:
         from students.factory import build_student, count_parameters
 
         student = cfg.student
-        if student.embeddings and student.arch != "transformer":
+        if student.embeddings and student_kind(student.arch).words:
             student = replace(student, embeddings=None,
                               embed_dim=self._dim(student.embeddings, cfg.teacher.model))
         heads = {t: outputs for t, (_, _, outputs) in self.tasks.items()}

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from orchestrator.config import TEACHER_EMBEDDINGS, ExperimentConfig, resolved_embeddings
 from orchestrator.runtime.keys import atomic_dir, content_key, file_digest
 from orchestrator.training.bundle import write_split, write_texts
+from students.registry import student_kind
 from tasks.data import Example, TaskData
 from tasks.loaders import data_fingerprint, load_task_data, task_from_config
 from tasks.registry import TaskSpec
@@ -175,12 +176,13 @@ def data_stage_seconds(cfg: ExperimentConfig, data: dict[str, TaskData],
 
 def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[str, TeacherRef]) -> str:
     s = cfg.student
+    kind = student_kind(s.arch)
     emb = None
-    if s.embeddings == TEACHER_EMBEDDINGS and s.arch != "transformer":
+    if s.embeddings == TEACHER_EMBEDDINGS and kind.words:
         from orchestrator.teachers.teacher_vectors import key_part
 
         emb = key_part(cfg.teacher.model)  # the base model's identity (files or hub name)
-    elif s.embeddings and s.arch != "transformer":
+    elif s.embeddings and kind.words:
         emb = file_digest(s.embeddings) if Path(s.embeddings).is_file() else s.embeddings
     return content_key({
         "v": BUNDLE_VERSION,
@@ -189,7 +191,7 @@ def bundle_key(cfg: ExperimentConfig, data: dict[str, TaskData], teachers: dict[
                       "teacher": asdict(teachers[t])} for t, d in data.items()},
         "augment": asdict(cfg.augment) | {"num_workers": None, "chunk_size": None}
         if cfg.augment.enabled else None,
-        "encoding": "wordpiece" if s.arch == "transformer" else "words",
+        "encoding": kind.encoding,
         "vocab": [s.vocab_min_freq, s.vocab_max_size, s.max_length], "embeddings": emb,
         "embed_dim": s.embed_dim if not s.embeddings else None,
         # on-demand bundles hold texts instead of logits (absent key: precomputed, as before)
@@ -261,7 +263,7 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
             gate.update(running.fidelity_metrics())
 
     with atomic_dir(final) as tmp:
-        encoding = "wordpiece" if cfg.student.arch == "transformer" else "words"
+        encoding = student_kind(cfg.student.arch).encoding
         if encoding == "words":
             from tasks.vocab import Vocab
             texts = [x for ex in transfer.values() for e in ex for x in (e.text_a, e.text_b) if x]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from orchestrator.config import TEACHER_EMBEDDINGS, ConfigError, ExperimentConfig, with_values
+from students.registry import names, student_kind
 
 CHECKED_KEYS = ("student.arch", "student.init_from_teacher", "student.tf_layers",
                 "student.tf_hidden", "student.tf_heads", "student.tf_ffn", "student.max_length",
@@ -136,7 +137,7 @@ def check_student_init(cfg: ExperimentConfig, shape: dict, teacher: str) -> None
     from students.transformer import pick_layers
 
     s = cfg.student
-    if s.arch != "transformer" or s.init_from_teacher == "none":
+    if not student_kind(s.arch).from_teacher_layers or s.init_from_teacher == "none":
         return
     problems = []
     for ours, theirs, what in (("tf_hidden", "hidden_size", "hidden size"),
@@ -312,7 +313,7 @@ def check_embeddings(cfg: ExperimentConfig, space=None) -> None:
             archs |= set(p.values)
         if p.key == "student.embeddings" and p.type == "choice":
             values |= {v for v in p.values if isinstance(v, str)}
-    if archs == {"transformer"}:
+    if not any(a not in names() or student_kind(a).words for a in archs):
         return
     if TEACHER_EMBEDDINGS in values:
         check_teacher_embeddings(cfg)

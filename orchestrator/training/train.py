@@ -20,6 +20,7 @@ from orchestrator.teachers.batching import length_grouped_batches, length_sorted
 from orchestrator.training.bundle import TaskTensors, read_meta, read_split
 from students.factory import build_student
 from students.losses import distillation_loss
+from students.registry import student_kind
 from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec
 
@@ -82,13 +83,14 @@ def _teacher_origin(path: str) -> str | None:
 def build_for_training(cfg: ExperimentConfig, meta: dict, embeddings: np.ndarray | None):
     """A trial's fresh student, and the meta to save with it.
 
-    With ``student.arch=transformer`` and ``student.init_from_teacher`` other than ``none``, the
+    With a student that can start from teacher layers (``student.arch=transformer``) and
+    ``student.init_from_teacher`` other than ``none``, the
     student copies the teacher's embeddings, pooler and the chosen layers (``first``, ``even`` or
     ``"0,2,4"``; :func:`students.transformer.init_from_bert`). Its position table takes the
     teacher's size when that is smaller than the default; the saved meta records it so
     :func:`load_student` rebuilds the same shape. Returns ``(model, meta, teacher layers used)``."""
     s = cfg.student
-    if s.arch != "transformer" or s.init_from_teacher == "none":
+    if not student_kind(s.arch).from_teacher_layers or s.init_from_teacher == "none":
         return build_from_meta(cfg, meta, embeddings), meta, None
     from orchestrator.teachers.teacher_model import load_teacher
     from students.factory import MAX_POSITION
