@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from orchestrator.training.train import MODEL_FILE, STUDENT_FILE
+from orchestrator.training import checkpoint as ckpt
 
 FORMATS = ("torchscript", "onnx")
 FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
@@ -101,22 +101,22 @@ def check_student_dir(student_dir: str | Path) -> dict:
     d = Path(student_dir)
     if not d.is_dir():
         raise FileNotFoundError(f"student dir {d} does not exist")
-    missing = [f for f in (MODEL_FILE, STUDENT_FILE) if not (d / f).is_file()]
+    missing = [f for f in ckpt.STUDENT_FILES if not (d / f).is_file()]
     info = None
-    if STUDENT_FILE not in missing:
+    if ckpt.STUDENT not in missing:
         try:
-            info = json.loads((d / STUDENT_FILE).read_text())
+            info = json.loads((d / ckpt.STUDENT).read_text())
             encoding = info["meta"]["encoding"]
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ExportError(f"{d / STUDENT_FILE} is not a distillray student.json ({e!r})") from None
-        if encoding == "words" and not (d / "vocab.json").is_file():
-            missing.append("vocab.json")
-        if encoding == "wordpiece" and not (d / "tokenizer").is_dir():
-            missing.append("tokenizer/")
+            raise ExportError(f"{d / ckpt.STUDENT} is not a distillray student.json ({e!r})") from None
+        if encoding == "words" and not (d / ckpt.VOCAB).is_file():
+            missing.append(ckpt.VOCAB)
+        if encoding == "wordpiece" and not (d / ckpt.TOKENIZER).is_dir():
+            missing.append(f"{ckpt.TOKENIZER}/")
     if missing:
         raise FileNotFoundError(f"student dir {d} lacks {', '.join(missing)}: export needs "
-                                f"{MODEL_FILE}, {STUDENT_FILE} and vocab.json (word students) or "
-                                "tokenizer/ (Transformer students), as "
+                                f"{ckpt.MODEL}, {ckpt.STUDENT} and {ckpt.VOCAB} (word students) or "
+                                f"{ckpt.TOKENIZER}/ (word-piece students), as "
                                 "orchestrator.training.train.save_student writes them")
     return info
 
@@ -298,12 +298,12 @@ def _export_into(src: Path, out: Path, info: dict, formats: tuple[str, ...],
 
     # vocabulary / tokenizer, provenance, the standalone predictor
     if meta["encoding"] == "words":
-        shutil.copy(src / "vocab.json", out / "vocab.json")
+        shutil.copy(src / ckpt.VOCAB, out / ckpt.VOCAB)
         tok = None
     else:
-        shutil.copytree(src / "tokenizer", out / "tokenizer", dirs_exist_ok=True)
-        tok = _tokenizer_spec(out / "tokenizer", texts, max_length)
-    shutil.copy(src / STUDENT_FILE, out / STUDENT_FILE)
+        shutil.copytree(src / ckpt.TOKENIZER, out / ckpt.TOKENIZER, dirs_exist_ok=True)
+        tok = _tokenizer_spec(out / ckpt.TOKENIZER, texts, max_length)
+    shutil.copy(src / ckpt.STUDENT, out / ckpt.STUDENT)
     shutil.copy(Path(ps.__file__), out / PREDICT_FILE)
     export = {
         "format": "distillray-export", "version": FORMAT_VERSION,
@@ -315,7 +315,7 @@ def _export_into(src: Path, out: Path, info: dict, formats: tuple[str, ...],
         "torch_version": torch.__version__,
     }
     if tok is None:
-        export["vocab"] = "vocab.json"
+        export["vocab"] = ckpt.VOCAB
     else:
         export["tokenizer"] = tok
     (out / EXPORT_FILE).write_text(json.dumps(export, indent=1))

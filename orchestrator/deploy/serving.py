@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from orchestrator.training import checkpoint as ckpt
 from orchestrator.training.bundle import TaskTensors
 from orchestrator.training.train import load_student, make_batch
 
@@ -23,10 +24,10 @@ class StudentPredictor:
         self.max_length = int(self.info["student"]["max_length"])
         if self.encoding == "words":
             from tasks.vocab import Vocab
-            self.vocab = Vocab.load(self.dir / "vocab.json")
+            self.vocab = Vocab.load(self.dir / ckpt.VOCAB)
         else:
             from transformers import AutoTokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.dir / "tokenizer"))
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.dir / ckpt.TOKENIZER))
 
     def encode(self, texts_a: list[str], texts_b: list[str] | None) -> TaskTensors:
         n = len(texts_a)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from orchestrator.runtime import tracking
+from orchestrator.training import checkpoint as ckpt
 
 
 def log_final_metrics(client, run_id: str, last: dict) -> None:
@@ -28,12 +29,10 @@ def is_dev_metric(key: str) -> bool:
 
 def log_student(client, run_id: str, d: Path) -> None:
     """The student of a checkpoint directory as artifacts: weights, config, vocabulary/tokenizer."""
-    per_task = [p.name for p in sorted(d.glob("model-*.safetensors"))]  # MKD stage 2
-    for f in ("model.safetensors", "student.json", "vocab.json", "metrics.json", *per_task):
-        if (d / f).is_file():
-            client.log_artifact(run_id, str(d / f), "student")
-    if (d / "tokenizer").is_dir():
-        client.log_artifacts(run_id, str(d / "tokenizer"), "student/tokenizer")
+    for f in ckpt.student_files(d):
+        client.log_artifact(run_id, str(f), "student")
+    if (d / ckpt.TOKENIZER).is_dir():
+        client.log_artifacts(run_id, str(d / ckpt.TOKENIZER), f"student/{ckpt.TOKENIZER}")
 
 
 def log_learning_curve(client, run_id: str) -> None:
@@ -80,7 +79,7 @@ def log_checkpoint_dirs(client, run_id: str, latest: Path | None, best: Path | N
     """All of it, from two checkpoint directories of the run (local copies): the last
     report's for the final metrics, the best report's for the student; the learning curve from
     the metrics the workers logged."""
-    log_final_metrics(client, run_id, json.loads((latest / "metrics.json").read_text())
+    log_final_metrics(client, run_id, json.loads((latest / ckpt.METRICS).read_text())
                       if latest else {})
     log_learning_curve(client, run_id)
     if best is not None:

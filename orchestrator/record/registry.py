@@ -8,6 +8,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from orchestrator.runtime import faults, tracking
+from orchestrator.training.checkpoint import STUDENT_FILES
 
 
 # the model's code, copied into each registered model: found, not imported (MLflow runs it)
@@ -72,7 +73,7 @@ def download_student(client: MlflowClient, run_id: str, dst: str | Path) -> Path
         raise NotFoundError(f"run {run_id} has no student artifacts: the trial did not finish "
                             "(stopped or interrupted); pick another run") from None
     p = Path(path)
-    for f in ("model.safetensors", "student.json"):
+    for f in STUDENT_FILES:
         if not (p / f).is_file():
             raise NotFoundError(f"run {run_id} lacks artifact student/{f}: the trial did not finish "
                                 "writing its student; pick another run")

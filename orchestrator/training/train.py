@@ -17,6 +17,7 @@ import torch
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.teachers.batching import length_grouped_batches, length_sorted_batches
+from orchestrator.training import checkpoint as ckpt
 from orchestrator.training.bundle import TaskTensors, read_meta, read_split
 from students.factory import build_student
 from students.losses import distillation_loss
@@ -24,10 +25,7 @@ from students.registry import student_kind
 from tasks.metrics import compute_metrics
 from tasks.registry import TaskSpec
 
-MODEL_FILE = "model.safetensors"
 REPORT = "report"  # the report count in what a trial reports: the time of Tune's early stopping
-STUDENT_FILE = "student.json"
-RESUME_FILE = "resume.pt"  # torch RNG, batch streams, stage-2 optimizers
 
 
 def task_spec_from_meta(d: dict) -> TaskSpec:
@@ -229,13 +227,13 @@ def save_student(model, out_dir: Path, cfg: ExperimentConfig, meta: dict, bundle
 
     module = model.module if hasattr(model, "module") else model
     save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
-              str(out_dir / MODEL_FILE))
-    (out_dir / STUDENT_FILE).write_text(json.dumps({
+              str(out_dir / ckpt.MODEL))
+    (out_dir / ckpt.STUDENT).write_text(json.dumps({
         "student": asdict(cfg.student), "meta": meta, **(extra or {})}, indent=1))
-    if (bundle / "vocab.json").is_file():
-        shutil.copy(bundle / "vocab.json", out_dir / "vocab.json")
-    if (bundle / "tokenizer").is_dir():
-        shutil.copytree(bundle / "tokenizer", out_dir / "tokenizer", dirs_exist_ok=True)
+    if (bundle / ckpt.VOCAB).is_file():
+        shutil.copy(bundle / ckpt.VOCAB, out_dir / ckpt.VOCAB)
+    if (bundle / ckpt.TOKENIZER).is_dir():
+        shutil.copytree(bundle / ckpt.TOKENIZER, out_dir / ckpt.TOKENIZER, dirs_exist_ok=True)
 
 
 def load_student(ckpt_dir: str | Path, task: str | None = None):
@@ -245,18 +243,18 @@ def load_student(ckpt_dir: str | Path, task: str | None = None):
     from safetensors.torch import load_file
 
     d = Path(ckpt_dir)
-    for f in (MODEL_FILE, STUDENT_FILE):
+    for f in ckpt.STUDENT_FILES:
         if not (d / f).is_file():
             raise FileNotFoundError(f"student dir {d} lacks {f}: the run's artifacts are incomplete")
-    info = json.loads((d / STUDENT_FILE).read_text())
+    info = json.loads((d / ckpt.STUDENT).read_text())
     cfg = ExperimentConfig(student=from_dict(StudentConfig, info["student"]))
     model = build_from_meta(cfg, info["meta"], None)
-    weights = d / MODEL_FILE
+    weights = d / ckpt.MODEL
     if task is not None:
         if task not in info.get("finetuned_tasks", []):
             raise FileNotFoundError(f"student dir {d} has no stage-2 student for task {task!r} "
                                     f"(fine-tuned: {info.get('finetuned_tasks', [])})")
-        weights = d / f"model-{task}.safetensors"
+        weights = d / ckpt.task_model(task)
     model.load_state_dict(load_file(str(weights)))
     model.eval()
     return model, info

@@ -45,18 +45,16 @@ from orchestrator.config import ExperimentConfig, build_config
 from orchestrator.runtime import faults
 from orchestrator.runtime.progress import duration
 from orchestrator.teachers.on_demand_labels import merge_stats
+from orchestrator.training import checkpoint as ckpt
 from orchestrator.training.bundle import TaskTensors, load_embeddings
 from orchestrator.training.mixture import TaskSampler, mixture_weights
-from orchestrator.training.train import (MODEL_FILE, REPORT, RESUME_FILE, TaskStream,
+from orchestrator.training.train import (REPORT, TaskStream,
                                          build_for_training, evaluate, load_bundle,
                                          save_student, student_precision, train_steps)
 from orchestrator.training.trial_checkpoints import TrialCheckpoints
 from students.factory import count_parameters
 from tasks.registry import TaskSpec
 
-STATE_FILE = "train_state.json"  # the report, best dev score, patience count, done
-OPTIMIZER_FILE = "optimizer.pt"  # stage 1's optimizer
-METRICS_FILE = "metrics.json"  # the report's metrics
 
 # wraps a model for several workers (Ray Train's prepare_model): (model, find_unused_parameters)
 Prepare = Callable[[Any, bool], Any]
@@ -200,13 +198,13 @@ def resume(w: Worker, ckpt_dir: Path | None) -> Progress:
     from safetensors.torch import load_file
 
     d = Path(ckpt_dir)
-    w.model.load_state_dict(load_file(str(d / MODEL_FILE)))
-    state = json.loads((d / STATE_FILE).read_text())
-    if (d / OPTIMIZER_FILE).is_file():
-        w.optimizer.load_state_dict(torch.load(d / OPTIMIZER_FILE, weights_only=True))
-    per_task = {t: load_file(str(d / f"model-{t}.safetensors")) for t in w.specs
-                if (d / f"model-{t}.safetensors").is_file()}
-    extra = torch.load(d / RESUME_FILE, weights_only=True) if (d / RESUME_FILE).is_file() else {}
+    w.model.load_state_dict(load_file(str(d / ckpt.MODEL)))
+    state = json.loads((d / ckpt.STATE).read_text())
+    if (d / ckpt.OPTIMIZER).is_file():
+        w.optimizer.load_state_dict(torch.load(d / ckpt.OPTIMIZER, weights_only=True))
+    per_task = {t: load_file(str(d / ckpt.task_model(t))) for t in w.specs
+                if (d / ckpt.task_model(t)).is_file()}
+    extra = torch.load(d / ckpt.RESUME, weights_only=True) if (d / ckpt.RESUME).is_file() else {}
     progress = Progress(
         # the last report done ("epoch" in checkpoints written before several reports per epoch)
         start=state.get("report", state.get("epoch")) + 1,
@@ -487,13 +485,13 @@ def write_checkpoint(d: Path, w: Worker, r: int, metrics: dict, state: dict, opt
         from safetensors.torch import save_file
         for t, m in per_task.items():
             save_file({k: v.detach().cpu().contiguous() for k, v in unwrap(m).state_dict().items()},
-                      str(d / f"model-{t}.safetensors"))
+                      str(d / ckpt.task_model(t)))
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), d / OPTIMIZER_FILE)
+        torch.save(optimizer.state_dict(), d / ckpt.OPTIMIZER)
     if resume is not None:
-        torch.save(resume, d / RESUME_FILE)
-    (d / STATE_FILE).write_text(json.dumps({"report": r, **state}))
-    (d / METRICS_FILE).write_text(json.dumps(metrics))
+        torch.save(resume, d / ckpt.RESUME)
+    (d / ckpt.STATE).write_text(json.dumps({"report": r, **state}))
+    (d / ckpt.METRICS).write_text(json.dumps(metrics))  # last: it marks the directory complete
 
 
 class ToTrain:

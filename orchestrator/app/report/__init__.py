@@ -53,7 +53,6 @@ from orchestrator.app.report.rows import (BERT_BASE, BUDGET_CAPS, BUDGET_FULL, B
                                           describe_budget, parse_row_sets, resolve_report,
                                           row_config, select_rows)
 from orchestrator.app.report.run import ReportResult, results_json, run_report, stage_seconds
-from orchestrator.app.report.students import read_checkpoints
 from orchestrator.app.report.table import build_table, format_markdown, results_markdown
 
 __all__ = [
@@ -62,6 +61,6 @@ __all__ = [
     "BUDGET_FULL", "BUDGETS", "LR_GRID", "GRID_RUNG", "BUDGET_ROW_SETS", "METRIC_SHORT",
     "ReportError", "Cell", "ReportResult", "resolve_report", "budget_overrides",
     "describe_budget", "parse_row_sets", "select_rows", "row_config", "cell_key", "run_report",
-    "stage_seconds", "results_json", "read_checkpoints", "build_table", "format_markdown",
+    "stage_seconds", "results_json", "build_table", "format_markdown",
     "results_markdown",
 ]

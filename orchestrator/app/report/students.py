@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -13,6 +12,7 @@ from orchestrator.app.report.rows import KIND_CELL, KIND_TRAIN, Cell, Row, cell_
 from orchestrator.config import ExperimentConfig, with_overrides, with_values
 from orchestrator.runtime import tracking
 from orchestrator.runtime.keys import content_key
+from orchestrator.training.checkpoint import latest_and_best
 
 
 def _task_metrics(best: dict[str, float], task: str) -> dict[str, float]:
@@ -20,34 +20,6 @@ def _task_metrics(best: dict[str, float], task: str) -> dict[str, float]:
 
     spec = get_task(task)
     return {k: best[f"{task}_{k}"] for k in (*spec.metrics, "score") if f"{task}_{k}" in best}
-
-
-@dataclass
-class _Checkpoint:
-    dir: Path
-    report: int
-    metrics: dict[str, float]
-    state: dict[str, Any]
-
-
-def read_checkpoints(root: Path) -> tuple[_Checkpoint | None, _Checkpoint | None]:
-    """(latest, best by dev score) of the complete checkpoints a Ray Train run left under
-    ``root``; a directory missing a file or holding unreadable JSON (a copy cut short) is not
-    one of them. Ties go to the earlier report."""
-    found = []
-    for d in sorted(root.glob("checkpoint_*")) if root.is_dir() else []:
-        try:
-            metrics = json.loads((d / "metrics.json").read_text())
-            state = json.loads((d / "train_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        if (d / "model.safetensors").is_file() and (d / "student.json").is_file():
-            found.append(_Checkpoint(d, int(state["report"]), metrics, state))
-    if not found:
-        return None, None
-    latest = max(found, key=lambda c: c.report)
-    best = max(found, key=lambda c: (c.metrics.get("dev_score", -np.inf), -c.report))
-    return latest, best
 
 
 @dataclass
@@ -108,8 +80,8 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
                 **{f"transfer_size_{t}": n for t, n in bundle.transfer_sizes.items()},
                 "transfer_size": sum(bundle.transfer_sizes.values()),
                 "bundle_reused": float(bundle.reused)})
-        latest, _ = read_checkpoints(root)
-        reached = latest is not None and (latest.state.get("done") or (
+        latest, _ = latest_and_best(root)
+        reached = latest is not None and (latest.done or (
             pause_after is not None and latest.report + 1 >= pause_after))
         if latest is not None and not reached:
             ctx.note(f"{row.num} {row.id}/{task_tag}: resuming after report "
@@ -119,11 +91,11 @@ def _train_point(ctx: _Report, row: Row, cfg: ExperimentConfig, data, refs, task
                 distill_one(cfg, bundle.path, run_id=rid, tracking_uri=ctx.uri,
                             storage=ctx.storage, name=name, labeler=labeler,
                             pause_after=pause_after)
-        latest, best = read_checkpoints(root)
+        latest, best = latest_and_best(root)
         if best is None:
             raise RuntimeError(f"the student's Train run left no checkpoint under {root}")
         seconds = _history_sum(ctx.client, rid, "epoch_seconds")
-        if pause_after is not None and not latest.state.get("done"):
+        if pause_after is not None and not latest.done:
             ctx.client.set_tag(rid, "distillray.paused_at", str(latest.report + 1))
             ctx.client.set_terminated(rid, "KILLED")
             return _Trained(rid, _rung_best(ctx.client, rid, pause_after),
