@@ -609,3 +609,48 @@ def test_pipeline_logs_progress_and_reports_both_stages_seconds(pool, tmp_path, 
     assert any(ln.startswith("[augment] sst2: ") and " samples (100%)" in ln for ln in lines)
     assert any(ln.startswith(f"[label] sst2: {len(cache):,}/{len(cache):,} texts (100%)")
                for ln in lines)
+
+
+def test_cached_labels_start_no_pool_and_equal_the_pools(pool, tmp_path, monkeypatch):
+    """A transfer set whose every label is in the soft-label cache is labeled from the cache:
+    no teacher pool starts (no actors, no probe), the logits are the pool's, and the gate's
+    verdict picks the cache as the pool would. One missing text: a pool labels as usual."""
+    import orchestrator.teachers.teacher_pool as tp
+    from orchestrator.config import ExperimentConfig, PoolConfig
+    from orchestrator.stages.pipeline import TeacherRef, label_examples, labels_from_cache
+
+    small = dict(num_actors=1, cpus_per_actor=0.5, probe=False)
+    bf16 = ExperimentConfig(work_root=str(tmp_path / "wr"), pool=PoolConfig(precision="bf16", **small))
+    ref = TeacherRef(pool.teacher_path, "k", "sst2", MAXLEN)
+    examples = [Example(i, t) for i, t in enumerate(_texts(40, seed=7))]
+    assert labels_from_cache(examples, ref, bf16, Path(bf16.work_root)) is None  # nothing yet
+    with tp.TeacherPool(pool.teacher_path, bf16.pool, probe_root=bf16.work_root) as bf16_pool:
+        first = label_examples(examples, ref, bf16, Path(bf16.work_root), lambda m: None,
+                               bf16_pool, "sst2")
+        figures = bf16_pool.fidelity_metrics()
+    assert first.precision == "bf16" and first.misses == len(examples)
+
+    def no_pool(*a, **k):
+        raise AssertionError("a teacher pool was started for labels that are all cached")
+
+    monkeypatch.setattr(tp, "TeacherPool", no_pool)
+    lines: list[str] = []
+    again = label_examples(examples, ref, bf16, Path(bf16.work_root), lines.append)
+    np.testing.assert_array_equal(again.logits, first.logits)
+    assert (again.hits, again.misses, again.precision) == (len(examples), 0, "bf16")
+    assert lines == [f"[label] sst2: {len(examples)} texts, all from the soft-label cache in "
+                     "bf16 (no teacher pool started)"]
+    assert labels_from_cache(examples, ref, bf16, Path(bf16.work_root))[1] == figures
+
+    # a threshold the stored verdict fails: the pool would label in fp32, so the fp32 cache
+    # (empty here) is the one read
+    strict = ExperimentConfig(work_root=bf16.work_root,
+                              pool=PoolConfig(precision="bf16", fidelity_threshold=1.01, **small))
+    assert labels_from_cache(examples, ref, strict, Path(bf16.work_root)) is None
+    # fp32 labels were never computed: not served from the bf16 cache
+    fp32 = ExperimentConfig(work_root=bf16.work_root, pool=PoolConfig(precision="fp32", **small))
+    assert labels_from_cache(examples, ref, fp32, Path(bf16.work_root)) is None
+    # one text the cache lacks: a pool is started
+    more = [*examples, Example(len(examples), "a text never labeled before")]
+    with pytest.raises(AssertionError, match="pool was started"):
+        label_examples(more, ref, bf16, Path(bf16.work_root), lines.append)

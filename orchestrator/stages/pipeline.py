@@ -105,6 +105,10 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
     from orchestrator.teachers.teacher_pool import TeacherPool
 
     if pool is None:
+        cached = labels_from_cache(examples, teacher, cfg, work_root)
+        if cached is not None:
+            _log_cached(log, task or teacher.head, cached[0])
+            return cached[0]
         with TeacherPool(teacher.path, cfg.pool,
                          probe_root=cfg.work_root) as own:
             return label_examples(examples, teacher, cfg, work_root, log, own, task)
@@ -125,6 +129,25 @@ def label_examples(examples: list[Example], teacher: TeacherRef, cfg: Experiment
         f"{res.misses} labeled in {res.seconds:.1f}s in {res.precision} ({res.truncated} "
         f"truncated{gate_note})")
     return res
+
+
+def labels_from_cache(examples: list[Example], teacher: TeacherRef, cfg: ExperimentConfig,
+                      work_root: Path):
+    """``(LabelResult, gate figures)`` when the soft-label cache holds every example's label
+    for this teacher and precision, read without starting a teacher pool (a rerun, another
+    row or trial on the same transfer set); None otherwise."""
+    from orchestrator.teachers.teacher_pool import cached_labels
+
+    texts_b = [e.text_b for e in examples] if examples and examples[0].text_b is not None \
+        else None
+    return cached_labels(teacher.path, _label_precision(cfg), cfg.pool.fidelity_threshold,
+                         str(work_root / "soft_labels"), [e.text_a for e in examples], texts_b,
+                         teacher.head, teacher.max_length)
+
+
+def _log_cached(log: Callable, task: str, res) -> None:
+    log(f"[label] {task}: {len(res.logits)} texts, all from the soft-label cache in "
+        f"{res.precision} (no teacher pool started)")
 
 
 def data_stage_seconds(cfg: ExperimentConfig, data: dict[str, TaskData],
@@ -251,6 +274,16 @@ def prepare_bundle(cfg: ExperimentConfig, data: dict[str, TaskData],
     if pool is not None:
         _check_pool_teacher(pool, teachers)
     for path, names in ({} if on_demand else by_teacher).items():
+        if pool is None:  # every label cached already: no pool to start
+            cached = {t: labels_from_cache(transfer[t], teachers[t], cfg, work_root) for t in names}
+            if all(c is not None for c in cached.values()):
+                for t, (res, figures) in cached.items():
+                    _log_cached(log, t, res)
+                    logits[t] = res.logits
+                    hits += res.hits
+                    label_seconds += res.seconds
+                    gate.update(figures)
+                continue
         with contextlib.nullcontext(pool) if pool is not None \
                 else TeacherPool(path, cfg.pool,
                                  probe_root=cfg.work_root) as running:

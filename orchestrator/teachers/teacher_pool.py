@@ -413,6 +413,69 @@ class LabelResult:
         return len(self.logits) / self.seconds if self.seconds > 0 else float("inf")
 
 
+def verdict_path(root: str, teacher_key: str, precision: str) -> tuple:
+    """(filesystem, path) of the fidelity gate's verdict for a teacher in ``precision`` under a
+    soft-label cache root: the verdict decides which cache its labels go to."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(str(root))
+    return fs, f"{path.rstrip('/')}/fidelity/{teacher_key}-{precision}.json"
+
+
+def read_verdict(root: str, teacher_key: str, precision: str) -> dict | None:
+    """The stored verdict (``agreement``, ``rmse``, ``n``, ...), None when there is none or it
+    cannot be read (the gate then runs again)."""
+    fs, path = verdict_path(root, teacher_key, precision)
+    try:
+        stored = json.loads(fs.cat_file(path))
+        float(stored["agreement"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return stored
+
+
+def cached_labels(teacher_path: str | os.PathLike, precision: str, fidelity_threshold: float,
+                  root: str, texts_a: Sequence[str],
+                  texts_b: Sequence[str | None] | None = None, head: str | None = None,
+                  max_length: int = 128) -> tuple[LabelResult, dict[str, float]] | None:
+    """What :meth:`TeacherPool.label_texts` returns when every text is in the soft-label cache
+    under ``root``, read without starting a pool (no actor, no model load), and the gate's
+    figures (:meth:`TeacherPool.fidelity_metrics`). ``precision``: the actors' (``pool.precision``
+    resolved for their device). None when a text is missing, or when in reduced precision the
+    fidelity gate has no stored verdict for this teacher (the verdict picks the cache): then a
+    pool labels as usual."""
+    from orchestrator.teachers.cache import resolve_head_name
+    from orchestrator.teachers.teacher_model import teacher_identity
+
+    t0 = time.perf_counter()
+    texts_a = list(texts_a)
+    if texts_b is not None and all(b is None for b in texts_b):
+        texts_b = None
+    if not texts_a or (texts_b is not None and len(texts_b) != len(texts_a)):
+        return None
+    path = str(check_teacher_path(teacher_path).resolve())
+    key = teacher_identity(path)
+    labels_in, gate = precision, {}
+    if precision != "fp32":
+        verdict = read_verdict(root, key, precision)
+        if verdict is None:
+            return None
+        passes = float(verdict["agreement"]) >= fidelity_threshold
+        labels_in = precision if passes else "fp32"
+        gate = {"label_fidelity_agreement": float(verdict["agreement"]),
+                "label_fidelity_rmse": float(verdict["rmse"]),
+                "label_reduced_precision": float(passes)}
+    cache = SoftLabelCache(root, key, "bundled", max_length, resolve_head_name(path, head),
+                           labels_in)
+    keys = text_keys(texts_a, list(texts_b) if texts_b is not None else None)
+    found, missing = cache.lookup(list(dict.fromkeys(keys)))
+    if missing:
+        return None
+    logits = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+    return LabelResult(logits=logits, hits=len(keys), misses=0, truncated=0,
+                       seconds=time.perf_counter() - t0, precision=labels_in), gate
+
+
 class _ActorLabeler:
     """Bulk labeling over teacher actors with a soft-label cache; shared by :class:`TeacherPool`
     (which owns the actors) and :class:`PoolClient` (which only holds handles to them). Needs
@@ -454,10 +517,7 @@ class _ActorLabeler:
         return float(verdict["agreement"]) >= self.fidelity_threshold
 
     def _verdict_path(self, root: str) -> tuple:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(str(root))
-        return fs, f"{path.rstrip('/')}/fidelity/{self.teacher_key}-{self.actor_precision}.json"
+        return verdict_path(root, self.teacher_key, self.actor_precision)
 
     def settle_precision(self, texts_a: Sequence[str], texts_b: Sequence[str | None] | None,
                          head: str | None = None, max_length: int = 128,
@@ -470,10 +530,8 @@ class _ActorLabeler:
         if p == "fp32":
             return p
         if p not in self._verdicts and root is not None:
-            fs, path = self._verdict_path(root)
-            with contextlib.suppress(FileNotFoundError, ValueError, KeyError):
-                stored = json.loads(fs.cat_file(path))
-                float(stored["agreement"])
+            stored = read_verdict(root, self.teacher_key, p)
+            if stored is not None:
                 self._verdicts[p] = stored
         if p not in self._verdicts:
             if not texts_a:
